@@ -1,0 +1,237 @@
+"""Loading and checking "Niimg-like" inputs.
+
+A Niimg-like object is what nilearn users pass around: a path (``str`` or
+``pathlib.Path``, globs allowed), a nibabel spatial image, or a list of those
+(concatenated along time). Everything here returns nibabel images and never
+converts data to float64 behind the caller's back.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from ._exceptions import DimensionError
+
+_GLOB_CHARS = ("*", "?", "[")
+
+
+def describe(niimg) -> str:
+    """Return a short human-readable name for an image, for error messages."""
+    if isinstance(niimg, (str, os.PathLike)):
+        return f"'{os.fspath(niimg)}'"
+    filename = getattr(niimg, "get_filename", lambda: None)()
+    if filename:
+        return f"'{filename}'"
+    shape = getattr(niimg, "shape", None)
+    if shape is not None:
+        return f"<{type(niimg).__name__} of shape {tuple(shape)}>"
+    return f"<{type(niimg).__name__}>"
+
+
+def _expand_path(path: str | os.PathLike) -> list[str]:
+    text = os.path.expanduser(os.fspath(path))
+    if any(char in text for char in _GLOB_CHARS) and not os.path.exists(text):
+        matches = sorted(glob.glob(text))
+        if not matches:
+            raise ValueError(f"No files matching the path pattern {text!r}.")
+        return matches
+    if not os.path.exists(text):
+        raise ValueError(f"File not found: {text!r}.")
+    return [text]
+
+
+def _load_one(niimg):
+    if isinstance(niimg, (str, os.PathLike)):
+        paths = _expand_path(niimg)
+        if len(paths) > 1:
+            return [_load_path(p) for p in paths]
+        return _load_path(paths[0])
+    if isinstance(niimg, nib.spatialimages.SpatialImage):
+        return niimg
+    raise TypeError(
+        "Data given cannot be loaded because it is not compatible with nibabel format: "
+        f"expected a path or a nibabel image, got {type(niimg).__name__}."
+    )
+
+
+def _load_path(path: str):
+    try:
+        return nib.load(path)
+    except Exception as exc:
+        raise ValueError(f"Cannot read image file '{path}': {exc}") from exc
+
+
+def _is_list_like(niimg) -> bool:
+    return isinstance(niimg, Iterable) and not isinstance(
+        niimg, (str, os.PathLike, nib.spatialimages.SpatialImage, np.ndarray)
+    )
+
+
+def get_data(img) -> np.ndarray:
+    """Return the data array of a nibabel image without caching it on the image.
+
+    Scaled integer images (``scl_slope``/``scl_inter``) come back as floats,
+    as nibabel applies the scaling; unscaled data keeps its on-disk dtype.
+    """
+    return np.asanyarray(img.dataobj)
+
+
+def img_data_dtype(img) -> np.dtype:
+    """Dtype the data of ``img`` will have once loaded (scaling applied)."""
+    dataobj = img.dataobj
+    if nib.is_proxy(dataobj):
+        slope = getattr(dataobj, "slope", 1.0)
+        inter = getattr(dataobj, "inter", 0.0)
+        if slope != 1.0 or inter != 0.0:
+            return np.dtype(np.float64)
+        return np.dtype(dataobj.dtype)
+    return np.asanyarray(dataobj).dtype
+
+
+def new_img_like(ref_img, data, affine=None, copy_header=False):
+    """Build a NIfTI image holding ``data`` on the grid of ``ref_img``.
+
+    Boolean data is stored as ``uint8`` (NIfTI has no boolean type).
+
+    Parameters
+    ----------
+    ref_img : nibabel image
+        Image whose affine (and header, if ``copy_header``) is reused.
+    data : numpy.ndarray
+        Voxel data of the new image.
+    affine : (4, 4) array, optional
+        Affine of the new image; defaults to ``ref_img.affine``.
+    copy_header : bool, default=False
+        Copy the reference header (dtype and scaling are reset to the data's).
+    """
+    data = np.asanyarray(data)
+    if data.dtype == bool:
+        data = data.astype(np.uint8)
+    if affine is None:
+        affine = ref_img.affine
+    header = None
+    if copy_header and getattr(ref_img, "header", None) is not None:
+        header = ref_img.header.copy()
+        header.set_data_dtype(data.dtype)
+        if hasattr(header, "set_slope_inter"):
+            header.set_slope_inter(None, None)
+    klass = ref_img.__class__ if isinstance(ref_img, nib.Nifti1Image) else nib.Nifti1Image
+    if klass is nib.Nifti1Pair:
+        klass = nib.Nifti1Image
+    img = klass(data, np.asarray(affine, dtype=float), header=header)
+    if header is None:
+        img.header.set_data_dtype(data.dtype)
+    return img
+
+
+def _concat_along_time(imgs: list, name: str):
+    first = imgs[0]
+    first_shape = first.shape
+    affine = first.affine
+    # A list of 4D images is 5D data for nilearn: refuse it the same way.
+    if any(len(img.shape) > 4 or (len(img.shape) == 4 and img.shape[3] > 1) for img in imgs):
+        raise DimensionError(5, 4, name)
+    arrays = []
+    for index, img in enumerate(imgs):
+        if img.shape[:3] != first_shape[:3]:
+            raise ValueError(
+                f"{name}: image {index} {describe(img)} has shape {img.shape[:3]}, "
+                f"which differs from the first image's {first_shape[:3]}."
+            )
+        if not np.allclose(img.affine, affine):
+            raise ValueError(
+                f"{name}: image {index} {describe(img)} has a different affine from the first "
+                f"image:\n{img.affine}\n!=\n{affine}"
+            )
+        data = get_data(img)
+        arrays.append(data if data.ndim == 4 else data[..., np.newaxis])
+    data = np.concatenate(arrays, axis=3)
+    return new_img_like(first, data, affine, copy_header=True)
+
+
+def check_niimg(niimg, ensure_ndim=None, atleast_4d=False, dtype=None, name="img"):
+    """Load a Niimg-like object and check its dimensionality.
+
+    Parameters
+    ----------
+    niimg : str, pathlib.Path, nibabel image or list of those
+        The image. Paths may contain glob patterns (matches are sorted). A
+        list (or a glob matching several files) of 3D images is stacked into
+        one 4D image.
+    ensure_ndim : {None, 3, 4}, default=None
+        Required dimensionality. A 4D image with a single volume is accepted
+        where 3D is required (and squeezed).
+    atleast_4d : bool, default=False
+        Turn a 3D image into a 4D image with one volume.
+    dtype : numpy dtype, optional
+        Convert the data to this dtype.
+    name : str, default="img"
+        Argument name used in error messages.
+
+    Returns
+    -------
+    nibabel.Nifti1Image
+    """
+    if _is_list_like(niimg):
+        items = list(niimg)
+        if not items:
+            raise ValueError(f"{name}: an empty list of images was given.")
+        loaded = []
+        for item in items:
+            one = _load_one(item)
+            loaded.extend(one if isinstance(one, list) else [one])
+        img = _concat_along_time(loaded, name)
+    else:
+        img = _load_one(niimg)
+        if isinstance(img, list):
+            img = _concat_along_time(img, name) if len(img) > 1 else img[0]
+
+    ndim = len(img.shape)
+    if ndim == 0 or 0 in img.shape:
+        raise ValueError(f"{name} {describe(niimg)} is empty: shape {img.shape}.")
+    if ensure_ndim == 3 and ndim == 4 and img.shape[3] == 1:
+        img = new_img_like(img, get_data(img)[..., 0], copy_header=True)
+        ndim = 3
+    if atleast_4d and ndim == 3:
+        img = new_img_like(img, get_data(img)[..., np.newaxis], copy_header=True)
+        ndim = 4
+    if ensure_ndim is not None and ndim != ensure_ndim:
+        raise DimensionError(ndim, ensure_ndim, f"{name} {describe(niimg)}")
+    if dtype is not None and img_data_dtype(img) != np.dtype(dtype):
+        img = new_img_like(img, get_data(img).astype(dtype), copy_header=True)
+    return img
+
+
+def check_niimg_3d(niimg, dtype=None, name="img"):
+    """Load a Niimg-like object that must be 3D (see :func:`check_niimg`)."""
+    return check_niimg(niimg, ensure_ndim=3, dtype=dtype, name=name)
+
+
+def check_niimg_4d(niimg, dtype=None, name="imgs"):
+    """Load a Niimg-like object that must be 4D (see :func:`check_niimg`)."""
+    return check_niimg(niimg, ensure_ndim=4, dtype=dtype, name=name)
+
+
+def check_same_fov(*imgs) -> bool:
+    """Return True if all images share the same 3D shape and affine."""
+    imgs = [img for img in imgs if img is not None]
+    if len(imgs) < 2:
+        return True
+    shape, affine = imgs[0].shape[:3], imgs[0].affine
+    return all(img.shape[:3] == shape and np.allclose(img.affine, affine) for img in imgs[1:])
+
+
+def voxel_sizes(affine) -> np.ndarray:
+    """Voxel size along each array axis (mm), from the columns of ``affine``."""
+    return np.sqrt(np.sum(np.asarray(affine)[:3, :3] ** 2, axis=0))
+
+
+def as_path(path) -> Path:
+    """``pathlib.Path`` of a ``str``/``PathLike`` (home directory expanded)."""
+    return Path(os.path.expanduser(os.fspath(path)))

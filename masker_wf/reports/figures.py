@@ -1,0 +1,200 @@
+"""Figures for the reports, rendered with matplotlib (Agg) as embedded PNG data URIs.
+
+Every function takes arrays already in memory and returns a ``data:image/png``
+URI, so a report is one self-contained HTML file that opens without a network.
+Figures are kept small (few pixels, few voxels) because a report must cost a
+small fraction of the processing it describes.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import numpy as np
+
+_DPI = 72
+MAX_CARPET_ROWS = 800
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def figure_to_data_uri(figure) -> str:
+    """Render a matplotlib figure to a base64 PNG data URI and close it."""
+    plt = _pyplot()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=_DPI, bbox_inches="tight", facecolor="white")
+    plt.close(figure)
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _centre(mask: np.ndarray) -> tuple[int, int, int]:
+    if mask is not None and mask.any():
+        return tuple(int(np.rint(c)) for c in np.argwhere(mask).mean(axis=0))
+    return tuple(s // 2 for s in mask.shape)
+
+
+def _orthogonal_slices(volume: np.ndarray, centre) -> list[np.ndarray]:
+    x, y, z = centre
+    # Rotate so that anterior/superior point up, as radiologists expect to see them.
+    return [np.rot90(volume[x, :, :]), np.rot90(volume[:, y, :]), np.rot90(volume[:, :, z])]
+
+
+def mask_overlay_figure(mean_data: np.ndarray, mask: np.ndarray, title: str = "") -> str:
+    """Mask outline over the mean image in three orthogonal views.
+
+    Parameters
+    ----------
+    mean_data : (x, y, z) array
+        Background image (usually the temporal mean of the BOLD run).
+    mask : (x, y, z) bool array
+        Mask on the same grid.
+    title : str
+        Figure title.
+    """
+    plt = _pyplot()
+    centre = _centre(mask)
+    figure, axes = plt.subplots(1, 3, figsize=(9, 3.2))
+    finite = mean_data[np.isfinite(mean_data)]
+    vmax = np.percentile(finite, 99.5) if finite.size else 1.0
+    names = ("sagittal", "coronal", "axial")
+    for axis, background, outline, name in zip(
+        axes,
+        _orthogonal_slices(mean_data, centre),
+        _orthogonal_slices(mask.astype(float), centre),
+        names,
+        strict=True,
+    ):
+        axis.imshow(background, cmap="gray", vmin=0, vmax=vmax, interpolation="nearest")
+        if outline.any() and not outline.all():
+            axis.contour(outline, levels=[0.5], colors="#39d353", linewidths=1.2)
+        axis.set_title(name, fontsize=9)
+        axis.axis("off")
+    if title:
+        figure.suptitle(title, fontsize=10)
+    return figure_to_data_uri(figure)
+
+
+def _carpet_rows(signals: np.ndarray, max_rows: int) -> np.ndarray:
+    n_voxels = signals.shape[1]
+    step = max(1, int(np.ceil(n_voxels / max_rows)))
+    rows = np.asarray(signals[:, ::step], dtype=np.float32).T
+    rows = rows - rows.mean(axis=1, keepdims=True)
+    scale = rows.std(axis=1, keepdims=True)
+    scale[scale == 0] = 1
+    return rows / scale
+
+
+def carpet_figure(
+    before: np.ndarray,
+    after: np.ndarray,
+    t_r: float | None = None,
+    kept_volumes: np.ndarray | None = None,
+    max_rows: int = MAX_CARPET_ROWS,
+) -> str:
+    """Carpet plots (voxels x time) before and after cleaning.
+
+    Each row is one voxel (an even subsample of at most ``max_rows``), centred
+    and scaled for display. Censored volumes are marked under the 'before' plot.
+
+    Parameters
+    ----------
+    before : (n_volumes, n_voxels) array
+        Masked signals before cleaning.
+    after : (n_kept, n_voxels) array
+        Cleaned signals (only the kept volumes).
+    t_r : float, optional
+        Repetition time in seconds, for the time axis.
+    kept_volumes : int array, optional
+        Indices of the volumes kept (``sample_mask``).
+    max_rows : int
+        Largest number of voxels drawn.
+    """
+    plt = _pyplot()
+    figure, axes = plt.subplots(2, 1, figsize=(9, 5), sharex=False)
+    unit = t_r if t_r else 1.0
+    for axis, signals, label in ((axes[0], before, "before"), (axes[1], after, "after")):
+        rows = _carpet_rows(signals, max_rows)
+        n_volumes = signals.shape[0]
+        axis.imshow(
+            rows,
+            aspect="auto",
+            cmap="gray",
+            vmin=-2,
+            vmax=2,
+            interpolation="nearest",
+            extent=(0, n_volumes * unit, rows.shape[0], 0),
+        )
+        axis.set_ylabel(f"voxels ({label})", fontsize=9)
+        axis.set_yticks([])
+    if kept_volumes is not None:
+        censored = np.setdiff1d(np.arange(before.shape[0]), kept_volumes)
+        for volume in censored:
+            axes[0].axvspan(volume * unit, (volume + 1) * unit, color="#e5534b", alpha=0.35)
+    axes[0].set_title("carpet plot (red: censored volumes)", fontsize=9)
+    axes[1].set_xlabel("time (s)" if t_r else "volume (kept volumes only)", fontsize=9)
+    return figure_to_data_uri(figure)
+
+
+def framewise_displacement_figure(
+    fd: np.ndarray, kept_volumes: np.ndarray | None = None, threshold: float | None = None
+) -> str:
+    """Framewise displacement over time with the censored volumes marked.
+
+    Parameters
+    ----------
+    fd : (n_volumes,) array
+        Framewise displacement in mm (NaN for the first volume is allowed).
+    kept_volumes : int array, optional
+        Indices of the kept volumes.
+    threshold : float, optional
+        Scrubbing threshold in mm, drawn as a dashed line.
+    """
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(9, 2))
+    volumes = np.arange(len(fd))
+    axis.plot(volumes, fd, color="#1f6feb", linewidth=1)
+    if kept_volumes is not None:
+        censored = np.setdiff1d(volumes, kept_volumes)
+        axis.scatter(censored, np.nan_to_num(fd[censored]), color="#e5534b", s=12, zorder=3)
+    if threshold is not None:
+        axis.axhline(threshold, color="#e5534b", linestyle="--", linewidth=1)
+    axis.set_xlabel("volume", fontsize=9)
+    axis.set_ylabel("FD (mm)", fontsize=9)
+    axis.set_title("framewise displacement (red: censored volumes)", fontsize=9)
+    return figure_to_data_uri(figure)
+
+
+def tsnr_figure(tsnr_before: np.ndarray, tsnr_after: np.ndarray, mask: np.ndarray) -> str:
+    """tSNR maps before and after cleaning, three orthogonal views each, same colour scale.
+
+    Parameters
+    ----------
+    tsnr_before, tsnr_after : (x, y, z) arrays
+        Temporal SNR maps (0 outside the mask).
+    mask : (x, y, z) bool array
+        The mask, used to centre the views.
+    """
+    plt = _pyplot()
+    centre = _centre(mask)
+    values = np.concatenate([tsnr_before[mask], tsnr_after[mask]])
+    values = values[np.isfinite(values)]
+    vmax = float(np.percentile(values, 99)) if values.size else 1.0
+    figure, axes = plt.subplots(2, 3, figsize=(9, 5.6))
+    image = None
+    for row, (volume, label) in enumerate(((tsnr_before, "before"), (tsnr_after, "after"))):
+        for column, view in enumerate(_orthogonal_slices(volume, centre)):
+            image = axes[row, column].imshow(
+                view, cmap="inferno", vmin=0, vmax=vmax, interpolation="nearest"
+            )
+            axes[row, column].axis("off")
+        axes[row, 0].set_title(f"tSNR {label} cleaning", fontsize=9, loc="left")
+    figure.colorbar(image, ax=axes, shrink=0.7, label="tSNR")
+    return figure_to_data_uri(figure)
