@@ -1,0 +1,1175 @@
+"""Cleaning of 2D time series (time along the first axis): nilearn 0.11.1's ``nilearn.signal``.
+
+The public functions mirror nilearn 0.11.1 names, signatures, defaults and numerics
+(``clean``, ``butterworth``, ``high_variance_confounds``, plus ``standardize_signal`` and
+``load_confounds_array``), with these deliberate differences:
+
+* scrubbing before Butterworth filtering interpolates exactly the censored volumes (nilearn
+  0.11.1 indexes with ``~`` applied to an integer index array, which overwrites the mirror
+  images of the kept volumes instead);
+* per-run cleaning (``runs``) honours ``standardize_confounds``, ``extrapolate`` and the
+  ``butterworth__*`` options (nilearn drops them silently for runs), and the i-th
+  ``sample_mask`` is checked against the i-th run whatever the run labels are;
+* bad inputs are refused up front with messages that name the argument: ``sample_mask``
+  must be increasing without duplicates (nilearn reorders or fails inside scipy), negative
+  indices are refused, unknown keyword arguments are refused (nilearn ignores them), NaN in
+  the confounds of kept volumes is refused with the volume numbers (nilearn fails in the QR);
+* confounds are always processed in float64 (nilearn keeps float32 confounds float32), and
+  ``butterworth(copy=True)`` keeps the input's float dtype (nilearn returns float64);
+* warnings: 'zscore'/True raise a ``ZscoreDeprecationWarning`` (both a DeprecationWarning,
+  as in nilearn, and a FutureWarning); nilearn's FutureWarning about the future default of
+  ``extrapolate`` and its 'zscore' warning for the internal scaling of confounds are not
+  raised (they concern nilearn's release plan, not the user's call).
+
+How it is fast: every step before standardization (interpolation of censored volumes,
+detrending, Butterworth filtering, censoring, confound projection) is linear in each column and
+identical for all columns.  The steps are written once, for a block of columns in float64.
+When a Butterworth filter is involved and the series is short enough, that code is run once on
+an identity matrix, which yields the ``(n_kept_out, n_kept_in)`` operator of the whole linear
+part; each column chunk is then cleaned by one matrix product (BLAS), instead of one
+``sosfiltfilt`` and one spline fit per voxel.  Otherwise the steps are applied chunk by chunk.
+Either way computation is float64 per column chunk and the result is written into an output
+array of the input's float dtype, so float32 stays float32 and no full float64 copy exists.
+"""
+
+import numbers
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import linalg
+from scipy import signal as sp_signal
+from scipy.interpolate import CubicSpline
+
+from masker_wf._exceptions import AllVolumesRemovedError
+
+try:  # installed with scikit-learn; only used to pin BLAS to one thread per worker
+    from threadpoolctl import threadpool_limits
+except ImportError:  # pragma: no cover
+    threadpool_limits = None
+
+__all__ = [
+    "butterworth",
+    "clean",
+    "high_variance_confounds",
+    "load_confounds_array",
+    "standardize_signal",
+]
+
+STANDARDIZE_STRATEGIES = ("zscore_sample", "zscore", "psc", True, False, None)
+FILTERS = ("butterworth", "cosine", False, None)
+BUTTERWORTH_KWARGS = ("order", "padtype", "padlen", "copy")
+
+_EPS64 = np.finfo(np.float64).eps
+_EPS32 = np.finfo(np.float32).eps
+# Column chunks hold about this many bytes of float64 input, so temporaries stay small.
+_CHUNK_BYTES = 8 * 2**20
+# The precomputed operator costs 2 * n_out * n_in flops per column; above this many kept
+# volumes, direct filtering (linear in n) is cheaper.
+_OPERATOR_MAX_VOLUMES = 1000
+# Worker threads over column chunks (the machine budget is 2 cores).
+_N_THREADS = 2
+_NA_TOKENS = {"", "n/a", "na", "nan", "NaN", "NA", "N/A", "null", "None"}
+
+
+class ZscoreDeprecationWarning(DeprecationWarning, FutureWarning):
+    """``standardize='zscore'`` (or ``True``) uses the population standard deviation.
+
+    Subclasses both DeprecationWarning (what nilearn 0.11.1 raises) and FutureWarning, so
+    code filtering either category keeps working.
+    """
+
+
+class SampleMaskError(ValueError, IndexError):
+    """A ``sample_mask`` index is out of range; also an IndexError, as in nilearn 0.11.1."""
+
+
+# --------------------------------------------------------------------------- validation helpers
+
+
+def _is_number(value):
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+
+
+def _check_standardize(standardize, name="standardize"):
+    """Return the canonical strategy ('zscore_sample', 'zscore', 'psc' or None)."""
+    if standardize is None or standardize is False or standardize is np.False_:
+        return None
+    if standardize is True or standardize is np.True_:
+        return "zscore"
+    if isinstance(standardize, str) and standardize in ("zscore_sample", "zscore", "psc"):
+        return standardize
+    if isinstance(standardize, numbers.Integral) and standardize in (0, 1):
+        return "zscore" if standardize else None
+    raise ValueError(
+        f"{name}={standardize!r} is not a valid standardization strategy; use one of "
+        "'zscore_sample', 'zscore', 'psc', True, False or None."
+    )
+
+
+def _warn_zscore(stacklevel=3):
+    warnings.warn(
+        "standardize='zscore' (and standardize=True) divide by the population standard "
+        "deviation (ddof=0), as nilearn 0.11 does; nilearn 0.13+ removes 'zscore' and uses "
+        "the sample standard deviation. Pass standardize='zscore_sample' for that.",
+        ZscoreDeprecationWarning,
+        stacklevel=stacklevel,
+    )
+
+
+def _as_signals(signals, name="signals"):
+    """Array view of the signals, 2D, real; no copy."""
+    signals = np.asarray(signals)
+    if signals.dtype.kind not in "fiub":
+        raise TypeError(f"{name} must hold real numbers; got an array of dtype {signals.dtype}.")
+    if signals.ndim != 2:
+        raise ValueError(
+            f"{name} must be a 2D array of shape (n_timepoints, n_features); got shape "
+            f"{signals.shape}."
+        )
+    if signals.shape[0] == 0:
+        raise ValueError(f"{name} has no time points (shape {signals.shape}).")
+    return signals
+
+
+def _output_dtype(dtype):
+    # nilearn turns every non-float input into float32, whatever its size.
+    return dtype if dtype.kind == "f" else np.dtype(np.float32)
+
+
+def _single_threaded_blas():
+    if threadpool_limits is None:  # pragma: no cover
+        return nullcontext()
+    return threadpool_limits(limits=1, user_api="blas")
+
+
+def _column_chunks(n_rows, n_cols, chunk_bytes=None):
+    chunk_bytes = chunk_bytes or _CHUNK_BYTES
+    width = max(256, int(chunk_bytes // (8 * max(n_rows, 1))))
+    for start in range(0, n_cols, width):
+        yield slice(start, min(start + width, n_cols))
+
+
+# --------------------------------------------------------------------------- confounds
+
+
+def _read_confounds_file(path, name):
+    """Read a CSV/TSV confounds file (optional one-line header) into a float64 array."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{name} file not found: '{path}'.")
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    if not lines:
+        raise ValueError(f"{name} file '{path}' is empty.")
+    first = lines[0]
+    if "\t" in first:
+        rows = [line.split("\t") for line in lines]
+    elif "," in first:
+        rows = [line.split(",") for line in lines]
+    elif ";" in first:
+        rows = [line.split(";") for line in lines]
+    else:
+        rows = [line.split() for line in lines]
+    rows = [[cell.strip().strip('"').strip("'") for cell in row] for row in rows]
+
+    def parse(cell):
+        if cell in _NA_TOKENS:
+            return np.nan
+        return float(cell)
+
+    header = None
+    try:
+        [parse(cell) for cell in rows[0]]
+    except ValueError:
+        header, rows = rows[0], rows[1:]
+    width = len(header) if header is not None else len(rows[0]) if rows else 0
+    values = np.empty((len(rows), width), dtype=np.float64)
+    for i, row in enumerate(rows):
+        line_number = i + 1 + (header is not None)
+        if len(row) != width:
+            raise ValueError(
+                f"{name} file '{path}': line {line_number} has {len(row)} columns, "
+                f"expected {width}."
+            )
+        for j, cell in enumerate(row):
+            try:
+                values[i, j] = parse(cell)
+            except ValueError:
+                column = header[j] if header is not None else j
+                raise ValueError(
+                    f"{name} file '{path}': line {line_number}, column {column!r} holds "
+                    f"{cell!r}, which is not a number."
+                ) from None
+    return values
+
+
+def load_confounds_array(confounds, n_samples, name="confounds"):
+    """Load confounds into a 2D float64 array of shape ``(n_samples, n_confounds)``.
+
+    Parameters
+    ----------
+    confounds : numpy.ndarray, pandas.DataFrame, str, pathlib.Path, list or tuple, or None
+        Confound time series. A 1D array is one confound. A path names a CSV or TSV file
+        (tab, comma, semicolon or whitespace separated; one optional header line; ``n/a``
+        cells become NaN). A list or tuple of any of these is stacked column-wise; a list of
+        numbers is one confound.
+    n_samples : int or None
+        Number of time points the confounds must have (rows); None skips the check.
+    name : str, default="confounds"
+        Name of the argument, used in error messages.
+
+    Returns
+    -------
+    numpy.ndarray or None
+        float64 array ``(n_samples, n_confounds)``; None if ``confounds`` is None. NaNs are
+        kept (``clean`` refuses them only in the volumes it keeps).
+
+    Raises
+    ------
+    TypeError
+        Unsupported type or non-numeric data.
+    ValueError
+        Wrong number of rows or dimensions, unreadable file.
+    FileNotFoundError
+        A path that does not exist.
+    """
+    if confounds is None:
+        return None
+    source = ""
+    if isinstance(confounds, (list, tuple)):
+        if len(confounds) == 0:
+            raise ValueError(f"{name} is an empty {type(confounds).__name__}.")
+        if all(_is_number(item) for item in confounds):
+            array = np.asarray(confounds, dtype=np.float64)
+        else:
+            parts = [
+                load_confounds_array(item, n_samples, name=f"{name}[{i}]")
+                for i, item in enumerate(confounds)
+            ]
+            return np.hstack(parts)
+    elif isinstance(confounds, (str, Path)):
+        source = f" (file '{confounds}')"
+        array = _read_confounds_file(confounds, name)
+    elif isinstance(confounds, pd.DataFrame):
+        bad = [
+            str(col)
+            for col, dtype in confounds.dtypes.items()
+            if not (pd.api.types.is_numeric_dtype(dtype) or pd.api.types.is_bool_dtype(dtype))
+        ]
+        if bad:
+            raise TypeError(f"{name} DataFrame has non-numeric columns: {bad}.")
+        array = confounds.to_numpy(dtype=np.float64)
+    elif isinstance(confounds, (np.ndarray, pd.Series)):
+        array = np.asarray(confounds)
+        if array.dtype.kind not in "fiub":
+            raise TypeError(f"{name} must hold numbers; got an array of dtype {array.dtype}.")
+        if array.ndim not in (1, 2):
+            raise ValueError(
+                f"{name} must be a 1D or 2D array; got {array.ndim} dimensions "
+                f"(shape {array.shape})."
+            )
+        array = array.astype(np.float64)
+    else:
+        raise TypeError(
+            f"{name} must be an array, a DataFrame, a CSV/TSV path or a list of these; got "
+            f"{type(confounds).__name__}."
+        )
+    if array.ndim == 1:
+        array = array[:, None]
+    if n_samples is not None and array.shape[0] != n_samples:
+        raise ValueError(
+            f"{name}{source} has {array.shape[0]} rows (time points) but the signals have "
+            f"{n_samples}."
+        )
+    return array
+
+
+def _cosine_drifts(n_volumes, high_pass, t_r):
+    """DCT-II drift regressors up to ``high_pass`` Hz, without the constant column."""
+    if n_volumes > 1 and high_pass * t_r >= 0.5:
+        warnings.warn(
+            f"The cosine high-pass filter at {high_pass} Hz spans every frequency the "
+            f"sampling (t_r={t_r} s) can represent and saturates the design matrix; reduce "
+            "high_pass.",
+            stacklevel=4,
+        )
+    order = 0
+    if n_volumes > 1:
+        order = min(n_volumes - 1, int(np.floor(2 * n_volumes * high_pass * t_r)))
+    times = np.arange(n_volumes) + 0.5
+    k = np.arange(1, order + 1)
+    return np.sqrt(2.0 / n_volumes) * np.cos(np.pi / n_volumes * np.outer(times, k))
+
+
+def _add_cosine_drifts(confounds, n_volumes, high_pass, t_r):
+    drifts = _cosine_drifts(n_volumes, high_pass, t_r)
+    if drifts.shape[1] == 0:
+        warnings.warn(
+            f"No cosine drift regressor fits in {n_volumes} volumes at high_pass={high_pass} "
+            "Hz: the series is too short or the cut-off too low; no high-pass filtering done.",
+            stacklevel=3,
+        )
+        return confounds
+    if confounds is None or confounds.shape[1] == 0:
+        return drifts
+    # A user confound that is nearly one of the drifts means the user already added them
+    # (e.g. fMRIPrep's cosine_XX columns): keep the user's set only.
+    with np.errstate(invalid="ignore", divide="ignore"):
+        d = drifts - drifts.mean(0)
+        c = confounds - confounds.mean(0)
+        corr = (d.T @ c) / np.outer(np.linalg.norm(d, axis=0), np.linalg.norm(c, axis=0))
+    if np.any(corr > 0.9):
+        warnings.warn(
+            "The confounds already contain cosine drift regressors (correlation > 0.9 with "
+            "the filter's); only the supplied confounds are used.",
+            stacklevel=3,
+        )
+        return confounds
+    return np.hstack((confounds, drifts))
+
+
+def _confound_basis(confounds, standardize_confounds):
+    """Orthonormal basis (columns) of the confound space, as nilearn computes it."""
+    if standardize_confounds:
+        confounds = confounds - confounds.mean(0)
+        std = confounds.std(0)
+        std[std < _EPS64] = 1.0
+        confounds /= std
+    else:
+        # Only rescale: a constant confound must keep removing the mean.
+        scale = np.abs(confounds).max(0)
+        scale[scale == 0] = 1.0
+        confounds = confounds / scale
+    q, r, _ = linalg.qr(confounds, mode="economic", pivoting=True)
+    return np.ascontiguousarray(q[:, np.abs(np.diag(r)) > 100.0 * _EPS64])
+
+
+# --------------------------------------------------------------------------- butterworth
+
+
+def _clip_cutoff(kind, freq, nyquist):
+    if freq >= nyquist:
+        new = nyquist - nyquist * 10 * _EPS32
+        warnings.warn(
+            f"The {kind} pass cut-off {freq} Hz is at or above the Nyquist frequency "
+            f"({nyquist} Hz); it was lowered to {new} Hz.",
+            stacklevel=4,
+        )
+        return new
+    if freq < 0:
+        new = nyquist * _EPS32
+        warnings.warn(
+            f"The {kind} pass cut-off {freq} Hz is negative; it was set to {new} Hz.",
+            stacklevel=4,
+        )
+        return new
+    return freq
+
+
+def _butterworth_sos(sampling_rate, low_pass, high_pass, order):
+    """Second-order sections of the filter, or None when nothing is to be filtered."""
+    if low_pass is None and high_pass is None:
+        return None
+    for label, value in (("low_pass", low_pass), ("high_pass", high_pass)):
+        if value is not None and not _is_number(value):
+            raise TypeError(f"{label} must be a number (Hz) or None; got {value!r}.")
+    if not _is_number(sampling_rate) or not sampling_rate > 0:
+        raise ValueError(f"sampling_rate must be a positive number (Hz); got {sampling_rate!r}.")
+    if not isinstance(order, numbers.Integral) or order < 1:
+        raise ValueError(f"butterworth order must be a positive integer; got {order!r}.")
+    if low_pass is not None and high_pass is not None and high_pass >= low_pass:
+        raise ValueError(
+            f"high_pass ({high_pass} Hz) must be lower than low_pass ({low_pass} Hz) for a "
+            "band-pass filter."
+        )
+    nyquist = sampling_rate * 0.5
+    cutoffs = []
+    if high_pass is not None:
+        cutoffs.append(_clip_cutoff("high", high_pass, nyquist))
+        btype = "high"
+    if low_pass is not None:
+        cutoffs.append(_clip_cutoff("low", low_pass, nyquist))
+        btype = "low"
+    if len(cutoffs) == 2:
+        btype = "band"
+        if cutoffs[0] == cutoffs[1]:
+            warnings.warn(
+                "The band-pass cut-offs became equal after clipping to the valid range; the "
+                "signals are returned unfiltered. Check sampling_rate (1 / t_r), low_pass and "
+                "high_pass.",
+                stacklevel=3,
+            )
+            return None
+    else:
+        cutoffs = cutoffs[0]
+    return sp_signal.butter(N=order, Wn=cutoffs, btype=btype, output="sos", fs=sampling_rate)
+
+
+def _edge_length(sos, padtype, padlen):
+    """Number of padding samples sosfiltfilt adds at each end."""
+    if padtype is None:
+        return 0
+    if padlen is not None:
+        return padlen
+    # scipy's default: three times the filter length, minus trivial leading zeros.
+    trivial = min((sos[:, 2] == 0).sum(), (sos[:, 5] == 0).sum())
+    return 3 * (2 * len(sos) + 1 - trivial)
+
+
+def _check_padding(n_volumes, sos, padtype, padlen, where="signals"):
+    if padtype not in ("odd", "even", "constant", None):
+        raise ValueError(
+            f"butterworth padtype must be 'odd', 'even', 'constant' or None; got {padtype!r}."
+        )
+    if padlen is not None and (not isinstance(padlen, numbers.Integral) or padlen < 0):
+        raise ValueError(f"butterworth padlen must be a non-negative integer; got {padlen!r}.")
+    edge = _edge_length(sos, padtype, padlen)
+    if n_volumes <= edge:
+        raise ValueError(
+            f"{where} has {n_volumes} time points, too few for the Butterworth filter: its "
+            f"padding needs at least {edge + 1} (padlen={edge}). Use a longer series, a lower "
+            "butterworth__order or a smaller butterworth__padlen."
+        )
+
+
+def _filtfilt_block(block, sos, padtype, padlen):
+    # One call along axis 0 per block: each column is filtered exactly as on its own.
+    return sp_signal.sosfiltfilt(sos, block, axis=0, padtype=padtype, padlen=padlen)
+
+
+def butterworth(
+    signals,
+    sampling_rate,
+    low_pass=None,
+    high_pass=None,
+    order=5,
+    padtype="odd",
+    padlen=None,
+    copy=False,
+):
+    """Apply a low-, high- or band-pass zero-phase Butterworth filter along time.
+
+    Parameters
+    ----------
+    signals : numpy.ndarray, shape (n_timepoints,) or (n_timepoints, n_signals)
+        Signals to filter; each column is one signal.
+    sampling_rate : float
+        Samples per second (Hz), i.e. ``1 / t_r``.
+    low_pass : float or None, default=None
+        Cut-off (Hz) above which frequencies are removed.
+    high_pass : float or None, default=None
+        Cut-off (Hz) below which frequencies are removed. Both given: band-pass.
+        Cut-offs at or above Nyquist are lowered just below it, negative ones raised to ~0,
+        with a warning.
+    order : int, default=5
+        Filter order (applied forward and backward, so the effective order doubles).
+    padtype : {"odd", "even", "constant", None}, default="odd"
+        Extension at both ends, see :func:`scipy.signal.sosfiltfilt`.
+    padlen : int or None, default=None
+        Extension length; None uses scipy's default (18 for low/high, 33 for band-pass at
+        order 5). The series must be longer than it.
+    copy : bool, default=False
+        If False and ``signals`` is a float array, it is filtered in place and returned;
+        otherwise a new array of the same float dtype is returned (nilearn returns float64
+        for 2D input with ``copy=True``; float32 stays float32 here).
+
+    Returns
+    -------
+    numpy.ndarray
+        Filtered signals, same shape. Computation is float64 per column chunk.
+    """
+    sos = _butterworth_sos(sampling_rate, low_pass, high_pass, order)
+    array = np.asarray(signals)
+    if array.dtype.kind not in "fiub":
+        raise TypeError(f"signals must hold real numbers; got dtype {array.dtype}.")
+    in_place = not copy and array.dtype.kind == "f" and array.flags.writeable
+    out = array if in_place else np.array(array, dtype=_output_dtype(array.dtype))
+    if sos is None:
+        return out
+    if array.ndim not in (1, 2):
+        raise ValueError(f"signals must be 1D or 2D; got shape {array.shape}.")
+    _check_padding(array.shape[0], sos, padtype, padlen)
+    if out.ndim == 1:
+        out[...] = _filtfilt_block(out.astype(np.float64), sos, padtype, padlen)
+        return out
+    for cols in _column_chunks(out.shape[0], out.shape[1]):
+        block = out[:, cols].astype(np.float64)
+        out[:, cols] = _filtfilt_block(block, sos, padtype, padlen)
+    return out
+
+
+# --------------------------------------------------------------------------- detrend/standardize
+
+
+def _detrend_block(block):
+    """Remove mean and linear trend of each column of a float64 block, in place."""
+    n = block.shape[0]
+    block -= block.mean(axis=0)
+    ramp = np.arange(n, dtype=np.float64)
+    ramp -= ramp.mean()
+    norm = np.sqrt((ramp**2).sum())
+    if norm >= _EPS64:
+        ramp /= norm
+    block -= np.outer(ramp, ramp @ block)
+    return block
+
+
+def _warn_detrend_single():
+    warnings.warn(
+        "Detrending was requested on a single time point, which would zero it; skipped.",
+        stacklevel=4,
+    )
+
+
+def _zscore_block(block, ddof):
+    block -= block.mean(axis=0)
+    # Sum of squares without the block-sized temporaries of ndarray.std.
+    std = np.sqrt(np.einsum("ij,ij->j", block, block) / (block.shape[0] - ddof))
+    std[std < _EPS64] = 1.0
+    block /= std
+    return block
+
+
+def _psc_scale(means):
+    """Per-column factor 100 / |mean|; 0 (with a warning) where the mean is ~0."""
+    magnitude = np.abs(means)
+    invalid = magnitude < _EPS64
+    scale = np.zeros_like(magnitude)
+    scale[~invalid] = 100.0 / magnitude[~invalid]
+    if invalid.any():
+        warnings.warn(
+            "psc standardization is meaningless for features whose mean is 0; "
+            f"{int(invalid.sum())} such time series are set to 0.",
+            stacklevel=4,
+        )
+    return scale
+
+
+def standardize_signal(signals, detrend=False, standardize="zscore"):
+    """Center and scale each column of a 2D signal array (time along the first axis).
+
+    Parameters
+    ----------
+    signals : numpy.ndarray, shape (n_timepoints, n_features)
+        Time series; not modified.
+    detrend : bool, default=False
+        Remove the linear trend (and mean) of each column first.
+    standardize : {'zscore_sample', 'zscore', 'psc', True, False, None}, default='zscore'
+        'zscore_sample': zero mean, unit sample standard deviation (ddof=1).
+        'zscore' or True: zero mean, unit population standard deviation (ddof=0), with a
+        ZscoreDeprecationWarning (nilearn 0.11 behaviour). 'psc': percent signal change,
+        ``(x - mean) / |mean| * 100`` (zero-mean columns set to 0 with a warning).
+        False/None: no scaling (the copy is still detrended if asked).
+        Columns whose standard deviation is below float64 eps are only centered.
+
+    Returns
+    -------
+    numpy.ndarray
+        New array of the input's float dtype (integers give float32).
+    """
+    strategy = _check_standardize(standardize)
+    if strategy == "zscore":
+        _warn_zscore()
+    signals = _as_signals(signals)
+    out = np.empty(signals.shape, dtype=_output_dtype(signals.dtype))
+    n = signals.shape[0]
+    if strategy is not None and n == 1:
+        warnings.warn(
+            "Standardization was requested on a single time point, which would zero it; skipped.",
+            stacklevel=2,
+        )
+        strategy = None
+    if detrend and n == 1:
+        _warn_detrend_single()
+        detrend = False
+    for cols in _column_chunks(n, signals.shape[1]):
+        block = signals[:, cols].astype(np.float64)
+        if detrend:
+            _detrend_block(block)
+        if strategy in ("zscore", "zscore_sample"):
+            _zscore_block(block, ddof=1 if strategy == "zscore_sample" else 0)
+        elif strategy == "psc":
+            means = block.mean(axis=0)
+            block -= means
+            block *= _psc_scale(means)
+        out[:, cols] = block
+    return out
+
+
+# --------------------------------------------------------------------------- sample masks/runs
+
+
+def _as_index_mask(mask, n_volumes, label):
+    """Validate one run's sample_mask; return sorted unique int indices."""
+    array = np.asarray(mask)
+    if array.ndim != 1:
+        raise ValueError(f"{label} must be 1D; got shape {array.shape}.")
+    if array.size == 0:
+        raise AllVolumesRemovedError(
+            f"{label} is empty: it removes all {n_volumes} volumes, nothing is left to clean."
+        )
+    if array.dtype == bool:
+        if array.size != n_volumes:
+            raise ValueError(
+                f"{label} is a boolean mask of length {array.size} but the run has "
+                f"{n_volumes} volumes."
+            )
+        indices = np.flatnonzero(array)
+        if indices.size == 0:
+            raise AllVolumesRemovedError(
+                f"{label} marks no volume as kept: all {n_volumes} volumes would be removed."
+            )
+        return indices
+    if array.dtype.kind not in "iu":
+        raise TypeError(
+            f"{label} must hold integer indices of kept volumes or booleans; got dtype "
+            f"{array.dtype}."
+        )
+    indices = array.astype(np.int64)
+    if indices.min() < 0:
+        raise ValueError(f"{label} contains negative indices: {indices[indices < 0]}.")
+    if indices.max() >= n_volumes:
+        raise SampleMaskError(
+            f"{label} contains indices out of range {indices[indices >= n_volumes]}; the run "
+            f"has {n_volumes} volumes (valid indices 0..{n_volumes - 1})."
+        )
+    steps = np.diff(indices)
+    if np.any(steps == 0):
+        duplicated = np.unique(indices[1:][steps == 0])
+        raise ValueError(f"{label} contains duplicated indices: {duplicated}.")
+    if np.any(steps < 0):
+        raise ValueError(f"{label} indices must be in increasing order.")
+    return indices
+
+
+def _sample_masks_per_run(sample_mask, run_lengths):
+    """One validated index array per run (or None)."""
+    if sample_mask is None:
+        return [None] * len(run_lengths)
+    if isinstance(sample_mask, np.ndarray) or (
+        isinstance(sample_mask, (list, tuple))
+        and all(isinstance(item, (numbers.Integral, np.bool_)) for item in sample_mask)
+    ):
+        masks = [sample_mask]
+    elif isinstance(sample_mask, (list, tuple)):
+        masks = list(sample_mask)
+    else:
+        raise TypeError(
+            "sample_mask must be an array of kept-volume indices or booleans, or a list with "
+            f"one such array per run; got {type(sample_mask).__name__}."
+        )
+    if len(masks) != len(run_lengths):
+        raise ValueError(
+            f"sample_mask holds {len(masks)} mask(s) but the signals form {len(run_lengths)} "
+            "run(s): give one mask per run (a list, in sorted run-label order)."
+        )
+    many = len(run_lengths) > 1
+    return [
+        _as_index_mask(mask, n, f"sample_mask[{i}]" if many else "sample_mask")
+        for i, (mask, n) in enumerate(zip(masks, run_lengths, strict=True))
+    ]
+
+
+# --------------------------------------------------------------------------- per-run plan
+
+
+@dataclass
+class _RunPlan:
+    """Everything that is the same for all columns of one run."""
+
+    n_in: int  # rows read from the signals (kept volumes, or all)
+    n_span: int  # length of the series that is detrended / filtered
+    kept_local: np.ndarray | None  # rows of the span given by the input rows
+    interp_rows: np.ndarray | None  # rows of the span filled by interpolation
+    interp_weights: np.ndarray | None  # (n_interp, n_in)
+    censor_after: np.ndarray | None  # rows of the span kept after filtering
+    detrend: bool
+    sos: np.ndarray | None
+    padtype: str | None
+    padlen: int | None
+    basis: np.ndarray | None  # orthonormal confound basis (n_out, r)
+    operator: np.ndarray | None = None  # (n_out, n_in)
+    mean0_weights: np.ndarray | None = None  # (n_in,)
+
+    def linear(self, block):
+        """Apply the linear steps to a float64 block of input rows.
+
+        Returns the cleaned block (n_out, m) and each column's mean after interpolation
+        (nilearn's ``original_mean_signals``, used by psc).
+        """
+        if self.interp_rows is not None:
+            series = np.empty((self.n_span, block.shape[1]))
+            series[self.kept_local] = block
+            series[self.interp_rows] = self.interp_weights @ block
+        else:
+            series = block.copy() if self.detrend or self.basis is not None else block
+        mean0 = series.mean(axis=0)
+        if self.detrend:
+            _detrend_block(series)
+        if self.sos is not None:
+            series = _filtfilt_block(series, self.sos, self.padtype, self.padlen)
+        if self.censor_after is not None:
+            series = series[self.censor_after]
+        if self.basis is not None:
+            series -= self.basis @ (self.basis.T @ series)
+        return series, mean0
+
+    def build_operator(self):
+        identity = np.eye(self.n_in)
+        self.operator, mean0 = self.linear(identity)
+        self.operator = np.ascontiguousarray(self.operator)
+        self.mean0_weights = mean0
+
+    def apply(self, block):
+        if self.operator is None:
+            return self.linear(block)
+        return self.operator @ block, self.mean0_weights @ block
+
+
+def _interpolation_weights(kept, rows, t_r, extrapolate):
+    """Cubic-spline weights giving the values at ``rows`` from the values at ``kept``."""
+    if kept.size < 2:
+        raise ValueError(
+            "sample_mask keeps a single volume; interpolating the censored volumes before "
+            "Butterworth filtering needs at least 2."
+        )
+    times = np.arange(max(kept.max(), rows.max() if rows.size else 0) + 1) * t_r
+    spline = CubicSpline(times[kept], np.eye(kept.size), extrapolate=extrapolate)
+    return spline(times[rows])
+
+
+def _make_plan(
+    n_volumes,
+    kept,
+    confounds,
+    *,
+    filter_type,
+    low_pass,
+    high_pass,
+    t_r,
+    detrend,
+    standardize_confounds,
+    extrapolate,
+    butterworth_kwargs,
+    run_label,
+):
+    where = "signals" if run_label is None else f"run {run_label}"
+    sos = None
+    if filter_type == "cosine":
+        confounds = _add_cosine_drifts(confounds, n_volumes, high_pass, t_r)
+    elif filter_type == "butterworth":
+        sos = _butterworth_sos(1.0 / t_r, low_pass, high_pass, butterworth_kwargs["order"])
+
+    interp_rows = weights = kept_local = censor_after = None
+    if kept is None:
+        n_in = n_span = n_volumes
+        rows_in = slice(0, n_volumes)
+    elif filter_type == "butterworth":
+        # Interpolate censored volumes so the filter sees an evenly sampled series, then
+        # censor after filtering.  Without extrapolation the span ends at the kept edges.
+        start, stop = (0, n_volumes) if extrapolate else (kept[0], kept[-1] + 1)
+        censored = np.ones(n_volumes, dtype=bool)
+        censored[kept] = False
+        censored[:start] = censored[stop:] = False
+        cens_idx = np.flatnonzero(censored)
+        n_in, n_span = kept.size, stop - start
+        kept_local = kept - start
+        censor_after = kept_local
+        if cens_idx.size:
+            interp_rows = cens_idx - start
+            weights = _interpolation_weights(kept, cens_idx, t_r, extrapolate)
+        else:
+            # Nothing to fill in: the span is exactly the kept volumes.
+            kept_local = censor_after = None
+        rows_in = kept
+    else:
+        n_in = n_span = kept.size
+        rows_in = kept
+
+    if confounds is not None:
+        selected = confounds[rows_in]
+        if not np.all(np.isfinite(selected)):
+            bad_rows = np.flatnonzero(~np.all(np.isfinite(selected), axis=1))
+            original = np.arange(n_volumes)[rows_in][bad_rows]
+            raise ValueError(
+                f"confounds contain NaN or infinite values in volume(s) {original.tolist()} "
+                f"of {where} that are kept; fill them (e.g. with 0 or the column mean) or "
+                "remove those volumes with sample_mask."
+            )
+        series = np.empty((n_span, selected.shape[1]))
+        if interp_rows is not None:
+            series[kept_local] = selected
+            series[interp_rows] = weights @ selected
+        else:
+            series[:] = selected
+        confounds = series
+
+    do_detrend = bool(detrend)
+    if do_detrend and n_span == 1:
+        _warn_detrend_single()
+        if confounds is not None:
+            _warn_detrend_single()
+        do_detrend = False
+    if sos is not None:
+        _check_padding(
+            n_span,
+            sos,
+            butterworth_kwargs["padtype"],
+            butterworth_kwargs["padlen"],
+            where=where if kept is None else f"{where} (span of the kept volumes)",
+        )
+
+    basis = None
+    if confounds is not None and confounds.shape[1] > 0:
+        if do_detrend:
+            _detrend_block(confounds)
+        if sos is not None:
+            confounds = _filtfilt_block(
+                confounds, sos, butterworth_kwargs["padtype"], butterworth_kwargs["padlen"]
+            )
+        if censor_after is not None:
+            confounds = confounds[censor_after]
+        basis = _confound_basis(confounds, standardize_confounds)
+        if basis.shape[1] == 0:
+            basis = None
+
+    plan = _RunPlan(
+        n_in=n_in,
+        n_span=n_span,
+        kept_local=kept_local,
+        interp_rows=interp_rows,
+        interp_weights=weights,
+        censor_after=censor_after,
+        detrend=do_detrend,
+        sos=sos,
+        padtype=butterworth_kwargs["padtype"],
+        padlen=butterworth_kwargs["padlen"],
+        basis=basis,
+    )
+    return plan, rows_in
+
+
+# --------------------------------------------------------------------------- clean
+
+
+def _check_filter(filter, low_pass, high_pass, t_r):
+    """Return 'butterworth', 'cosine' or None, after nilearn 0.11.1's checks."""
+    for label, value in (("low_pass", low_pass), ("high_pass", high_pass)):
+        if value is not None and not _is_number(value):
+            raise TypeError(f"{label} must be a number (Hz) or None; got {value!r}.")
+    if filter is None or filter is False or (isinstance(filter, str) and filter == ""):
+        if low_pass is not None or high_pass is not None:
+            warnings.warn(
+                "A cut-off frequency was given with filter=False: no filtering is done.",
+                stacklevel=3,
+            )
+        return None
+    if not isinstance(filter, str) or filter not in ("butterworth", "cosine"):
+        raise ValueError(
+            f"filter={filter!r} is not implemented; use 'butterworth', 'cosine' or False."
+        )
+    if filter == "butterworth" and low_pass is None and high_pass is None:
+        return None
+    if filter == "cosine" and (high_pass is None or not _is_number(t_r)):
+        raise ValueError(
+            "filter='cosine' needs both the repetition time t_r (s) and the high_pass cut-off "
+            f"(Hz); got t_r={t_r!r}, high_pass={high_pass!r}."
+        )
+    if t_r is None:
+        raise ValueError(
+            "The repetition time t_r (seconds) must be given for Butterworth filtering "
+            f"(low_pass={low_pass!r}, high_pass={high_pass!r})."
+        )
+    if not _is_number(t_r) or not t_r > 0:
+        raise ValueError(f"t_r must be a positive number of seconds; got {t_r!r}.")
+    if filter == "cosine" and low_pass is not None:
+        warnings.warn(
+            "low_pass is ignored with filter='cosine', which only high-pass filters.",
+            stacklevel=3,
+        )
+    return filter
+
+
+def clean(
+    signals,
+    runs=None,
+    detrend=True,
+    standardize="zscore",
+    sample_mask=None,
+    confounds=None,
+    standardize_confounds=True,
+    filter="butterworth",
+    low_pass=None,
+    high_pass=None,
+    t_r=2.5,
+    ensure_finite=False,
+    extrapolate=True,
+    **kwargs,
+):
+    """Clean 2D time series: scrubbing, detrending, filtering, confound removal, scaling.
+
+    Same semantics and defaults as ``nilearn.signal.clean`` 0.11.1. Order of operations:
+
+    * ``filter='cosine'``: cosine drift regressors (from the full series) are added to the
+      confounds; then censoring (``sample_mask``), detrend, confound removal, standardize.
+    * ``filter='butterworth'`` with ``sample_mask``: censored volumes are replaced by a cubic
+      spline through the kept volumes (signals and confounds), detrend, band/low/high-pass
+      filter, censoring, confound removal, standardize.
+    * otherwise: censoring, detrend, filter, confound removal, standardize.
+
+    Confounds go through the same detrending and filtering as the signals (Lindquist et al.
+    2018), are standardized (or max-scaled), and are projected out of the signals.
+
+    Parameters
+    ----------
+    signals : numpy.ndarray, shape (n_timepoints, n_features)
+        Time series (time along the first axis). Not modified.
+    runs : numpy.ndarray of shape (n_timepoints,) or None, default=None
+        Run label of each time point. Each run is cleaned independently (with the rows of
+        ``confounds`` of that run) and the results are stacked in sorted label order.
+    detrend : bool, default=True
+        Remove the mean and the linear trend of signals and confounds.
+    standardize : {'zscore_sample', 'zscore', 'psc', True, False, None}, default='zscore'
+        Final scaling, see :func:`standardize_signal`. 'zscore' and True use the population
+        standard deviation and raise a ZscoreDeprecationWarning (as nilearn 0.11). 'psc'
+        re-adds the pre-cleaning mean when cleaning removed it (mean reduced below 10 %).
+    sample_mask : array of int or bool, or list of those (one per run), default=None
+        Volumes to keep: increasing indices, or a boolean mask of length n_timepoints
+        (True = keep). With ``runs``, a list with one mask per run, in sorted label order,
+        indices local to the run.
+    confounds : numpy.ndarray, pandas.DataFrame, str, pathlib.Path, list, or None
+        Confound regressors, ``(n_timepoints, n_confounds)``; see
+        :func:`load_confounds_array`. NaN is refused in kept volumes.
+    standardize_confounds : bool, default=True
+        z-score the confounds before the projection; if False they are divided by their
+        maximum absolute value (a constant confound then removes the mean).
+    filter : {'butterworth', 'cosine', False}, default='butterworth'
+        Temporal filter. 'butterworth' is only applied if ``low_pass`` or ``high_pass`` is
+        set; 'cosine' adds discrete cosine drift regressors up to ``high_pass``.
+    low_pass, high_pass : float or None, default=None
+        Cut-off frequencies (Hz).
+    t_r : float or None, default=2.5
+        Repetition time (seconds); needed by the filters and the interpolation.
+    ensure_finite : bool, default=False
+        Replace NaN and infinite values of ``signals`` by 0 first.
+    extrapolate : bool, default=True
+        When interpolating censored volumes before Butterworth filtering, also extrapolate
+        censored volumes before the first / after the last kept one; if False they are
+        dropped from the filtered span.
+    **kwargs
+        ``butterworth__order`` (5), ``butterworth__padtype`` ('odd'),
+        ``butterworth__padlen`` (None) for :func:`butterworth`; ``butterworth__copy`` is
+        accepted and ignored (the input is never modified).
+
+    Returns
+    -------
+    numpy.ndarray, shape (n_kept_timepoints, n_features)
+        Cleaned signals, in the input's float dtype (integers give float32).
+
+    Notes
+    -----
+    Differences from nilearn 0.11.1 (see the module docstring): censored volumes are
+    interpolated correctly (nilearn replaces the wrong rows); per-run cleaning honours
+    ``standardize_confounds``, ``extrapolate`` and ``butterworth__*``; ``sample_mask`` must
+    be increasing without duplicates; unknown keyword arguments are refused.
+    """
+    butterworth_kwargs = {"order": 5, "padtype": "odd", "padlen": None}
+    for key, value in kwargs.items():
+        option = key.removeprefix("butterworth__")
+        if not key.startswith("butterworth__") or option not in BUTTERWORTH_KWARGS:
+            raise TypeError(
+                f"clean() got an unexpected keyword argument {key!r}; the accepted extra "
+                "options are butterworth__order, butterworth__padtype, butterworth__padlen "
+                "and butterworth__copy."
+            )
+        if option != "copy":
+            butterworth_kwargs[option] = value
+    if isinstance(confounds, Path):
+        confounds = str(confounds)
+    if confounds is not None and not detrend and not standardize_confounds:
+        warnings.warn(
+            "Confounds were given with detrend=False and standardize_confounds=False: unless "
+            "the confounds are already centered, the signals will not be cleaned correctly.",
+            stacklevel=2,
+        )
+    filter_type = _check_filter(filter, low_pass, high_pass, t_r)
+    strategy = _check_standardize(standardize)
+    if not isinstance(ensure_finite, (bool, np.bool_)):
+        raise ValueError(f"ensure_finite must be True or False; got {ensure_finite!r}.")
+    if not isinstance(standardize_confounds, (bool, np.bool_)):
+        # nilearn forwards it as a standardize strategy: any valid one means "standardize".
+        standardize_confounds = (
+            _check_standardize(standardize_confounds, name="standardize_confounds") is not None
+        )
+
+    signals = _as_signals(signals)
+    n_volumes, n_features = signals.shape
+    confounds = load_confounds_array(confounds, n_volumes)
+
+    if runs is None:
+        run_labels = [None]
+        run_rows = [np.arange(n_volumes)]
+    else:
+        runs = np.asarray(runs)
+        if runs.ndim != 1 or runs.shape[0] != n_volumes:
+            raise ValueError(
+                f"runs must be a 1D array with one label per time point ({n_volumes}); got "
+                f"shape {runs.shape}."
+            )
+        run_labels = list(np.unique(runs))
+        run_rows = [np.flatnonzero(runs == label) for label in run_labels]
+    masks = _sample_masks_per_run(sample_mask, [rows.size for rows in run_rows])
+
+    plans = []
+    for label, rows, kept in zip(run_labels, run_rows, masks, strict=True):
+        run_confounds = None if confounds is None else confounds[rows]
+        plan, rows_in = _make_plan(
+            rows.size,
+            kept,
+            run_confounds,
+            filter_type=filter_type,
+            low_pass=low_pass,
+            high_pass=high_pass,
+            t_r=t_r,
+            detrend=detrend,
+            standardize_confounds=standardize_confounds,
+            extrapolate=extrapolate,
+            butterworth_kwargs=butterworth_kwargs,
+            run_label=label,
+        )
+        plans.append((plan, rows[rows_in]))
+
+    n_out = [
+        plan.censor_after.size if plan.censor_after is not None else plan.n_span
+        for plan, _ in plans
+    ]
+    if strategy == "zscore":
+        _warn_zscore()
+    out = np.empty((sum(n_out), n_features), dtype=_output_dtype(signals.dtype))
+    offset = 0
+    for (plan, rows), n_rows_out in zip(plans, n_out, strict=True):
+        if plan.sos is not None and plan.n_in <= _OPERATOR_MAX_VOLUMES and n_features > plan.n_in:
+            plan.build_operator()
+        run_strategy = strategy
+        if run_strategy is not None and n_rows_out == 1:
+            warnings.warn(
+                "Standardization was requested on a single time point, which would zero it; "
+                "skipped.",
+                stacklevel=2,
+            )
+            run_strategy = None
+        _clean_run(
+            signals, rows, plan, out[offset : offset + n_rows_out], run_strategy, ensure_finite
+        )
+        offset += n_rows_out
+    return out
+
+
+def _run_chunks(function, chunks):
+    """Run ``function`` on each column chunk, on ``_N_THREADS`` threads when worthwhile.
+
+    numpy and BLAS release the GIL, so two Python threads with single-threaded BLAS keep both
+    cores busy on the conversions and reductions too, and avoid the spin-waiting of a
+    multi-threaded BLAS on a loaded machine. Chunks write disjoint columns.
+    """
+    if _N_THREADS < 2 or len(chunks) < 2:
+        for cols in chunks:
+            function(cols)
+        return
+    with _single_threaded_blas(), ThreadPoolExecutor(_N_THREADS) as pool:
+        for future in [pool.submit(function, cols) for cols in chunks]:
+            future.result()
+
+
+def _read_rows(signals, rows, cols):
+    """float64 copy of ``signals[rows, cols]`` (rows contiguous → one copy only)."""
+    if rows.size and rows[-1] - rows[0] + 1 == rows.size:
+        return signals[rows[0] : rows[-1] + 1, cols].astype(np.float64)
+    return signals[rows, cols].astype(np.float64, copy=False)
+
+
+def _clean_run(signals, rows, plan, out, strategy, ensure_finite):
+    """Clean the columns of one run chunk by chunk, writing into ``out``."""
+    n_features = signals.shape[1]
+    psc = strategy == "psc"
+    clean_means = np.empty(n_features) if psc else None
+    original_means = np.empty(n_features) if psc else None
+
+    def clean_chunk(cols):
+        block = _read_rows(signals, rows, cols)
+        if ensure_finite:
+            block[~np.isfinite(block)] = 0.0
+        cleaned, mean0 = plan.apply(block)
+        if strategy in ("zscore", "zscore_sample"):
+            _zscore_block(cleaned, ddof=1 if strategy == "zscore_sample" else 0)
+        elif psc:
+            # Store centered values; the per-column scale needs a decision over all columns.
+            means = cleaned.mean(axis=0)
+            cleaned -= means
+            clean_means[cols] = means
+            original_means[cols] = mean0
+        out[:, cols] = cleaned
+
+    chunks = list(_column_chunks(max(plan.n_span, rows.size), n_features))
+    _run_chunks(clean_chunk, chunks)
+    if psc and n_features:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = np.abs(clean_means).mean() / np.abs(original_means).mean()
+        # Detrending or high-pass filtering removed the mean: measure change against the
+        # mean the signals had before cleaning.
+        final_means = clean_means + original_means if ratio < 0.1 else clean_means
+        scale = _psc_scale(final_means).astype(out.dtype)
+        for cols in _column_chunks(out.shape[0], n_features):
+            out[:, cols] *= scale[cols]
+
+
+# --------------------------------------------------------------------------- hv confounds
+
+
+def high_variance_confounds(series, n_confounds=5, percentile=2.0, detrend=True):
+    """Principal time courses of the highest-variance columns (CompCor-like confounds).
+
+    Parameters
+    ----------
+    series : numpy.ndarray, shape (n_timepoints, n_features)
+        Time series, one per column.
+    n_confounds : int, default=5
+        Number of confounds returned.
+    percentile : float, default=2.0
+        Keep the columns whose mean of squares (after optional detrending; no other
+        centering) is strictly above the ``100 - percentile`` percentile.
+    detrend : bool, default=True
+        Remove the mean and linear trend of each column first.
+
+    Returns
+    -------
+    numpy.ndarray, shape (n_timepoints, n_confounds)
+        Unit-norm left singular vectors of the kept columns with the largest singular
+        values (sign arbitrary), in the input's float dtype (integers give float32).
+    """
+    series = _as_signals(series, name="series")
+    if not isinstance(n_confounds, numbers.Integral) or n_confounds < 1:
+        raise ValueError(f"n_confounds must be a positive integer; got {n_confounds!r}.")
+    if not _is_number(percentile) or not 0 <= percentile <= 100:
+        raise ValueError(f"percentile must be a number in [0, 100]; got {percentile!r}.")
+    n = series.shape[0]
+    if detrend and n == 1:
+        _warn_detrend_single()
+        detrend = False
+    mean_squares = np.empty(series.shape[1])
+    for cols in _column_chunks(n, series.shape[1]):
+        block = series[:, cols].astype(np.float64)
+        if detrend:
+            _detrend_block(block)
+        mean_squares[cols] = (block**2).mean(axis=0)
+    threshold = np.nanpercentile(mean_squares, 100.0 - percentile)
+    selected = series[:, mean_squares > threshold].astype(np.float64)
+    if detrend:
+        _detrend_block(selected)
+    eigenvalues, eigenvectors = linalg.eigh(selected @ selected.T / n)
+    order = np.argsort(eigenvalues)[::-1][:n_confounds]
+    return eigenvectors[:, order].astype(_output_dtype(series.dtype))
