@@ -1,0 +1,810 @@
+"""The one in-memory implementation of ``NiftiMasker.transform``.
+
+``filter_and_extract`` reproduces the numerics of nilearn 0.11.1's
+``NiftiMasker.transform_single_imgs`` (resample to the mask grid if needed,
+smooth, mask, clean) while keeping memory low:
+
+* the 4D image is read once, through nibabel's ``dataobj`` (a memory map for
+  uncompressed NIfTI), in its own dtype: float32 data is never copied to a 4D
+  float64 array;
+* smoothing goes through :func:`masker_wf.image.smooth_masked`, which only
+  touches the mask bounding box (plus the kernel radius) and returns the masked
+  signals directly, equal to nilearn's smooth-the-whole-field-then-mask;
+* the cheap checks on confounds, ``sample_mask`` and the filter parameters run
+  *before* the expensive steps, so that a typo fails in milliseconds.
+
+The estimator (:class:`masker_wf.maskers.NiftiMasker`) and the file-based
+steps (:mod:`masker_wf._steps`) both call this module, so that there is a
+single implementation to test against nilearn.
+"""
+
+from __future__ import annotations
+
+import glob
+import numbers
+import os
+import warnings
+from collections.abc import Mapping
+
+import numpy as np
+
+from . import image, masking, signal
+from ._exceptions import DimensionError
+from ._niimg import (
+    check_niimg,
+    check_niimg_3d,
+    check_same_fov,
+    describe,
+    get_data,
+    img_data_dtype,
+    new_img_like,
+)
+
+__all__ = ["compute_mask_img", "filter_and_extract", "prepare_mask_img", "resolve_dtype"]
+
+MASK_STRATEGIES = (
+    "background",
+    "epi",
+    "whole-brain-template",
+    "gm-template",
+    "wm-template",
+)
+STANDARDIZE_VALUES = ("zscore_sample", "zscore", "psc", True, False, None)
+
+# Voxels per chunk when reducing (n_volumes, n_voxels) arrays column-wise for the report
+# statistics: a chunk of a few MB stays in cache.
+_COLUMN_CHUNK = 2048
+# Number of voxels kept for the carpet plots of the report.
+_REPORT_VOXELS = 2000
+
+
+class SampleMaskError(ValueError, IndexError):
+    """Invalid ``sample_mask``.
+
+    A ``ValueError`` (the project's convention) that is also an
+    ``IndexError``, which is what nilearn raises for out-of-range indices.
+    """
+
+
+def log(message: str, verbose, name: str = "filter_and_extract") -> None:
+    """Print a progress message the way nilearn does: ``[caller] message``."""
+    if verbose:
+        print(f"[{name}] {message}", flush=True)
+
+
+# --------------------------------------------------------------------------- masks
+def _compute_whole_brain_mask(imgs, verbose=0, **kwargs):
+    return masking.compute_brain_mask(imgs, mask_type="whole-brain", verbose=verbose, **kwargs)
+
+
+def _compute_gm_mask(imgs, verbose=0, **kwargs):
+    return masking.compute_brain_mask(imgs, mask_type="gm", verbose=verbose, **kwargs)
+
+
+def _compute_wm_mask(imgs, verbose=0, **kwargs):
+    return masking.compute_brain_mask(imgs, mask_type="wm", verbose=verbose, **kwargs)
+
+
+def mask_strategy_function(mask_strategy: str):
+    """Return the mask-computing function of a ``mask_strategy``.
+
+    Module-level functions rather than ``functools.partial`` objects, so that
+    ``joblib.Memory`` can name and cache them.
+
+    Parameters
+    ----------
+    mask_strategy : {"background", "epi", "whole-brain-template", "gm-template", \
+"wm-template", "template"}
+        ``"template"`` is a deprecated alias of ``"whole-brain-template"``.
+
+    Returns
+    -------
+    callable
+        ``f(imgs, verbose=0, **mask_args) -> Nifti1Image``.
+    """
+    if mask_strategy == "template":
+        warnings.warn(
+            "mask_strategy='template' is deprecated: use 'whole-brain-template' instead.",
+            DeprecationWarning,
+            stacklevel=3,
+        )
+        mask_strategy = "whole-brain-template"
+    functions = {
+        "background": getattr(masking, "compute_background_mask", None),
+        "epi": getattr(masking, "compute_epi_mask", None),
+        "whole-brain-template": _compute_whole_brain_mask,
+        "gm-template": _compute_gm_mask,
+        "wm-template": _compute_wm_mask,
+    }
+    if not isinstance(mask_strategy, str) or mask_strategy not in functions:
+        raise ValueError(
+            f"Unknown value of mask_strategy {mask_strategy!r}. Acceptable values are "
+            "'background', 'epi', 'whole-brain-template', 'gm-template', and 'wm-template'."
+        )
+    return functions[mask_strategy]
+
+
+def mask_input(imgs):
+    """Images for mask computation: a list holding 4D images is concatenated along time.
+
+    nilearn's mask functions read a list of 4D images as one long run (the
+    mean is taken over every volume); the core loaders refuse such a list (it
+    is 5D for ``transform``), so the concatenation happens here.
+    """
+    if isinstance(imgs, (list, tuple)) and len(imgs) > 0:
+        shapes = [check_niimg(item, name="imgs").shape for item in imgs]
+        if any(len(shape) == 4 for shape in shapes):
+            return image.concat_imgs(list(imgs), dtype=None)
+    return imgs
+
+
+def _cached(function, memory, ignore=("verbose",)):
+    if memory is None or getattr(memory, "location", None) is None:
+        return function
+    return memory.cache(function, ignore=list(ignore))
+
+
+def compute_mask_img(
+    imgs,
+    mask_strategy="background",
+    mask_args=None,
+    target_affine=None,
+    target_shape=None,
+    memory=None,
+    verbose=0,
+):
+    """Compute a mask from images, then put it on the target grid.
+
+    As nilearn's ``NiftiMasker.fit``: the mask is computed on the raw images
+    (native grid, no smoothing), then resampled with nearest-neighbour
+    interpolation to ``target_affine``/``target_shape`` when given.
+
+    Parameters
+    ----------
+    imgs : Niimg-like or list of Niimg-like
+        Images the mask is computed from (a list gives one mask for all).
+    mask_strategy : str, default="background"
+        One of ``"background"``, ``"epi"``, ``"whole-brain-template"``,
+        ``"gm-template"``, ``"wm-template"`` (``"template"``: deprecated alias).
+    mask_args : dict, optional
+        Keyword arguments of the mask-computing function.
+    target_affine : (3, 3) or (4, 4) array, optional
+        Affine of the target grid.
+    target_shape : tuple of 3 ints, optional
+        Shape of the target grid.
+    memory : joblib.Memory, optional
+        Cache of the mask computation and resampling.
+    verbose : int, default=0
+        Verbosity.
+
+    Returns
+    -------
+    nibabel.Nifti1Image
+        The 3D mask.
+    """
+    if imgs is None:
+        raise ValueError(
+            "Parameter 'imgs' must be provided to compute a mask (no mask was given in mask_img)."
+        )
+    compute = mask_strategy_function(mask_strategy)
+    if mask_args is None:
+        mask_args = {}
+    if not isinstance(mask_args, Mapping):
+        raise TypeError(f"mask_args must be a dict, got {type(mask_args).__name__}.")
+    verbose = max(0, int(verbose) - 1)
+    mask_img = _cached(compute, memory)(mask_input(imgs), verbose=verbose, **mask_args)
+    return prepare_mask_img(mask_img, target_affine, target_shape, memory=memory)
+
+
+def prepare_mask_img(mask_img, target_affine=None, target_shape=None, memory=None):
+    """Load a mask and resample it (nearest neighbour) to the target grid.
+
+    Parameters
+    ----------
+    mask_img : Niimg-like
+        A 3D mask (a 4D image with one volume is accepted).
+    target_affine : (3, 3) or (4, 4) array, optional
+        Affine of the target grid.
+    target_shape : tuple of 3 ints, optional
+        Shape of the target grid.
+    memory : joblib.Memory, optional
+        Cache of the resampling.
+
+    Returns
+    -------
+    nibabel.Nifti1Image
+        The mask, unchanged when both targets are None.
+    """
+    mask_img = check_niimg_3d(mask_img, name="mask_img")
+    if target_affine is None and target_shape is None:
+        return mask_img
+    return _cached(image.resample_img, memory, ignore=())(
+        mask_img,
+        target_affine=target_affine,
+        target_shape=target_shape,
+        interpolation="nearest",
+        copy=False,
+    )
+
+
+# --------------------------------------------------------------------------- dtype
+def resolve_dtype(source_dtype, dtype):
+    """Dtype the input data is converted to before processing (nilearn 0.11.1).
+
+    Parameters
+    ----------
+    source_dtype : numpy.dtype
+        Dtype of the loaded image data (scaling applied).
+    dtype : None, "auto" or dtype-like
+        The masker's ``dtype``. ``"auto"``: signed integers -> int32,
+        everything else -> float32.
+
+    Returns
+    -------
+    numpy.dtype or None
+        None when no conversion is needed.
+    """
+    if dtype is None:
+        return None
+    source_dtype = np.dtype(source_dtype)
+    if isinstance(dtype, str) and dtype == "auto":
+        target = np.dtype(np.int32) if source_dtype.kind == "i" else np.dtype(np.float32)
+    else:
+        try:
+            target = np.dtype(dtype)
+        except TypeError as exc:
+            raise TypeError(f"dtype: {dtype!r} is not a valid numpy dtype or 'auto'.") from exc
+        if target.kind not in "iuf":
+            raise TypeError(
+                f"dtype: {dtype!r} is not supported; use 'auto', None, or an integer or "
+                "floating-point dtype."
+            )
+    return None if target == source_dtype else target
+
+
+# --------------------------------------------------------------------------- checks
+def _n_volumes(img) -> int:
+    return 1 if len(img.shape) == 3 else int(img.shape[3])
+
+
+def check_filter_parameters(low_pass, high_pass, t_r, clean_kwargs) -> None:
+    """Fail early (before loading data) on filter settings ``clean`` would reject."""
+    filter_type = clean_kwargs.get("filter", "butterworth")
+    if filter_type not in ("butterworth", "cosine", False):
+        raise ValueError(
+            f"clean__filter: filter method {filter_type!r} not implemented; "
+            "use 'butterworth', 'cosine' or False."
+        )
+    for name, value in (("low_pass", low_pass), ("high_pass", high_pass), ("t_r", t_r)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Real)):
+            raise TypeError(f"{name} must be a number or None, got {value!r}.")
+    filtering = low_pass is not None or high_pass is not None
+    if filter_type == "butterworth" and filtering and t_r is None:
+        raise ValueError(
+            "Repetition time (t_r) must be specified for butterworth filtering "
+            f"(low_pass={low_pass}, high_pass={high_pass}); set t_r."
+        )
+    if filter_type == "cosine" and (t_r is None or high_pass is None):
+        raise ValueError(
+            "Repetition time (t_r) and low cutoff frequency (high_pass) must be specified "
+            "for cosine filtering (clean__filter='cosine')."
+        )
+
+
+def check_standardize(standardize) -> None:
+    """Reject unknown ``standardize`` values with a message naming the argument."""
+    if not any(
+        standardize is value or (isinstance(value, str) and standardize == value)
+        for value in STANDARDIZE_VALUES
+    ) and not isinstance(standardize, (bool, np.bool_)):
+        raise ValueError(
+            f"standardize: {standardize!r} is no valid standardize strategy; use one of "
+            "'zscore_sample', 'zscore', 'psc', True, False or None."
+        )
+
+
+def _confound_items(confounds):
+    if confounds is None:
+        return []
+    if isinstance(confounds, (list, tuple)):
+        return list(confounds)
+    return [confounds]
+
+
+def check_confounds(confounds, n_volumes: int) -> None:
+    """Check the number of rows and finiteness of confounds before any heavy work."""
+    for index, item in enumerate(_confound_items(confounds)):
+        name = "confounds" if not isinstance(confounds, (list, tuple)) else f"confounds[{index}]"
+        if isinstance(item, (str, os.PathLike)):
+            name += f" ({os.fspath(item)!r})"
+        array = signal.load_confounds_array(item, n_volumes, name=name)
+        array = np.asarray(array)
+        if array.shape[0] != n_volumes:
+            raise ValueError(
+                f"{name} has {array.shape[0]} rows but the image has {n_volumes} volumes."
+            )
+        if not np.all(np.isfinite(array)):
+            rows = np.unique(np.nonzero(~np.isfinite(array.reshape(array.shape[0], -1)))[0])
+            raise ValueError(
+                f"{name} contains NaN or infinite values (rows {rows[:10].tolist()}); fill "
+                "them (e.g. the first row of fMRIPrep's derivative columns) before cleaning."
+            )
+
+
+def normalize_sample_mask(sample_mask):
+    """A flat list of indices or booleans becomes an array; other values pass through.
+
+    nilearn reads a list as one sample mask per run; a flat list of numbers is
+    unambiguous, so it is accepted as a single mask.
+    """
+    if (
+        isinstance(sample_mask, (list, tuple))
+        and len(sample_mask) > 0
+        and all(np.ndim(item) == 0 for item in sample_mask)
+    ):
+        return np.asarray(sample_mask)
+    return sample_mask
+
+
+def check_sample_mask(sample_mask, n_volumes: int, runs=None) -> None:
+    """Check ``sample_mask`` (range, duplicates, boolean length) before any heavy work.
+
+    Parameters
+    ----------
+    sample_mask : array, list of arrays or None
+        Volumes to keep: integer indices or booleans; with ``runs``, a list
+        with one mask per run (indices local to the run).
+    n_volumes : int
+        Number of volumes of the signal.
+    runs : array, optional
+        Run label of each volume.
+    """
+    if sample_mask is None:
+        return
+    sample_mask = normalize_sample_mask(sample_mask)
+    if isinstance(sample_mask, np.ndarray):
+        masks = [sample_mask]
+    elif isinstance(sample_mask, (list, tuple)):
+        masks = list(sample_mask)
+    else:
+        raise TypeError(
+            "sample_mask must be an array of indices or booleans (or a list with one per "
+            f"run), got {type(sample_mask).__name__}."
+        )
+    if runs is None:
+        lengths = [n_volumes]
+    else:
+        runs = np.asarray(runs)
+        if runs.shape[0] != n_volumes:
+            raise ValueError(
+                f"runs: the length of the run vector ({runs.shape[0]}) does not match the "
+                f"number of volumes ({n_volumes})."
+            )
+        lengths = [int(np.sum(runs == label)) for label in np.unique(runs)]
+    if len(masks) != len(lengths):
+        raise ValueError(
+            f"sample_mask: {len(masks)} sample mask(s) given for {len(lengths)} run(s); "
+            "give one sample mask per run."
+        )
+    for index, (mask, length) in enumerate(zip(masks, lengths, strict=True)):
+        name = "sample_mask" if len(masks) == 1 else f"sample_mask[{index}]"
+        _check_one_sample_mask(mask, length, name)
+
+
+def _check_one_sample_mask(mask, n_volumes: int, name: str) -> None:
+    array = np.asarray(mask)
+    if array.ndim != 1:
+        raise SampleMaskError(f"{name} must be 1D, got an array of shape {array.shape}.")
+    if array.dtype == bool:
+        if array.shape[0] != n_volumes:
+            raise SampleMaskError(
+                f"{name} is a boolean mask of length {array.shape[0]} but the signal has "
+                f"{n_volumes} volumes."
+            )
+        if not array.any():
+            raise SampleMaskError(f"{name} removes every volume.")
+        return
+    if array.size == 0:
+        raise SampleMaskError(f"{name} is empty: it removes every volume.")
+    if array.dtype.kind not in "iu":
+        if array.dtype.kind == "f" and np.all(np.mod(array, 1) == 0):
+            array = array.astype(np.int64)
+        else:
+            raise SampleMaskError(
+                f"{name} must hold integer indices or booleans, got dtype {array.dtype}."
+            )
+    if array.min() < 0 or array.max() >= n_volumes:
+        bad = array[(array < 0) | (array >= n_volumes)]
+        raise SampleMaskError(
+            f"{name} contains invalid index {bad[:10].tolist()}: the signal has {n_volumes} "
+            f"volumes (valid indices 0..{n_volumes - 1})."
+        )
+    if np.unique(array).size != array.size:
+        values, counts = np.unique(array, return_counts=True)
+        raise SampleMaskError(
+            f"{name} contains duplicated indices {values[counts > 1][:10].tolist()}."
+        )
+
+
+# --------------------------------------------------------------------------- extraction
+def _extract(data, mask: np.ndarray) -> np.ndarray:
+    """``data[mask].T`` of a 4D array, one volume at a time (no 4D copy).
+
+    Integer data is converted to float32 on the way, as ``clean`` would do;
+    non-finite values become 0, as in nilearn's ``apply_mask``.
+    """
+    n_volumes = data.shape[3]
+    out_dtype = data.dtype if data.dtype.kind == "f" else np.dtype(np.float32)
+    if data.dtype.itemsize > 4 and data.dtype.kind == "f":
+        out_dtype = data.dtype
+    # Volumes of a NIfTI array (Fortran order) are contiguous: flat indices of the mask
+    # voxels, listed in C order as ``data[mask]`` lists them.
+    fortran = np.isfortran(data) or data.flags.f_contiguous
+    if fortran:
+        flat_index = np.ravel_multi_index(np.nonzero(mask), mask.shape, order="F")
+    out = np.empty((n_volumes, int(mask.sum())), dtype=out_dtype)
+    for t in range(n_volumes):
+        volume = data[..., t]
+        if fortran:
+            out[t] = np.take(volume.ravel(order="F"), flat_index)
+        else:
+            out[t] = volume[mask]
+    if out_dtype.kind == "f":
+        bad = ~np.isfinite(out)
+        if bad.any():
+            out[bad] = 0
+    return out
+
+
+def _smooth_and_extract(data, affine, fwhm, mask):
+    """Smoothed masked signals, via the mask-bounding-box fast path.
+
+    ``smooth_masked`` warns and skips smoothing for a FWHM of 0, as nilearn.
+    """
+    return image.smooth_masked(data, affine, fwhm, mask)
+
+
+def _column_stats(signals: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and (population) standard deviation over time of each column.
+
+    Computed by cache-sized column chunks in the signals' precision (means
+    accumulated in float64): for the report only, so cheap beats exact.
+    """
+    n_rows, n_columns = signals.shape
+    mean = np.empty(n_columns)
+    std = np.empty(n_columns)
+    for start in range(0, n_columns, _COLUMN_CHUNK):
+        stop = min(start + _COLUMN_CHUNK, n_columns)
+        chunk = signals[:, start:stop]
+        chunk_mean = chunk.mean(axis=0, dtype=np.float64)
+        centred = chunk - chunk_mean.astype(chunk.dtype)
+        mean[start:stop] = chunk_mean
+        std[start:stop] = np.sqrt(np.einsum("ij,ij->j", centred, centred) / max(n_rows, 1))
+    return mean, std
+
+
+def _tsnr(mean, std) -> np.ndarray:
+    out = np.zeros_like(mean)
+    np.divide(np.abs(mean), std, out=out, where=std > 0)
+    return out.astype(np.float32)
+
+
+def _kept_volumes(sample_mask, n_volumes, runs):
+    sample_mask = normalize_sample_mask(sample_mask)
+    if sample_mask is None or runs is not None:
+        return None
+    if isinstance(sample_mask, (list, tuple)) and len(sample_mask) == 1:
+        sample_mask = sample_mask[0]
+    array = np.asarray(sample_mask)
+    if array.dtype == bool:
+        return np.flatnonzero(array)
+    return array.astype(np.int64)
+
+
+def file_stamps(imgs) -> list:
+    """``(path, size, mtime_ns)`` of every file behind ``imgs``, for cache keys.
+
+    joblib hashes a path (or a file-backed nibabel image) by its name only, so
+    a file rewritten in place would be served stale results; adding these
+    stamps to the cached call's arguments invalidates the entry instead.
+    """
+    items = list(imgs) if isinstance(imgs, (list, tuple)) else [imgs]
+    stamps = []
+    for item in items:
+        path = None
+        if isinstance(item, (str, os.PathLike)):
+            path = os.fspath(item)
+        elif hasattr(item, "get_filename"):
+            path = item.get_filename()
+        if path is None:
+            continue
+        paths = [path] if os.path.exists(path) else sorted(glob.glob(os.path.expanduser(path)))
+        for one in paths:
+            info = os.stat(one)
+            stamps.append((os.path.abspath(one), info.st_size, info.st_mtime_ns))
+    return stamps
+
+
+def cached_filter_and_extract(
+    imgs,
+    mask_img,
+    *,
+    stamps=(),
+    smoothing_fwhm=None,
+    target_affine=None,
+    target_shape=None,
+    dtype=None,
+    high_variance_confounds=False,
+    confounds=None,
+    sample_mask=None,
+    runs=None,
+    detrend=False,
+    standardize=False,
+    standardize_confounds=True,
+    low_pass=None,
+    high_pass=None,
+    t_r=None,
+    clean_kwargs=None,
+    verbose=0,
+    log_name="filter_and_extract",
+):
+    """:func:`filter_and_extract` with the input files' stamps in the cache key.
+
+    The explicit signature lets ``joblib.Memory`` hash (and ignore) arguments
+    by name; ``stamps`` (see :func:`file_stamps`) is only part of the key.
+    """
+    del stamps
+    return filter_and_extract(
+        imgs,
+        mask_img,
+        smoothing_fwhm=smoothing_fwhm,
+        target_affine=target_affine,
+        target_shape=target_shape,
+        dtype=dtype,
+        high_variance_confounds=high_variance_confounds,
+        confounds=confounds,
+        sample_mask=sample_mask,
+        runs=runs,
+        detrend=detrend,
+        standardize=standardize,
+        standardize_confounds=standardize_confounds,
+        low_pass=low_pass,
+        high_pass=high_pass,
+        t_r=t_r,
+        clean_kwargs=clean_kwargs,
+        verbose=verbose,
+        log_name=log_name,
+    )
+
+
+def _on_target_grid(img, target_affine, target_shape) -> bool:
+    """Whether ``img`` is already on the grid ``prepare_mask_img`` would give."""
+    if target_shape is not None and tuple(img.shape[:3]) != tuple(target_shape):
+        return False
+    if target_affine is None:
+        return True
+    target = np.asarray(target_affine, dtype=float)
+    if target.shape == (3, 3):
+        return bool(np.allclose(img.affine[:3, :3], target))
+    return target.shape == (4, 4) and bool(np.allclose(img.affine, target))
+
+
+def load_img(imgs, dtype=None, name="imgs"):
+    """Load the images to transform as one 4D image (lists concatenated along time).
+
+    Parameters
+    ----------
+    imgs : Niimg-like or list of Niimg-like
+        3D or 4D image(s).
+    dtype : None, "auto" or dtype-like
+        Conversion applied to the data before processing (nilearn 0.11.1).
+    name : str
+        Argument name for error messages.
+
+    Returns
+    -------
+    img : nibabel.Nifti1Image
+        The 4D image, data not loaded when no conversion is needed.
+    raw_img : nibabel.Nifti1Image
+        The image before the dtype conversion (high variance confounds use it).
+    ndim : int
+        Dimensionality of the input (3 or 4).
+    """
+    raw = check_niimg(imgs, name=name)
+    ndim = len(raw.shape)
+    if ndim == 3:
+        raw = check_niimg(raw, atleast_4d=True, name=name)
+    if len(raw.shape) != 4:
+        raise DimensionError(len(raw.shape), 4, f"{name} {describe(imgs)}")
+    img = raw
+    target = resolve_dtype(img_data_dtype(raw), dtype)
+    if target is not None:
+        img = new_img_like(raw, get_data(raw).astype(target), copy_header=True)
+    return img, raw, ndim
+
+
+def filter_and_extract(
+    imgs,
+    mask_img,
+    *,
+    smoothing_fwhm=None,
+    target_affine=None,
+    target_shape=None,
+    dtype=None,
+    high_variance_confounds=False,
+    confounds=None,
+    sample_mask=None,
+    runs=None,
+    detrend=False,
+    standardize=False,
+    standardize_confounds=True,
+    low_pass=None,
+    high_pass=None,
+    t_r=None,
+    clean_kwargs=None,
+    verbose=0,
+    report=None,
+    log_name="filter_and_extract",
+) -> np.ndarray:
+    """Resample, smooth, mask and clean images: ``NiftiMasker.transform`` numerics.
+
+    Equal (to float rounding) to nilearn 0.11.1's
+    ``NiftiMasker(mask_img, ...).fit().transform(imgs, confounds, sample_mask)``
+    with its scrubbing interpolation bug corrected (censored volumes are the
+    ones interpolated).
+
+    Parameters
+    ----------
+    imgs : Niimg-like or list of Niimg-like
+        3D or 4D image(s); a 3D image gives one row.
+    mask_img : Niimg-like
+        The fitted mask (``NiftiMasker.mask_img_``), already on the target grid.
+    smoothing_fwhm : float or sequence of 3 floats, optional
+        Gaussian smoothing FWHM in mm (applied after resampling, before masking).
+    target_affine, target_shape : optional
+        The masker's target grid: images are resampled to it (continuous
+        interpolation) when they are on the mask's grid already.
+    dtype : None, "auto" or dtype-like
+        Data conversion before processing (nilearn 0.11.1 semantics).
+    high_variance_confounds : bool, default=False
+        Prepend 5 high-variance confounds computed on the raw input image.
+    confounds : array, DataFrame, path or list of those, optional
+        Confounds (one row per volume), passed to :func:`masker_wf.signal.clean`.
+    sample_mask : array or list of arrays, optional
+        Volumes to keep (indices or booleans; one per run with ``runs``).
+    runs : array, optional
+        Run label of each volume.
+    detrend, standardize, standardize_confounds, low_pass, high_pass, t_r :
+        Cleaning parameters, see :func:`masker_wf.signal.clean`.
+    clean_kwargs : dict, optional
+        Extra keyword arguments of :func:`masker_wf.signal.clean` (``filter``,
+        ``ensure_finite``, ``extrapolate``, ``butterworth__order``...).
+    verbose : int, default=0
+        Print progress messages.
+    report : dict, optional
+        Filled with data for the HTML report (a subset of voxels before/after
+        cleaning, tSNR, kept volumes).
+    log_name : str
+        Name printed in front of progress messages.
+
+    Returns
+    -------
+    numpy.ndarray, shape (n_kept_volumes, n_voxels)
+        Float32 for float32/integer input (float64 for float64 or scaled
+        integer data with ``dtype=None``).
+    """
+    clean_kwargs = dict(clean_kwargs or {})
+    check_standardize(standardize)
+    check_filter_parameters(low_pass, high_pass, t_r, clean_kwargs)
+
+    log(f"Loading data from {describe(imgs)}", verbose, log_name)
+    img, raw_img, ndim = load_img(imgs, dtype=dtype)
+    n_volumes = _n_volumes(img)
+    mask_img = check_niimg_3d(mask_img, name="mask_img")
+    if not _on_target_grid(mask_img, target_affine, target_shape):
+        # A mask file given with a target grid (the file-based steps): do what
+        # NiftiMasker.fit does first. A fitted mask_img_ is on the grid already.
+        mask_img = prepare_mask_img(mask_img, target_affine, target_shape)
+    mask, _ = masking.load_mask_img(mask_img)
+
+    # Cheap checks before the expensive steps.
+    check_confounds(confounds, n_volumes)
+    sample_mask = normalize_sample_mask(sample_mask)
+    check_sample_mask(sample_mask, n_volumes, runs)
+    if runs is not None and np.asarray(runs).shape[0] != n_volumes:
+        raise ValueError(
+            f"runs: the length of the run vector ({np.asarray(runs).shape[0]}) does not match "
+            f"the number of volumes ({n_volumes})."
+        )
+
+    all_confounds = confounds
+    if high_variance_confounds:
+        if ndim == 3:
+            raise DimensionError(3, 4, "imgs (high_variance_confounds needs 4D images)")
+        log("Computing high variance confounds", verbose, log_name)
+        hv = image.high_variance_confounds(raw_img)
+        all_confounds = [hv, *_confound_items(confounds)]
+    del raw_img
+
+    if not check_same_fov(img, mask_img):
+        warnings.warn(
+            "imgs are being resampled to the mask_img resolution. This process is memory "
+            "intensive. You might want to provide a target_affine that is equal to the "
+            "affine of the imgs or resample the mask beforehand to save memory and "
+            "computation time.",
+            UserWarning,
+            stacklevel=2,
+        )
+        # As nilearn: resample onto the mask's bounding box only (padded by one voxel);
+        # smoothing then happens on that grid, so its borders are the same as nilearn's.
+        mask_img = image.crop_img(mask_img)
+        target_affine, target_shape = mask_img.affine, mask_img.shape[:3]
+        mask, _ = masking.load_mask_img(mask_img)
+    if target_affine is not None or target_shape is not None:
+        log("Resampling images", verbose, log_name)
+        img = image.resample_img(
+            img,
+            target_affine=target_affine,
+            target_shape=target_shape,
+            interpolation="continuous",
+            copy=False,
+        )
+        if img.shape[:3] != mask.shape:
+            raise ValueError(
+                f"Resampled images have shape {img.shape[:3]}, which differs from the mask "
+                f"shape {mask.shape}: check target_affine/target_shape."
+            )
+
+    data = get_data(img)
+    if report is not None:
+        # The report shows three planes of the mean image: average just those planes
+        # instead of a second pass over the whole run.
+        from .reports.figures import orthogonal_planes, slice_centre
+
+        report["mean_planes"] = [
+            plane.mean(axis=-1, dtype=np.float64).astype(np.float32)
+            for plane in orthogonal_planes(data, slice_centre(mask))
+        ]
+    if smoothing_fwhm is not None:
+        log("Smoothing images", verbose, log_name)
+        log("Extracting region signals", verbose, log_name)
+        signals = _smooth_and_extract(data, img.affine, smoothing_fwhm, mask)
+    else:
+        log("Extracting region signals", verbose, log_name)
+        signals = _extract(data, mask)
+    del data, img
+
+    voxels = None
+    if report is not None:
+        voxels = np.unique(
+            np.linspace(0, signals.shape[1] - 1, min(_REPORT_VOXELS, signals.shape[1]))
+            .round()
+            .astype(np.int64)
+        )
+        mean_before, std_before = _column_stats(signals)
+        report["signals_before"] = signals[:, voxels].copy()
+        report["tsnr_before"] = _tsnr(mean_before, std_before)
+        report["kept_volumes"] = _kept_volumes(sample_mask, n_volumes, runs)
+
+    log("Cleaning extracted signals", verbose, log_name)
+    cleaned = signal.clean(
+        signals,
+        runs=runs,
+        detrend=detrend,
+        standardize=standardize,
+        sample_mask=sample_mask,
+        confounds=all_confounds,
+        standardize_confounds=standardize_confounds,
+        low_pass=low_pass,
+        high_pass=high_pass,
+        t_r=t_r,
+        **clean_kwargs,
+    )
+    del signals
+    if report is not None:
+        report["signals_after"] = cleaned[:, voxels].copy()
+        report["standardized"] = bool(standardize)
+        if not standardize:
+            _, std_after = _column_stats(cleaned)
+            report["tsnr_after"] = _tsnr(mean_before, std_after)
+    return cleaned
