@@ -1,0 +1,287 @@
+"""File input/output shared by the pipeline faces (Pydra tasks, nipype interfaces, CLI).
+
+Every writer here is atomic: data go to a temporary file in the destination
+directory, which is renamed over the destination only once it is complete.
+A crash or an exception therefore never leaves a truncated output that a cache
+(Pydra's, nipype's, or a user's ``make``) could mistake for a finished one.
+
+Signals file format
+-------------------
+Signals are stored as NumPy ``.npy`` files (format version 1.0 or 2.0, as
+``numpy.save`` chooses): a 2D array of shape ``(n_volumes, n_voxels)``, C order,
+with the dtype of the signals (float32 for float32 BOLD; never upcast). Any
+NumPy (``numpy.load``) or compatible reader (e.g. ``npyio`` in Julia, ``RcppCNPy``
+in R) opens them, and they can be memory-mapped with ``mmap_mode="r"``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["atomic_output", "load_signals", "read_sample_mask", "save_img", "save_signals"]
+
+# Suffixes nibabel needs to see on the temporary name to pick the right format.
+_IMAGE_SUFFIXES = (".nii.gz", ".nii")
+
+
+def _full_suffix(path: Path) -> str:
+    name = path.name.lower()
+    for suffix in (".nii.gz", ".tsv.gz", ".npy", ".nii", ".txt", ".tsv", ".csv"):
+        if name.endswith(suffix):
+            return path.name[-len(suffix) :]
+    return path.suffix
+
+
+@contextlib.contextmanager
+def atomic_output(path) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; rename it to ``path`` on success.
+
+    The temporary file lives in the same directory as ``path`` (so the final
+    ``os.replace`` is an atomic rename on POSIX file systems) and keeps the
+    suffix of ``path`` (so writers that pick a format from the suffix, such as
+    nibabel, write the right one). If the body raises, the temporary file is
+    removed and ``path`` is left untouched (absent, or its previous content).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Final destination. Its parent directory must exist.
+
+    Yields
+    ------
+    pathlib.Path
+        Temporary path to write to.
+
+    Examples
+    --------
+    >>> with atomic_output("out.npy") as tmp:  # doctest: +SKIP
+    ...     np.save(tmp, array)
+    """
+    path = Path(path)
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise ValueError(f"Cannot write '{path}': directory '{parent}' does not exist.")
+    fd, tmp_name = tempfile.mkstemp(
+        prefix=f".{path.name}.", suffix=f".tmp{_full_suffix(path)}", dir=parent
+    )
+    os.close(fd)
+    tmp_path = Path(tmp_name)
+    try:
+        yield tmp_path
+        # mkstemp creates 0600 files; give the output the permissions a plain open() would.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp_path, 0o666 & ~umask)
+        os.replace(tmp_path, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp_path.unlink()
+        raise
+
+
+def save_img(img, path) -> Path:
+    """Write a nibabel image atomically; the format follows the suffix.
+
+    Parameters
+    ----------
+    img : nibabel.spatialimages.SpatialImage
+        Image to write.
+    path : str or os.PathLike
+        Destination ending in ``.nii`` (uncompressed, fastest) or ``.nii.gz``.
+
+    Returns
+    -------
+    pathlib.Path
+        ``path``.
+    """
+    path = Path(path)
+    if not path.name.lower().endswith(_IMAGE_SUFFIXES):
+        raise ValueError(f"Image output path must end with .nii or .nii.gz, got '{path}'.")
+    with atomic_output(path) as tmp:
+        img.to_filename(tmp)
+    return path
+
+
+def save_signals(signals, path) -> Path:
+    """Write a 2D signals array as ``.npy`` atomically, keeping its dtype.
+
+    Parameters
+    ----------
+    signals : numpy.ndarray
+        Array of shape ``(n_volumes, n_voxels)`` (a 1D array is accepted and
+        stored as is, as NiftiMasker returns for a 3D image).
+    path : str or os.PathLike
+        Destination ending in ``.npy``.
+
+    Returns
+    -------
+    pathlib.Path
+        ``path``.
+    """
+    path = Path(path)
+    if path.suffix.lower() != ".npy":
+        raise ValueError(f"Signals output path must end with .npy, got '{path}'.")
+    signals = np.asarray(signals)
+    if signals.ndim not in (1, 2):
+        raise ValueError(
+            f"signals must be a 1D or 2D array (n_volumes, n_voxels), got shape {signals.shape}."
+        )
+    with atomic_output(path) as tmp, open(tmp, "wb") as stream:
+        if signals.flags.c_contiguous or signals.ndim == 1:
+            np.save(stream, signals, allow_pickle=False)
+        else:
+            _write_c_order(stream, signals)
+    return path
+
+
+def _write_c_order(stream, signals: np.ndarray, rows_per_chunk: int = 16) -> None:
+    """Write a non-C-contiguous 2D array as a C-order .npy without a full-size copy."""
+    header = {"descr": np.lib.format.dtype_to_descr(signals.dtype), "fortran_order": False}
+    header["shape"] = signals.shape
+    np.lib.format.write_array_header_2_0(stream, header)
+    for start in range(0, signals.shape[0], rows_per_chunk):
+        stream.write(np.ascontiguousarray(signals[start : start + rows_per_chunk]).tobytes())
+
+
+def load_signals(path, mmap_mode=None) -> np.ndarray:
+    """Read a signals ``.npy`` file written by :func:`save_signals`.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        ``.npy`` file holding a 1D or 2D numeric array.
+    mmap_mode : {None, "r"}, default=None
+        Memory-map the file instead of reading it.
+
+    Returns
+    -------
+    numpy.ndarray
+        The array, with its stored dtype.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"Signals file not found: '{path}'.")
+    try:
+        signals = np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
+    except Exception as exc:
+        raise ValueError(f"Cannot read signals file '{path}' as .npy: {exc}") from exc
+    if not isinstance(signals, np.ndarray) or signals.ndim not in (1, 2):
+        raise ValueError(
+            f"Signals file '{path}' must hold a 1D or 2D array, got shape "
+            f"{getattr(signals, 'shape', None)}."
+        )
+    if not np.issubdtype(signals.dtype, np.number):
+        raise ValueError(f"Signals file '{path}' holds non-numeric data ({signals.dtype}).")
+    return signals
+
+
+def _as_sample_mask(values, source: str) -> np.ndarray:
+    values = np.asarray(values)
+    if values.ndim == 2 and 1 in values.shape:
+        values = values.ravel()
+    if values.ndim != 1:
+        raise ValueError(
+            f"sample_mask from {source} must be 1D (kept volume indices or a boolean column), "
+            f"got shape {values.shape}."
+        )
+    if values.dtype == bool:
+        return np.flatnonzero(values)
+    if values.size == 0:
+        return values.astype(int)
+    if not np.issubdtype(values.dtype, np.number):
+        raise ValueError(
+            f"sample_mask from {source} must hold integers or booleans, got {values.dtype}."
+        )
+    is_float = np.issubdtype(values.dtype, np.floating)
+    if is_float and (not np.all(np.isfinite(values)) or np.any(values != np.round(values))):
+        raise ValueError(f"sample_mask from {source} must hold integer indices.")
+    return values.astype(int)
+
+
+def _is_value(text: str) -> bool:
+    if text.lower() in ("true", "false"):
+        return True
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _read_text_column(path: Path) -> np.ndarray:
+    lines = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if not lines:
+        return np.array([], dtype=int)
+    sep = {".tsv": "\t", ".csv": ","}.get(path.suffix.lower())
+    rows = [line.split(sep) for line in lines]
+    if any(len(row) != 1 for row in rows):
+        raise ValueError(
+            f"sample_mask file '{path}' must have a single column, got rows with "
+            f"{sorted({len(row) for row in rows})} columns."
+        )
+    column = [row[0].strip() for row in rows]
+    # A header line (e.g. "sample_mask" in a BIDS-style TSV) is skipped.
+    if not _is_value(column[0]):
+        column = column[1:]
+    lowered = [value.lower() for value in column]
+    if lowered and all(value in ("true", "false") for value in lowered):
+        return np.array([value == "true" for value in lowered], dtype=bool)
+    try:
+        numbers = np.array([float(value) for value in column])
+    except ValueError as exc:
+        raise ValueError(f"sample_mask file '{path}' holds non-numeric values: {exc}") from exc
+    # A 0/1 column that covers every volume is ambiguous with indices [0, 1, ...];
+    # only a column of 0/1 values that is not strictly increasing is read as a boolean mask.
+    if numbers.size and np.isin(numbers, (0, 1)).all() and not np.all(np.diff(numbers) > 0):
+        return numbers.astype(bool)
+    return numbers
+
+
+def read_sample_mask(sample_mask) -> np.ndarray | None:
+    """Normalise a sample mask given as a file, array or list to kept volume indices.
+
+    Parameters
+    ----------
+    sample_mask : None, str, os.PathLike, list or numpy.ndarray
+        ``None`` (keep every volume); a 1D array or list of kept volume
+        indices (integers) or of booleans (True = kept); or a file holding
+        one of those: ``.npy``, or a one-column ``.txt``/``.tsv``/``.csv``
+        (an optional header line is skipped; ``true``/``false`` or ``0``/``1``
+        values are read as a boolean column).
+
+    Returns
+    -------
+    numpy.ndarray of int or None
+        Sorted-as-given indices of the kept volumes, or ``None``.
+    """
+    if sample_mask is None:
+        return None
+    if isinstance(sample_mask, (str, os.PathLike)):
+        path = Path(sample_mask)
+        if not path.is_file():
+            raise ValueError(f"sample_mask file not found: '{path}'.")
+        if path.suffix.lower() == ".npy":
+            try:
+                values = np.load(path, allow_pickle=False)
+            except Exception as exc:
+                raise ValueError(f"Cannot read sample_mask file '{path}': {exc}") from exc
+        elif path.suffix.lower() in (".txt", ".tsv", ".csv"):
+            values = _read_text_column(path)
+        else:
+            raise ValueError(
+                f"sample_mask file '{path}' must be .npy, .txt, .tsv or .csv, "
+                f"got suffix '{path.suffix}'."
+            )
+        return _as_sample_mask(values, f"file '{path}'")
+    if isinstance(sample_mask, (list, tuple, np.ndarray)):
+        return _as_sample_mask(sample_mask, "argument")
+    raise TypeError(
+        "sample_mask must be None, a file path, a list or a 1D array, "
+        f"got {type(sample_mask).__name__}."
+    )

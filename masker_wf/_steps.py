@@ -1,0 +1,440 @@
+"""File-in/file-out steps of the masker: the one place where file I/O meets the core ops.
+
+Each step reads its input files, calls the in-memory core ops (``masker_wf.image``,
+``masker_wf.masking``, ``masker_wf._pipeline``) and writes one output file. The
+Pydra tasks (``masker_wf.tasks``), the nipype interfaces (``masker_wf.nipype``) and
+the BIDS app all call these functions, so they compute the same numbers as the
+in-memory ``NiftiMasker``.
+
+Guarantees shared by every step:
+
+- inputs are checked (existence, readability, dimensionality) before any
+  output is written;
+- the output is written atomically (:func:`masker_wf._io.atomic_output`):
+  on failure nothing is left at ``out_file``;
+- any failure raises :class:`StepError` (a ``ValueError``) naming the step and
+  the input file, with the original exception chained as ``__cause__``.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ._io import atomic_output, load_signals, read_sample_mask, save_img, save_signals
+
+__all__ = ["StepError", "clean_signals", "compute_mask", "resample", "smooth", "unmask"]
+
+
+class StepError(ValueError):
+    """A file-based step failed.
+
+    Parameters
+    ----------
+    step : str
+        Name of the step (``"compute_mask"``, ``"clean_signals"``, ...).
+    input_file : str or os.PathLike or list
+        The input file the step was working on (the main one when several).
+    reason : str
+        What went wrong.
+    """
+
+    def __init__(self, step, input_file, reason):
+        self.step = step
+        self.input_file = input_file
+        self.reason = reason
+        message = f"masker step '{step}' failed on input file {_name(input_file)}: {reason}"
+        super().__init__(message)
+
+    def __reduce__(self):
+        # Keep the exception picklable across process pools (Pydra's cf worker).
+        return (type(self), (self.step, self.input_file, self.reason))
+
+
+def _name(files) -> str:
+    if isinstance(files, (list, tuple)):
+        return ", ".join(_name(f) for f in files)
+    return f"'{os.fspath(files)}'" if files is not None else "<none>"
+
+
+def _step(name: str, input_arg: str):
+    """Turn any exception raised by a step into a StepError naming the step and its input."""
+
+    def decorate(function):
+        @functools.wraps(function)
+        def wrapper(*args, **kwargs):
+            input_file = kwargs.get(input_arg, args[0] if args else None)
+            try:
+                return function(*args, **kwargs)
+            except StepError:
+                raise
+            except Exception as exc:
+                raise StepError(name, input_file, f"{type(exc).__name__}: {exc}") from exc
+
+        return wrapper
+
+    return decorate
+
+
+def _check_input(step: str, path, what: str, ndim=None):
+    """Fail early, before any output exists, when an input image is missing or unreadable."""
+    import nibabel as nib
+
+    if path is None:
+        raise StepError(step, path, f"{what} is required.")
+    path = Path(path)
+    if not path.is_file():
+        raise StepError(step, path, f"{what} does not exist.")
+    try:
+        img = nib.load(path)
+    except Exception as exc:
+        raise StepError(step, path, f"{what} cannot be read as an image: {exc}") from exc
+    shape = img.shape
+    if ndim is not None and len(shape) not in ndim:
+        expected = " or ".join(map(str, ndim))
+        raise StepError(step, path, f"{what} must be a {expected}D image, got shape {shape}.")
+    return img
+
+
+def _check_output(step: str, input_file, out_file) -> Path:
+    out_file = Path(out_file)
+    if not out_file.parent.is_dir():
+        reason = f"output directory '{out_file.parent}' of '{out_file}' does not exist."
+        raise StepError(step, input_file, reason)
+    return out_file
+
+
+def _as_affine(target_affine):
+    if target_affine is None:
+        return None
+    return np.asarray(target_affine, dtype=float)
+
+
+def _as_shape(target_shape):
+    if target_shape is None:
+        return None
+    return tuple(int(n) for n in target_shape)
+
+
+@_step("compute_mask", "bold_files")
+def compute_mask(
+    bold_files,
+    out_file,
+    *,
+    mask_strategy="background",
+    mask_args=None,
+    target_affine=None,
+    target_shape=None,
+) -> Path:
+    """Compute a brain mask from BOLD image(s) and write it as NIfTI (uint8).
+
+    Parameters
+    ----------
+    bold_files : path or list of paths
+        4D BOLD image, or several 3D images concatenated along time (as
+        ``NiftiMasker.fit`` reads a list).
+    out_file : path
+        Destination ``.nii`` or ``.nii.gz``.
+    mask_strategy : str, default="background"
+        ``NiftiMasker`` mask strategy (``"background"``, ``"epi"``,
+        ``"whole-brain-template"``, ``"gm-template"``, ``"wm-template"``).
+    mask_args : dict, optional
+        Extra arguments of the mask computing function.
+    target_affine : (3, 3) or (4, 4) array-like, optional
+        Affine of the grid the mask is resampled to (nearest neighbour).
+    target_shape : 3-tuple of int, optional
+        Shape of the grid the mask is resampled to.
+
+    Returns
+    -------
+    pathlib.Path
+        ``out_file``.
+    """
+    from ._pipeline import compute_mask_img
+
+    files = [bold_files] if isinstance(bold_files, (str, os.PathLike)) else list(bold_files)
+    if not files:
+        raise StepError("compute_mask", bold_files, "no BOLD file given.")
+    for path in files:
+        _check_input("compute_mask", path, "BOLD image", ndim=(3, 4))
+    out_file = _check_output("compute_mask", bold_files, out_file)
+    imgs = os.fspath(files[0]) if len(files) == 1 else [os.fspath(f) for f in files]
+    mask_img = compute_mask_img(
+        imgs,
+        mask_strategy=mask_strategy,
+        mask_args=dict(mask_args) if mask_args else None,
+        target_affine=_as_affine(target_affine),
+        target_shape=_as_shape(target_shape),
+    )
+    return save_img(mask_img, out_file)
+
+
+@_step("resample", "in_file")
+def resample(
+    in_file,
+    out_file,
+    *,
+    target_affine=None,
+    target_shape=None,
+    reference_file=None,
+    interpolation="continuous",
+    dtype=None,
+) -> Path:
+    """Resample an image to a target grid or onto a reference image's grid.
+
+    Parameters
+    ----------
+    in_file : path
+        3D or 4D image.
+    out_file : path
+        Destination ``.nii`` or ``.nii.gz``.
+    target_affine : (3, 3) or (4, 4) array-like, optional
+        Target affine (ignored when ``reference_file`` is given).
+    target_shape : 3-tuple of int, optional
+        Target shape (ignored when ``reference_file`` is given).
+    reference_file : path, optional
+        Image whose grid is the target.
+    interpolation : {"continuous", "linear", "nearest"}, default="continuous"
+        ``"nearest"`` for masks and label images.
+    dtype : str or numpy dtype, optional
+        Cast the input data to this dtype before resampling, as
+        ``NiftiMasker(dtype=...)`` does (``"auto"`` is accepted).
+
+    Returns
+    -------
+    pathlib.Path
+        ``out_file``.
+    """
+    from ._niimg import check_niimg
+    from .image import resample_img, resample_to_img
+
+    img = _check_input("resample", in_file, "input image", ndim=(3, 4))
+    if reference_file is not None:
+        _check_input("resample", reference_file, "reference image", ndim=(3, 4))
+    elif target_affine is None and target_shape is None:
+        raise StepError(
+            "resample", in_file, "give target_affine and/or target_shape, or reference_file."
+        )
+    out_file = _check_output("resample", in_file, out_file)
+    if dtype is not None:
+        img = check_niimg(img, dtype=dtype)
+    if reference_file is not None:
+        resampled = resample_to_img(
+            img, os.fspath(reference_file), interpolation=interpolation, copy=False
+        )
+    else:
+        resampled = resample_img(
+            img,
+            target_affine=_as_affine(target_affine),
+            target_shape=_as_shape(target_shape),
+            interpolation=interpolation,
+            copy=False,
+        )
+    return save_img(resampled, out_file)
+
+
+@_step("smooth", "in_file")
+def smooth(in_file, out_file, *, fwhm) -> Path:
+    """Smooth an image with an isotropic or per-axis Gaussian kernel.
+
+    Parameters
+    ----------
+    in_file : path
+        3D or 4D image.
+    out_file : path
+        Destination ``.nii`` or ``.nii.gz``.
+    fwhm : float, sequence of 3 floats, "fast" or None
+        Full width at half maximum of the kernel, in millimetres.
+
+    Returns
+    -------
+    pathlib.Path
+        ``out_file``.
+    """
+    from .image import smooth_img
+
+    img = _check_input("smooth", in_file, "input image", ndim=(3, 4))
+    out_file = _check_output("smooth", in_file, out_file)
+    return save_img(smooth_img(img, fwhm), out_file)
+
+
+@_step("clean_signals", "bold_file")
+def clean_signals(
+    bold_file,
+    mask_file,
+    out_file,
+    *,
+    confounds_file=None,
+    sample_mask=None,
+    smoothing_fwhm=None,
+    target_affine=None,
+    target_shape=None,
+    high_variance_confounds=False,
+    detrend=False,
+    standardize=False,
+    standardize_confounds=True,
+    low_pass=None,
+    high_pass=None,
+    t_r=None,
+    runs=None,
+    dtype=None,
+    clean_kwargs=None,
+) -> Path:
+    """Extract the masked, (smoothed,) cleaned time series of a BOLD image to ``.npy``.
+
+    Numerically identical to ``NiftiMasker(mask_img=mask_file, ...).transform``:
+    it calls :func:`masker_wf._pipeline.filter_and_extract`. Smoothing happens
+    here, on the mask's bounding box only, so that the 4D smoothed image never
+    needs to be written or hashed.
+
+    Parameters
+    ----------
+    bold_file : path
+        4D (or 3D) BOLD image.
+    mask_file : path
+        Binary mask on the grid the BOLD is extracted on.
+    out_file : path
+        Destination ``.npy``; holds a float array ``(n_kept_volumes, n_voxels)``
+        (see :mod:`masker_wf._io` for the format).
+    confounds_file : path, optional
+        Confounds table (``.tsv``/``.csv`` with a header, or ``.npy``).
+    sample_mask : array-like, list or path, optional
+        Kept volumes (indices or booleans), or a file holding them
+        (see :func:`masker_wf._io.read_sample_mask`).
+    smoothing_fwhm : float, optional
+        Smoothing kernel FWHM in mm.
+    target_affine, target_shape : optional
+        Grid the BOLD is resampled to (continuous interpolation) before extraction.
+    high_variance_confounds, detrend, standardize, standardize_confounds, low_pass, \
+high_pass, t_r, runs, dtype, clean_kwargs
+        As in ``NiftiMasker`` / :func:`masker_wf.signal.clean` (``low_pass`` and
+        ``high_pass`` in Hz, ``t_r`` in seconds).
+
+    Returns
+    -------
+    pathlib.Path
+        ``out_file``.
+    """
+    from ._pipeline import filter_and_extract
+
+    _check_input("clean_signals", bold_file, "BOLD image", ndim=(3, 4))
+    _check_input("clean_signals", mask_file, "mask image", ndim=(3, 4))
+    if confounds_file is not None and not Path(confounds_file).is_file():
+        raise StepError("clean_signals", confounds_file, "confounds file does not exist.")
+    try:
+        kept = read_sample_mask(sample_mask)
+    except (TypeError, ValueError) as exc:
+        source = sample_mask if isinstance(sample_mask, (str, os.PathLike)) else bold_file
+        raise StepError("clean_signals", source, str(exc)) from exc
+    out_file = _check_output("clean_signals", bold_file, out_file)
+    if out_file.suffix.lower() != ".npy":
+        raise StepError("clean_signals", bold_file, f"out_file must end with .npy: '{out_file}'.")
+    confounds = _read_confounds(confounds_file)
+    signals = filter_and_extract(
+        os.fspath(bold_file),
+        os.fspath(mask_file),
+        smoothing_fwhm=smoothing_fwhm,
+        target_affine=_as_affine(target_affine),
+        target_shape=_as_shape(target_shape),
+        dtype=dtype,
+        high_variance_confounds=high_variance_confounds,
+        confounds=confounds,
+        sample_mask=kept,
+        runs=None if runs is None else np.asarray(runs),
+        detrend=detrend,
+        standardize=standardize,
+        standardize_confounds=standardize_confounds,
+        low_pass=low_pass,
+        high_pass=high_pass,
+        t_r=t_r,
+        clean_kwargs=dict(clean_kwargs) if clean_kwargs else None,
+    )
+    return save_signals(signals, out_file)
+
+
+def _read_confounds(confounds_file):
+    """Confounds as the core expects them: a path for tables, an array for ``.npy``."""
+    if confounds_file is None:
+        return None
+    if Path(confounds_file).suffix.lower() == ".npy":
+        return np.load(confounds_file, allow_pickle=False)
+    return os.fspath(confounds_file)
+
+
+@_step("unmask", "signals_file")
+def unmask(signals_file, mask_file, out_file) -> Path:
+    """Put signals back into brain space: ``(n_volumes, n_voxels)`` → 4D NIfTI.
+
+    Equivalent to ``NiftiMasker.inverse_transform``. A 1D signals array gives
+    a 3D image.
+
+    Parameters
+    ----------
+    signals_file : path
+        ``.npy`` signals written by :func:`clean_signals`.
+    mask_file : path
+        The mask the signals were extracted with.
+    out_file : path
+        Destination ``.nii`` or ``.nii.gz``.
+
+    Returns
+    -------
+    pathlib.Path
+        ``out_file``.
+    """
+    import nibabel as nib
+
+    from .masking import load_mask_img
+
+    signals = load_signals(signals_file)
+    _check_input("unmask", mask_file, "mask image", ndim=(3, 4))
+    # Read the mask file once; every chunk below reuses the in-memory image.
+    mask_img = nib.load(os.fspath(mask_file))
+    mask_img = nib.Nifti1Image(np.asanyarray(mask_img.dataobj), mask_img.affine, mask_img.header)
+    mask, _ = load_mask_img(mask_img)
+    n_voxels = int(np.count_nonzero(mask))
+    if signals.shape[-1] != n_voxels:
+        raise StepError(
+            "unmask",
+            signals_file,
+            f"signals have {signals.shape[-1]} columns but mask '{mask_file}' has "
+            f"{n_voxels} voxels.",
+        )
+    out_file = _check_output("unmask", signals_file, out_file)
+    if signals.ndim == 2 and out_file.name.lower().endswith(".nii"):
+        return _save_unmasked_nii(signals, mask_img, out_file)
+    from .masking import unmask as unmask_array
+
+    return save_img(unmask_array(signals, mask_img), out_file)
+
+
+def _save_unmasked_nii(signals, mask_img, out_file, volumes_per_chunk=16) -> Path:
+    """Write ``masking.unmask(signals, mask_img)`` to a ``.nii`` file chunk by chunk.
+
+    The file is byte for byte what ``unmask(...).to_filename(out_file)`` writes, but
+    the 4D array (1.2 GB for a 2 mm MNI run) is never built: the core's ``unmask``
+    fills ``volumes_per_chunk`` volumes at a time, and in Fortran order consecutive
+    volumes are consecutive bytes of the file.
+    """
+    from .masking import unmask as unmask_array
+
+    n_volumes = signals.shape[0]
+    first = unmask_array(signals[:volumes_per_chunk], mask_img)
+    first.update_header()
+    header = first.header.copy()
+    header.set_data_shape((*first.shape[:3], n_volumes))
+    # What nibabel's writer records for unscaled float data.
+    header.set_slope_inter(1.0, 0.0)
+    with atomic_output(out_file) as tmp, open(tmp, "wb") as stream:
+        header.write_to(stream)
+        stream.write(b"\0" * (int(header["vox_offset"]) - stream.tell()))
+        for start in range(0, n_volumes, volumes_per_chunk):
+            chunk = signals[start : start + volumes_per_chunk]
+            img = first if start == 0 else unmask_array(chunk, mask_img)
+            # A view, not a copy: unmask returns Fortran-ordered data.
+            flat = np.asanyarray(img.dataobj).ravel(order="F")
+            stream.write(memoryview(flat).cast("B"))
+    return Path(out_file)

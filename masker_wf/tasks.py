@@ -1,0 +1,390 @@
+"""Typed Pydra tasks for the masker steps.
+
+Each task is a thin face over one function of :mod:`masker_wf._steps`: it names
+its output file inside the task's own cache directory (Pydra runs the function
+there) and returns it. Inputs and outputs are ``fileformats`` types, so that
+Pydra hashes file *contents* and caches every step:
+
+========================  ====================================================
+task                      inputs → output
+========================  ====================================================
+:class:`ComputeMask`      BOLD image(s) → ``mask_file`` (NIfTI, uint8)
+:class:`Resample`         image (+ target grid or reference) → ``out_file``
+:class:`Smooth`           image + FWHM (mm) → ``out_file``
+:class:`CleanSignals`     BOLD + mask (+ confounds, sample mask, cleaning) →
+                          ``signals_file`` (``.npy``, see :mod:`masker_wf._io`)
+:class:`Unmask`           signals + mask → ``out_file`` (4D NIfTI)
+========================  ====================================================
+
+Images are accepted as uncompressed ``.nii`` (:class:`fileformats.medimage.Nifti1`)
+or gzipped ``.nii.gz`` (:class:`fileformats.medimage.NiftiGz`). Outputs are
+written as ``.nii`` unless ``out_suffix=".nii.gz"``: uncompressed files are much
+faster to write, read and hash (gzip dominates the cost of a 1 GB image).
+
+File hashing
+------------
+Pydra identifies a file input by a hash of its whole content, memoised per
+(path, mtime) in ``$PYDRA_HASH_CACHE``. Its stock hash reads the file in 8 KiB
+pieces through one BLAKE2b stream: about 2 s for a 1.3 GB BOLD run, as long as
+the whole cleaning. For the file types of these tasks (``Nifti1``, ``NiftiGz``
+and the generic ``BinaryFile`` of the signals, exact types only) this module
+registers with Pydra a hash that still covers every byte but splits the file
+into 64 MiB segments hashed with SHA-256 on two threads over a memory map
+(about 0.4 s for the same file). The hash values differ from stock Pydra's,
+so a cache built without ``masker_wf.tasks`` imported is not reused (it is
+recomputed, never wrongly reused).
+"""
+
+import hashlib
+import mmap
+import os
+import typing as ty
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from fileformats.generic import BinaryFile, File
+from fileformats.medimage import Nifti1, NiftiGz
+from pydra.compose import python
+from pydra.utils.hash import CacheKey, bytes_repr_fileset, register_serializer
+
+from . import _steps
+
+__all__ = [
+    "CleanSignals",
+    "ComputeMask",
+    "NiftiImage",
+    "Resample",
+    "Signals",
+    "Smooth",
+    "TextTable",
+    "Unmask",
+]
+
+#: A NIfTI-1 image, uncompressed (``.nii``) or gzipped (``.nii.gz``).
+NiftiImage = Nifti1 | NiftiGz
+
+#: Confounds table or sample-mask file (``.tsv``, ``.csv``, ``.txt``, ``.npy``).
+TextTable = File
+
+
+#: Masked time series: a NumPy ``.npy`` array ``(n_volumes, n_voxels)``, C order, with
+#: the dtype of the data (float32 for float32 BOLD); see :mod:`masker_wf._io`.
+#: fileformats only accepts format classes defined in its own namespace and it has
+#: no ``.npy`` format, so the type is the generic binary file.
+Signals = BinaryFile
+
+
+_HASH_SEGMENT_BYTES = 64 * 1024**2
+_HASH_THREADS = 2
+# Exact types only: other formats (Nifti2, DICOM...) keep Pydra's own hash.
+_SEGMENT_HASHED_TYPES = (Nifti1, NiftiGz, BinaryFile)
+
+
+def _segment_digests(path: Path) -> bytes:
+    """SHA-256 digests of the consecutive 64 MiB segments of a file, concatenated.
+
+    The segments are fixed by the file size, not by the number of threads, so the
+    result is the same on every machine. hashlib releases the GIL on large buffers,
+    so two threads hash two segments at once.
+    """
+    size = path.stat().st_size
+    if size == 0:
+        return hashlib.sha256(b"").digest()
+    with (
+        open(path, "rb") as stream,
+        mmap.mmap(stream.fileno(), 0, access=mmap.ACCESS_READ) as data,
+    ):
+
+        def digest(start: int) -> bytes:
+            with memoryview(data)[start : start + _HASH_SEGMENT_BYTES] as segment:
+                return hashlib.sha256(segment).digest()
+
+        starts = range(0, size, _HASH_SEGMENT_BYTES)
+        if len(starts) == 1:
+            return digest(0)
+        with ThreadPoolExecutor(_HASH_THREADS) as pool:
+            return b"".join(pool.map(digest, starts))
+
+
+def _bytes_repr_segmented(fileset, cache) -> ty.Iterator[bytes | tuple]:
+    """Pydra byte representation of a file set: names and segment digests of its files."""
+    if type(fileset) not in _SEGMENT_HASHED_TYPES:
+        yield from bytes_repr_fileset(fileset, cache)
+        return
+    fspaths = sorted(fileset.fspaths)
+    # Same (path, mtime) key as Pydra's, tagged so that both hashes never share an entry.
+    yield CacheKey(
+        (
+            "masker_wf-sha256-segments",
+            *(repr(p) for p in fspaths),
+            *(p.lstat().st_mtime_ns for p in fspaths),
+        )
+    )
+    cls = type(fileset)
+    yield f"{cls.__module__}.{cls.__name__}:".encode()
+    hidden = {"ignore_hidden_files": False, "ignore_hidden_dirs": False}
+    # byte_chunks gives the relative names Pydra hashes (its content iterators are lazy
+    # and left unread); all_file_paths gives the same files in the same order.
+    names = (name for name, _ in fileset.byte_chunks(**hidden))
+    for name, path in zip(names, fileset.all_file_paths(**hidden), strict=True):
+        yield f",'{name}'=".encode()
+        yield _segment_digests(Path(path))
+
+
+for _type in _SEGMENT_HASHED_TYPES:
+    register_serializer(_type)(_bytes_repr_segmented)
+
+
+def _image_name(stem: str, out_suffix: str) -> str:
+    if out_suffix not in (".nii", ".nii.gz"):
+        raise ValueError(f"out_suffix must be '.nii' or '.nii.gz', got {out_suffix!r}.")
+    # Pydra runs the function inside the task's cache directory: name the output there.
+    return os.path.abspath(stem + out_suffix)
+
+
+def _affine(target_affine):
+    # Pydra inputs hold plain nested lists (hashable, picklable); the steps take arrays.
+    return None if target_affine is None else [list(map(float, row)) for row in target_affine]
+
+
+# The task functions are module-level functions reachable by name (``_clean_signals``,
+# not the task class ``CleanSignals``) so that cloudpickle sends them to the cf
+# worker's processes by reference: a function pickled by value loses its source,
+# its Pydra hash changes, and the cache misses.
+def _compute_mask(
+    bold_files: list[NiftiImage],
+    mask_strategy: str = "background",
+    mask_args: dict | None = None,
+    target_affine: list[list[float]] | None = None,
+    target_shape: list[int] | None = None,
+    out_suffix: str = ".nii",
+) -> NiftiImage:
+    """Compute a brain mask from BOLD image(s) (see :func:`masker_wf._steps.compute_mask`).
+
+    Parameters
+    ----------
+    bold_files : list of NIfTI
+        4D BOLD image, or 3D images concatenated along time.
+    mask_strategy : str
+        NiftiMasker mask strategy ("background", "epi", "whole-brain-template", ...).
+    mask_args : dict, optional
+        Extra arguments of the mask computing function.
+    target_affine : list of lists of float, optional
+        (3, 3) or (4, 4) affine of the grid the mask is resampled to.
+    target_shape : list of int, optional
+        Shape of the grid the mask is resampled to.
+    out_suffix : str
+        ".nii" (default, fast) or ".nii.gz".
+
+    Returns
+    -------
+    mask_file : NIfTI
+        Binary mask (uint8).
+    """
+    return _steps.compute_mask(
+        [str(f) for f in bold_files],
+        _image_name("mask", out_suffix),
+        mask_strategy=mask_strategy,
+        mask_args=mask_args,
+        target_affine=_affine(target_affine),
+        target_shape=target_shape,
+    )
+
+
+ComputeMask = python.define(_compute_mask, outputs=["mask_file"], name="ComputeMask")
+
+
+def _resample(
+    in_file: NiftiImage,
+    target_affine: list[list[float]] | None = None,
+    target_shape: list[int] | None = None,
+    reference_file: NiftiImage | None = None,
+    interpolation: str = "continuous",
+    dtype: str | None = None,
+    out_suffix: str = ".nii",
+) -> NiftiImage:
+    """Resample an image to a target grid (see :func:`masker_wf._steps.resample`).
+
+    Parameters
+    ----------
+    in_file : NIfTI
+        3D or 4D image.
+    target_affine : list of lists of float, optional
+        (3, 3) or (4, 4) target affine.
+    target_shape : list of int, optional
+        Target shape.
+    reference_file : NIfTI, optional
+        Image whose grid is the target (instead of target_affine/target_shape).
+    interpolation : str
+        "continuous", "linear" or "nearest" (masks).
+    dtype : str, optional
+        Cast the data to this dtype before resampling, as NiftiMasker(dtype=...).
+    out_suffix : str
+        ".nii" (default, fast) or ".nii.gz".
+
+    Returns
+    -------
+    out_file : NIfTI
+        The resampled image.
+    """
+    return _steps.resample(
+        str(in_file),
+        _image_name("resampled", out_suffix),
+        target_affine=_affine(target_affine),
+        target_shape=target_shape,
+        reference_file=None if reference_file is None else str(reference_file),
+        interpolation=interpolation,
+        dtype=dtype,
+    )
+
+
+Resample = python.define(_resample, outputs=["out_file"], name="Resample")
+
+
+def _smooth(
+    in_file: NiftiImage,
+    fwhm: float | list[float] | str | None = None,
+    out_suffix: str = ".nii",
+) -> NiftiImage:
+    """Smooth an image with a Gaussian kernel (see :func:`masker_wf._steps.smooth`).
+
+    Parameters
+    ----------
+    in_file : NIfTI
+        3D or 4D image.
+    fwhm : float or list of 3 floats or "fast", optional
+        Kernel full width at half maximum in mm.
+    out_suffix : str
+        ".nii" (default, fast) or ".nii.gz".
+
+    Returns
+    -------
+    out_file : NIfTI
+        The smoothed image.
+    """
+    return _steps.smooth(str(in_file), _image_name("smoothed", out_suffix), fwhm=fwhm)
+
+
+Smooth = python.define(_smooth, outputs=["out_file"], name="Smooth")
+
+
+def _clean_signals(
+    bold_file: NiftiImage,
+    mask_file: NiftiImage,
+    confounds_file: TextTable | None = None,
+    sample_mask: list[int] | TextTable | None = None,
+    smoothing_fwhm: float | list[float] | str | None = None,
+    target_affine: list[list[float]] | None = None,
+    target_shape: list[int] | None = None,
+    high_variance_confounds: bool = False,
+    detrend: bool = False,
+    standardize: bool | str | None = False,
+    standardize_confounds: bool = True,
+    low_pass: float | None = None,
+    high_pass: float | None = None,
+    t_r: float | None = None,
+    runs: list[int] | None = None,
+    dtype: str | None = None,
+    clean_kwargs: dict | None = None,
+) -> Signals:
+    """Masked, smoothed, cleaned signals (see :func:`masker_wf._steps.clean_signals`).
+
+    Parameters
+    ----------
+    bold_file : NIfTI
+        4D BOLD image.
+    mask_file : NIfTI
+        Mask on the extraction grid.
+    confounds_file : File, optional
+        Confounds table (.tsv/.csv with header, or .npy).
+    sample_mask : list of int or File, optional
+        Indices of the kept volumes, or a file holding them.
+    smoothing_fwhm : float, optional
+        Smoothing kernel FWHM in mm (applied here, on the mask bounding box only).
+    target_affine : list of lists of float, optional
+        Grid the BOLD is resampled to before extraction.
+    target_shape : list of int, optional
+        Shape of that grid.
+    high_variance_confounds : bool
+        Add high-variance confounds, as NiftiMasker.
+    detrend : bool
+        Remove linear trends.
+    standardize : bool or str
+        False, "zscore_sample", "zscore", "psc" or True.
+    standardize_confounds : bool
+        Standardize the confounds before regression.
+    low_pass : float, optional
+        Low cut-off frequency in Hz.
+    high_pass : float, optional
+        High cut-off frequency in Hz.
+    t_r : float, optional
+        Repetition time in seconds.
+    runs : list of int, optional
+        Run label of each volume.
+    dtype : str, optional
+        Data type of the extracted signals (NiftiMasker's dtype).
+    clean_kwargs : dict, optional
+        Extra arguments of masker_wf.signal.clean (butterworth__order, ...).
+
+    Returns
+    -------
+    signals_file : Signals
+        ``signals.npy``, shape (n_kept_volumes, n_voxels).
+    """
+    return _steps.clean_signals(
+        str(bold_file),
+        str(mask_file),
+        os.path.abspath("signals.npy"),
+        confounds_file=None if confounds_file is None else str(confounds_file),
+        sample_mask=_sample_mask_value(sample_mask),
+        smoothing_fwhm=smoothing_fwhm,
+        target_affine=_affine(target_affine),
+        target_shape=target_shape,
+        high_variance_confounds=high_variance_confounds,
+        detrend=detrend,
+        standardize=standardize,
+        standardize_confounds=standardize_confounds,
+        low_pass=low_pass,
+        high_pass=high_pass,
+        t_r=t_r,
+        runs=runs,
+        dtype=dtype,
+        clean_kwargs=clean_kwargs,
+    )
+
+
+CleanSignals = python.define(_clean_signals, outputs=["signals_file"], name="CleanSignals")
+
+
+def _sample_mask_value(sample_mask: ty.Any):
+    if sample_mask is None or isinstance(sample_mask, (list, tuple)):
+        return sample_mask
+    return str(sample_mask)
+
+
+def _unmask(
+    signals_file: Signals,
+    mask_file: NiftiImage,
+    out_suffix: str = ".nii",
+) -> NiftiImage:
+    """Signals back to brain space (see :func:`masker_wf._steps.unmask`).
+
+    Parameters
+    ----------
+    signals_file : Signals
+        ``.npy`` signals (n_volumes, n_voxels).
+    mask_file : NIfTI
+        The mask the signals were extracted with.
+    out_suffix : str
+        ".nii" (default, fast) or ".nii.gz".
+
+    Returns
+    -------
+    out_file : NIfTI
+        4D image (3D for 1D signals) on the mask's grid.
+    """
+    out_file = _image_name("cleaned_bold", out_suffix)
+    return _steps.unmask(str(signals_file), str(mask_file), out_file)
+
+
+Unmask = python.define(_unmask, outputs=["out_file"], name="Unmask")

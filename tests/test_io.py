@@ -1,0 +1,160 @@
+"""Atomic writers and readers of masker_wf._io."""
+
+import os
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from masker_wf._io import atomic_output, load_signals, read_sample_mask, save_img, save_signals
+
+
+def _leftovers(directory):
+    return sorted(p.name for p in directory.iterdir())
+
+
+def test_atomic_output_renames_on_success(tmp_path):
+    target = tmp_path / "out.npy"
+    with atomic_output(target) as tmp:
+        assert tmp.parent == tmp_path
+        assert tmp.name.endswith(".npy")  # writers that read the suffix pick the right format
+        assert not target.exists()
+        tmp.write_bytes(b"done")
+    assert target.read_bytes() == b"done"
+    assert _leftovers(tmp_path) == ["out.npy"]
+
+
+def test_atomic_output_leaves_nothing_on_error(tmp_path):
+    target = tmp_path / "out.nii.gz"
+
+    def write_then_fail():
+        with atomic_output(target) as tmp:
+            tmp.write_bytes(b"partial")
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        write_then_fail()
+    assert _leftovers(tmp_path) == []
+
+
+def test_atomic_output_keeps_previous_content_on_error(tmp_path):
+    target = tmp_path / "out.txt"
+    target.write_text("old")
+
+    def write_then_interrupt():
+        with atomic_output(target) as tmp:
+            tmp.write_text("new but partial")
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        write_then_interrupt()
+    assert target.read_text() == "old"
+    assert _leftovers(tmp_path) == ["out.txt"]
+
+
+def test_atomic_output_gives_normal_permissions(tmp_path):
+    target = tmp_path / "out.txt"
+    with atomic_output(target) as tmp:
+        tmp.write_text("x")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_atomic_output_missing_directory_names_it(tmp_path):
+    with pytest.raises(ValueError, match="does not exist"), atomic_output(tmp_path / "no" / "f"):
+        pass
+
+
+@pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
+def test_save_img_round_trip(tmp_path, suffix, synthetic_bold):
+    bold, _ = synthetic_bold
+    path = save_img(bold, tmp_path / f"bold{suffix}")
+    loaded = nib.load(path)
+    np.testing.assert_array_equal(np.asanyarray(loaded.dataobj), bold.get_fdata(dtype=np.float32))
+    assert loaded.get_data_dtype() == np.float32
+    assert (path.read_bytes()[:2] == b"\x1f\x8b") == (suffix == ".nii.gz")
+    assert _leftovers(tmp_path) == [path.name]
+
+
+def test_save_img_rejects_unknown_suffix(tmp_path, synthetic_bold):
+    with pytest.raises(ValueError, match=r"\.nii or \.nii\.gz"):
+        save_img(synthetic_bold[1], tmp_path / "mask.img")
+
+
+def test_signals_round_trip_keeps_float32_and_c_order(tmp_path):
+    signals = np.asfortranarray(np.random.default_rng(0).normal(size=(30, 7)).astype(np.float32))
+    path = save_signals(signals, tmp_path / "signals.npy")
+    loaded = load_signals(path)
+    assert loaded.dtype == np.float32
+    assert loaded.flags.c_contiguous
+    np.testing.assert_array_equal(loaded, signals)
+    # The documented format is plain .npy: numpy reads it, memory-mapped too.
+    np.testing.assert_array_equal(np.load(path, mmap_mode="r"), signals)
+
+
+def test_save_signals_validates_before_writing(tmp_path):
+    with pytest.raises(ValueError, match="1D or 2D"):
+        save_signals(np.zeros((2, 3, 4)), tmp_path / "s.npy")
+    with pytest.raises(ValueError, match=r"\.npy"):
+        save_signals(np.zeros((2, 3)), tmp_path / "s.txt")
+    assert _leftovers(tmp_path) == []
+
+
+def test_load_signals_errors_name_the_file(tmp_path):
+    missing = tmp_path / "missing.npy"
+    with pytest.raises(ValueError, match=r"missing\.npy"):
+        load_signals(missing)
+    bad = tmp_path / "bad.npy"
+    bad.write_text("not numpy")
+    with pytest.raises(ValueError, match=r"bad\.npy"):
+        load_signals(bad)
+
+
+def test_read_sample_mask_from_values():
+    assert read_sample_mask(None) is None
+    np.testing.assert_array_equal(read_sample_mask([0, 2, 5]), [0, 2, 5])
+    np.testing.assert_array_equal(read_sample_mask(np.array([True, False, True])), [0, 2])
+    assert read_sample_mask(np.array([1.0, 3.0])).dtype.kind == "i"
+    with pytest.raises(ValueError, match="integer"):
+        read_sample_mask([0.5, 1.0])
+    with pytest.raises(ValueError, match="1D"):
+        read_sample_mask(np.zeros((3, 3), dtype=int))
+    with pytest.raises(TypeError, match="sample_mask"):
+        read_sample_mask(3)
+
+
+def test_read_sample_mask_from_files(tmp_path):
+    npy = tmp_path / "keep.npy"
+    np.save(npy, np.array([1, 4, 6]))
+    np.testing.assert_array_equal(read_sample_mask(npy), [1, 4, 6])
+
+    txt = tmp_path / "keep.txt"
+    txt.write_text("0\n2\n3\n")
+    np.testing.assert_array_equal(read_sample_mask(str(txt)), [0, 2, 3])
+
+    # A BIDS-like one-column TSV with a header and a 0/1 column means "kept or not".
+    tsv = tmp_path / "keep.tsv"
+    tsv.write_text("sample_mask\n1\n1\n0\n1\n")
+    np.testing.assert_array_equal(read_sample_mask(tsv), [0, 1, 3])
+
+    booleans = tmp_path / "keep.csv"
+    booleans.write_text("keep\ntrue\nfalse\ntrue\n")
+    np.testing.assert_array_equal(read_sample_mask(booleans), [0, 2])
+
+
+def test_read_sample_mask_file_errors_name_the_file(tmp_path):
+    with pytest.raises(ValueError, match=r"nothere\.tsv"):
+        read_sample_mask(tmp_path / "nothere.tsv")
+    two_columns = tmp_path / "two.tsv"
+    two_columns.write_text("1\t2\n3\t4\n")
+    with pytest.raises(ValueError, match=r"two\.tsv"):
+        read_sample_mask(two_columns)
+    words = tmp_path / "words.txt"
+    words.write_text("a\nb\n")
+    with pytest.raises(ValueError, match=r"words\.txt"):
+        read_sample_mask(words)
+    wrong = tmp_path / "mask.json"
+    wrong.write_text("[]")
+    with pytest.raises(ValueError, match=r"mask\.json"):
+        read_sample_mask(wrong)

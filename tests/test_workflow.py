@@ -1,0 +1,233 @@
+"""The Pydra MaskerWorkflow: NiftiMasker's numbers, caching, and failure behaviour."""
+
+import os
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from masker_wf import NiftiMasker
+from masker_wf._steps import StepError
+from masker_wf.workflow import MaskerWorkflow, run_masker_workflow
+
+CLEANING = {
+    "smoothing_fwhm": 5.0,
+    "detrend": True,
+    "standardize": "zscore_sample",
+    "low_pass": 0.2,
+    "high_pass": 0.02,
+    "t_r": 2.0,
+    # 20 volumes are too few for the default Butterworth padding.
+    "clean_args": {"butterworth__padlen": 6},
+}
+
+
+@pytest.fixture(autouse=True)
+def _hash_cache(tmp_path, monkeypatch):
+    # One file-hash cache per test: cache hits must come from the test's own runs.
+    monkeypatch.setenv("PYDRA_HASH_CACHE", str(tmp_path / "hashes"))
+
+
+@pytest.fixture
+def confounds_tsv(tmp_path):
+    values = np.random.default_rng(1).normal(size=(20, 3))
+    path = tmp_path / "confounds.tsv"
+    lines = ["trans_x\ttrans_y\trot_z"] + ["\t".join(f"{v:.6f}" for v in row) for row in values]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture
+def synthetic_bold_file(tmp_path, synthetic_bold):
+    path = tmp_path / "synthetic_bold.nii"
+    synthetic_bold[0].to_filename(path)
+    return path
+
+
+def _snapshot(cache_root):
+    """Every file under the cache (hash store excluded) with its modification time."""
+    return {
+        path: path.stat().st_mtime_ns
+        for path in cache_root.rglob("*")
+        if path.is_file() and "hashes" not in path.parts and path.suffix != ".lock"
+    }
+
+
+def _job_dirs_holding(cache_root, name):
+    return sorted(d for d in cache_root.glob("python-*") if (d / name).exists())
+
+
+def test_workflow_matches_niftimasker_on_real_bold(
+    tmp_path, ds003_path, ds003_mask_path, confounds_tsv
+):
+    keep = np.array([i for i in range(20) if i not in (3, 4, 11)])
+    outputs = run_masker_workflow(
+        ds003_path,
+        cache_root=tmp_path / "cache",
+        mask_file=ds003_mask_path,
+        confounds_file=confounds_tsv,
+        sample_mask=keep,
+        **CLEANING,
+    )
+    masker = NiftiMasker(mask_img=ds003_mask_path, **CLEANING)
+    expected = masker.fit_transform(ds003_path, confounds=confounds_tsv, sample_mask=keep)
+    signals = np.load(outputs["signals_file"])
+    assert signals.dtype == np.float32
+    np.testing.assert_array_equal(signals, expected)
+    cleaned = nib.load(outputs["cleaned_bold_file"])
+    assert outputs["cleaned_bold_file"].name == "cleaned_bold.nii"
+    expected_img = masker.inverse_transform(expected)
+    np.testing.assert_array_equal(cleaned.get_fdata(), expected_img.get_fdata())
+    np.testing.assert_array_equal(
+        nib.load(outputs["mask_file"]).get_fdata(), nib.load(ds003_mask_path).get_fdata()
+    )
+
+
+def test_workflow_computes_mask_and_resamples_like_niftimasker_with_cf_worker(
+    tmp_path, synthetic_bold_file
+):
+    params = {
+        "target_affine": np.diag([4.0, 4.0, 4.0]),
+        "mask_strategy": "epi",
+        "smoothing_fwhm": 6.0,
+        "detrend": True,
+        "standardize": "zscore_sample",
+        "low_pass": 0.1,
+        "t_r": 2.0,
+    }
+    outputs = run_masker_workflow(
+        synthetic_bold_file, cache_root=tmp_path / "cache", worker="cf", n_procs=2, **params
+    )
+    masker = NiftiMasker(**params)
+    expected = masker.fit_transform(synthetic_bold_file)
+    mask = nib.load(outputs["mask_file"])
+    np.testing.assert_array_equal(mask.get_fdata(), masker.mask_img_.get_fdata())
+    np.testing.assert_allclose(mask.affine, masker.mask_img_.affine)
+    signals = np.load(outputs["signals_file"])
+    assert signals.shape == expected.shape
+    np.testing.assert_array_equal(signals, expected)
+    cleaned = nib.load(outputs["cleaned_bold_file"])
+    np.testing.assert_array_equal(
+        cleaned.get_fdata(), masker.inverse_transform(expected).get_fdata()
+    )
+
+
+def test_parameters_that_are_off_leave_their_nodes_out(synthetic_bold_file, ds003_mask_path):
+    def nodes(**params):
+        return MaskerWorkflow(bold_file=synthetic_bold_file, **params).construct().node_names
+
+    assert nodes(mask_file=ds003_mask_path) == ["clean_signals", "unmask"]
+    assert nodes() == ["compute_mask", "clean_signals", "unmask"]
+    grid = {"target_shape": [8, 8, 8], "target_affine": np.eye(4).tolist()}
+    # The BOLD is resampled inside clean_signals (NiftiMasker's semantics); only the mask
+    # needs a node.
+    assert nodes(mask_file=ds003_mask_path, **grid) == ["resample_mask", "clean_signals", "unmask"]
+    # Smoothing happens inside clean_signals unless a separate smoothed image is asked for.
+    assert nodes(smoothing_fwhm=6.0) == ["compute_mask", "clean_signals", "unmask"]
+    assert nodes(smoothing_fwhm=6.0, smooth_as_task=True) == [
+        "compute_mask",
+        "smooth",
+        "clean_signals",
+        "unmask",
+    ]
+    assert nodes(smoothing_fwhm=6.0, smooth_as_task=True, **grid) == [
+        "compute_mask",
+        "resample_bold",
+        "smooth",
+        "clean_signals",
+        "unmask",
+    ]
+
+
+def test_smoothing_as_a_separate_task_gives_the_same_signals(tmp_path, synthetic_bold_file):
+    params = {"smoothing_fwhm": 6.0, "detrend": True, "t_r": 2.0}
+    inside = run_masker_workflow(synthetic_bold_file, cache_root=tmp_path / "a", **params)
+    separate = run_masker_workflow(
+        synthetic_bold_file, cache_root=tmp_path / "b", smooth_as_task=True, **params
+    )
+    assert _job_dirs_holding(tmp_path / "b", "smoothed.nii")
+    np.testing.assert_allclose(
+        np.load(separate["signals_file"]), np.load(inside["signals_file"]), rtol=1e-5, atol=1e-5
+    )
+
+
+def test_second_run_is_served_from_the_cache_by_both_workers(
+    tmp_path, ds003_path, ds003_mask_path
+):
+    cache_root = tmp_path / "cache"
+    params = {"mask_file": ds003_mask_path, "smoothing_fwhm": 4.0, "detrend": True}
+    first = run_masker_workflow(ds003_path, cache_root=cache_root, worker="debug", **params)
+    before = _snapshot(cache_root)
+    for worker in ("cf", "debug"):
+        again = run_masker_workflow(ds003_path, cache_root=cache_root, worker=worker, **params)
+        assert again == first
+        # No task ran: no new file, no file rewritten.
+        assert _snapshot(cache_root) == before
+
+
+def test_changed_parameter_recomputes_only_the_affected_steps(tmp_path, ds003_path):
+    cache_root = tmp_path / "cache"
+    first = run_masker_workflow(ds003_path, cache_root=cache_root, detrend=True, t_r=2.0)
+    mask_mtime = first["mask_file"].stat().st_mtime_ns
+    second = run_masker_workflow(
+        ds003_path,
+        cache_root=cache_root,
+        detrend=True,
+        t_r=2.0,
+        low_pass=0.2,
+        clean_args={"butterworth__padlen": 6},
+    )
+    # The mask was computed once and reused; the cleaning and unmasking ran twice.
+    assert len(_job_dirs_holding(cache_root, "mask.nii")) == 1
+    assert len(_job_dirs_holding(cache_root, "signals.npy")) == 2
+    assert len(_job_dirs_holding(cache_root, "cleaned_bold.nii")) == 2
+    assert second["mask_file"].stat().st_mtime_ns == mask_mtime
+    assert not np.array_equal(np.load(first["signals_file"]), np.load(second["signals_file"]))
+
+
+def test_failing_step_names_step_and_file_and_leaves_no_partial_output(
+    tmp_path, ds003_path, ds003_mask_path
+):
+    cache_root = tmp_path / "cache"
+    # Volume 25 does not exist in this 20-volume run.
+    with pytest.raises(StepError, match=r"clean_signals.*ds003_sub-01_mc\.nii\.gz"):
+        run_masker_workflow(
+            ds003_path, cache_root=cache_root, mask_file=ds003_mask_path, sample_mask=[0, 25]
+        )
+    with pytest.raises(RuntimeError, match=r"(?s)clean_signals.*ds003_sub-01_mc\.nii\.gz"):
+        run_masker_workflow(
+            ds003_path,
+            cache_root=cache_root,
+            worker="cf",
+            mask_file=ds003_mask_path,
+            sample_mask=[0, 25],
+        )
+    leftovers = [
+        path.name
+        for path in cache_root.rglob("*")
+        if path.suffix in (".npy", ".nii", ".gz") or ".tmp" in path.name
+    ]
+    assert leftovers == []
+
+
+def test_runner_keeps_file_hashes_in_the_cache_root(
+    tmp_path, monkeypatch, ds003_path, ds003_mask_path
+):
+    monkeypatch.delenv("PYDRA_HASH_CACHE")
+    cache_root = tmp_path / "cache"
+    outputs = run_masker_workflow(
+        ds003_path, cache_root=cache_root, mask_file=ds003_mask_path, out_suffix=".nii.gz"
+    )
+    assert os.environ["PYDRA_HASH_CACHE"] == str(cache_root / "hashes")
+    assert any((cache_root / "hashes").iterdir())
+    assert outputs["cleaned_bold_file"].name == "cleaned_bold.nii.gz"
+    assert nib.load(outputs["cleaned_bold_file"]).shape == (16, 16, 9, 20)
+
+
+def test_runner_names_a_missing_input_file(tmp_path, ds003_path):
+    with pytest.raises(ValueError, match=r"bold_file: file not found: '.*nothere\.nii'"):
+        run_masker_workflow(tmp_path / "nothere.nii", cache_root=tmp_path / "cache")
+    with pytest.raises(ValueError, match=r"confounds_file: file not found"):
+        run_masker_workflow(
+            ds003_path, cache_root=tmp_path / "cache", confounds_file=tmp_path / "c.tsv"
+        )
