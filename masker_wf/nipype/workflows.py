@@ -1,0 +1,512 @@
+"""``init_masker_wf``: masker-wf as an fMRIPrep-style nipype sub-workflow."""
+
+from __future__ import annotations
+
+import numpy as np
+from nipype.interfaces import utility as niu
+from nipype.pipeline import engine as pe
+
+from .._version import __version__
+from .interfaces import (
+    MASK_STRATEGIES,
+    STANDARDIZE_STRATEGIES,
+    CleanSignals,
+    ComputeMask,
+    Smooth,
+    Unmask,
+)
+
+__all__ = ["LiterateWorkflow", "estimate_bold_mem_gb", "init_masker_wf", "run_masker_wf"]
+
+INPUT_FIELDS = ["bold_file", "mask_file", "confounds_file", "sample_mask", "t_r"]
+OUTPUT_FIELDS = ["mask_file", "signals_file", "cleaned_bold_file"]
+
+try:  # Embedding in a NiPreps pipeline: their visit_desc() only visits LiterateWorkflows.
+    from niworkflows.engine.workflows import LiterateWorkflow
+except ImportError:  # pragma: no cover - niworkflows is optional
+
+    class LiterateWorkflow(pe.Workflow):
+        """A nipype Workflow carrying a methods paragraph (``__desc__``, ``__postdesc__``).
+
+        Same API as niworkflows' ``LiterateWorkflow``, which is used instead when installed
+        so that NiPreps' boilerplate generation picks this workflow up.
+        """
+
+        def __init__(self, name, base_dir=None):
+            super().__init__(name, base_dir)
+            self.__desc__ = None
+            self.__postdesc__ = None
+
+        def visit_desc(self):
+            """Gather the methods paragraphs of this workflow and its sub-workflows."""
+            desc = [self.__desc__] if self.__desc__ else []
+            for node in pe.utils.topological_sort(self._graph)[0]:
+                if isinstance(node, LiterateWorkflow):
+                    sub = node.visit_desc()
+                    if sub and sub not in desc:
+                        desc.append(sub)
+            if self.__postdesc__:
+                desc.append(self.__postdesc__)
+            return "".join(desc)
+
+
+def estimate_bold_mem_gb(bold_file):
+    """Memory (GB) of a BOLD series held as float32, from its header only.
+
+    Parameters
+    ----------
+    bold_file : str or Path
+        A 4D NIfTI file.
+
+    Returns
+    -------
+    float
+        ``n_voxels * n_volumes * 4 / 1024**3``: pass it as ``mem_gb`` to
+        :func:`init_masker_wf` (as fMRIPrep does with its ``mem_gb`` estimate).
+    """
+    import nibabel as nib
+
+    shape = nib.load(bold_file).shape
+    return float(np.prod(shape, dtype=np.float64) * 4 / 1024**3)
+
+
+def _as_list_affine(target_affine):
+    if target_affine is None:
+        return None
+    affine = np.asarray(target_affine, dtype=float)
+    if affine.shape not in ((3, 3), (4, 4)):
+        raise ValueError(
+            f"target_affine must be a 3x3 or 4x4 matrix; got an array of shape {affine.shape}."
+        )
+    return affine.tolist()
+
+
+def _as_list_shape(target_shape, target_affine):
+    if target_shape is None:
+        return None
+    shape = [int(v) for v in target_shape]
+    if len(shape) != 3:
+        raise ValueError(f"target_shape must have 3 values; got {tuple(target_shape)!r}.")
+    if target_affine is None:
+        raise ValueError("target_shape was given without target_affine; give both.")
+    return shape
+
+
+def _describe(params, smooth_as_node):
+    """The methods paragraph (``__desc__``) naming every step and its parameters."""
+    p = params
+    sentences = [
+        f"BOLD signals were extracted and denoised with masker-wf {__version__} (a nipype "
+        "workflow reproducing nilearn's *NiftiMasker*).",
+        "A provided brain mask was used; when none was provided, a mask was computed "
+        f"from the BOLD series with the '{p['mask_strategy']}' strategy"
+        + (f" (arguments: {p['mask_args']})" if p["mask_args"] else "")
+        + ".",
+    ]
+    if p["target_affine"] is not None:
+        linear = np.asarray(p["target_affine"])[:3, :3]
+        voxel = " x ".join(f"{size:g}" for size in np.sqrt((linear**2).sum(axis=0)))
+        shape = p["target_shape"]
+        grid = f"{voxel} mm voxels" + (f", {' x '.join(map(str, shape))} grid" if shape else "")
+        sentences.append(
+            f"Images were resampled to a target grid ({grid}) with third-order spline "
+            "interpolation (nearest neighbour for the mask)."
+        )
+    if p["smoothing_fwhm"] is not None:
+        sentences.append(
+            f"The BOLD series were smoothed with a Gaussian kernel of {p['smoothing_fwhm']} mm "
+            "FWHM."
+        )
+    steps = []
+    if p["high_variance_confounds"]:
+        steps.append("the 5 highest-variance voxel time series were added to the confounds")
+    if p["detrend"]:
+        steps.append("signals were linearly detrended")
+    low, high = p["low_pass"], p["high_pass"]
+    if low is not None or high is not None:
+        band = " and ".join(
+            f"{kind} {value} Hz"
+            for kind, value in (("high-pass", high), ("low-pass", low))
+            if value is not None
+        )
+        steps.append(f"a Butterworth filter ({band}) was applied")
+    steps.append(
+        "confounds, when provided, were "
+        + ("z-scored and " if p["standardize_confounds"] else "")
+        + "regressed out"
+    )
+    if p["standardize"]:
+        kind = p["standardize"] if isinstance(p["standardize"], str) else "zscore"
+        steps.append(f"signals were standardized ('{kind}')")
+    censoring = (
+        "interpolated before filtering and then removed"
+        if low is not None or high is not None
+        else "removed"
+    )
+    sentences.append(
+        "Within the mask, " + "; ".join(steps) + ". Censored volumes (sample mask), when "
+        f"provided, were {censoring}."
+    )
+    sentences.append(
+        "Cleaned signals were saved as a (volumes x voxels) array and put back into a 4D image."
+    )
+    if smooth_as_node:
+        sentences.append("Smoothing ran as a separate workflow step.")
+    return " ".join(sentences) + "\n"
+
+
+def init_masker_wf(
+    *,
+    name="masker_wf",
+    mem_gb=1.0,
+    omp_nthreads=1,
+    mask_strategy="background",
+    mask_args=None,
+    smoothing_fwhm=None,
+    standardize=False,
+    standardize_confounds=True,
+    detrend=False,
+    high_variance_confounds=False,
+    low_pass=None,
+    high_pass=None,
+    t_r=None,
+    target_affine=None,
+    target_shape=None,
+    dtype=None,
+    clean_args=None,
+    smooth_as_node=False,
+    out_suffix=".nii",
+):
+    """Build the masker-wf nipype sub-workflow: mask, clean, unmask.
+
+    Every parameter is explicit; nothing is read from a global configuration, so the factory
+    can be called from any pipeline and from tests.
+
+    Parameters
+    ----------
+    name : str, default="masker_wf"
+        Name of the workflow (must be unique within the parent workflow).
+    mem_gb : float, default=1.0
+        Memory in GB of one BOLD series held as float32 (see :func:`estimate_bold_mem_gb`).
+        The clean node requests ``3 * mem_gb`` (input, smoothed copy, signals), the smooth
+        node ``2 * mem_gb``, the mask and unmask nodes ``mem_gb``; MultiProc schedules with
+        these numbers.
+    omp_nthreads : int, default=1
+        Processors the mask, smooth and clean nodes reserve from MultiProc. The core smooths
+        with up to 2 threads, so 2 reserves what smoothing really uses.
+    mask_strategy : {"background", "epi", "whole-brain-template", "gm-template", \
+"wm-template"}, default="background"
+        How the mask is computed when ``inputnode.mask_file`` is not given.
+    mask_args : dict or None, default=None
+        Keyword arguments of the mask computation.
+    smoothing_fwhm : float, sequence of 3 floats or None, default=None
+        FWHM in mm of the Gaussian smoothing kernel applied before masking.
+    standardize : {False, True, "zscore_sample", "zscore", "psc"}, default=False
+        How signals are standardized after cleaning (nilearn semantics).
+    standardize_confounds : bool, default=True
+        Z-score confounds before regressing them out.
+    detrend : bool, default=False
+        Remove a linear trend from each voxel's signal.
+    high_variance_confounds : bool, default=False
+        Add the 5 highest-variance voxel time series of the input as confounds.
+    low_pass, high_pass : float or None, default=None
+        Butterworth filter cutoffs, in Hz. Filtering needs a repetition time.
+    t_r : float or None, default=None
+        Repetition time in seconds. It becomes the default value of ``inputnode.t_r``: a
+        value set or connected on the inputnode overrides it.
+    target_affine : array-like of shape (3, 3) or (4, 4), or None, default=None
+        Resample the BOLD (continuous) and the mask (nearest) to this affine.
+    target_shape : sequence of 3 ints or None, default=None
+        Shape of the target grid; needs ``target_affine``.
+    dtype : str or None, default=None
+        Data type the BOLD is converted to before processing (``"auto"`` or a numpy dtype
+        name); ``None`` keeps the file's type.
+    clean_args : dict or None, default=None
+        Extra keyword arguments of :func:`masker_wf.signal.clean` (``butterworth__order``...).
+    smooth_as_node : bool, default=False
+        Smooth in a separate ``smooth`` node (:class:`~masker_wf.nipype.interfaces.Smooth`)
+        that writes the smoothed 4D BOLD, which can then be inspected or reused. By default
+        smoothing happens inside the clean node, on the mask's bounding box only, with no 4D
+        intermediate on disk: faster, same numbers. Exact only when the BOLD and the mask
+        share a grid, so it cannot be combined with ``target_affine``/``target_shape``
+        (nilearn resamples onto the mask's bounding box and smooths *that* grid, whose edges
+        change the result), nor with ``high_variance_confounds`` (computed on the unsmoothed
+        BOLD).
+    out_suffix : {".nii", ".nii.gz"}, default=".nii"
+        Extension of the images the nodes write. Uncompressed by default: gzip costs more
+        than all the processing on full-size BOLD, and these files live in the working
+        directory (a DataSink or derivatives writer can compress the final outputs).
+
+    Inputs
+    ------
+    bold_file
+        4D BOLD NIfTI file.
+    mask_file
+        Brain mask (optional: computed with ``mask_strategy`` when left undefined).
+    confounds_file
+        Confounds table, TSV/CSV with a header or .npy, one row per volume (optional).
+    sample_mask
+        Volumes to keep: indices, booleans, or a file of either (optional).
+    t_r
+        Repetition time in seconds (optional; defaults to the ``t_r`` parameter).
+
+    Outputs
+    -------
+    mask_file
+        The mask used (the given one, resampled if a target grid is set, or the computed one).
+    signals_file
+        Cleaned signals, (n_kept_volumes, n_voxels) array in .npy.
+    cleaned_bold_file
+        The cleaned signals as a 4D NIfTI image (``unmask``).
+
+    Returns
+    -------
+    LiterateWorkflow
+        A nipype workflow whose ``__desc__`` is a methods paragraph naming the steps and
+        parameters.
+
+    Raises
+    ------
+    ValueError
+        When a parameter is invalid (checked here, at build time, not when the graph runs).
+
+    Workflow Graph
+        .. workflow::
+            :graph2use: orig
+            :simple_form: yes
+
+            from masker_wf.nipype import init_masker_wf
+
+            wf = init_masker_wf(smoothing_fwhm=6.0)
+
+    Examples
+    --------
+    >>> from masker_wf.nipype import init_masker_wf
+    >>> wf = init_masker_wf(smoothing_fwhm=6.0, detrend=True, low_pass=0.1, t_r=2.0)
+    >>> sorted(wf.list_node_names())
+    ['clean', 'inputnode', 'mask', 'outputnode', 'unmask']
+    """
+    if mask_strategy not in MASK_STRATEGIES:
+        raise ValueError(f"mask_strategy must be one of {MASK_STRATEGIES}; got {mask_strategy!r}.")
+    if not (isinstance(standardize, bool) or standardize in STANDARDIZE_STRATEGIES):
+        raise ValueError(
+            "standardize must be True, False or one of "
+            f"{STANDARDIZE_STRATEGIES}; got {standardize!r}."
+        )
+    for label, value in (("low_pass", low_pass), ("high_pass", high_pass), ("t_r", t_r)):
+        if value is not None and not value > 0:
+            raise ValueError(f"{label} must be a positive number or None; got {value!r}.")
+    if smooth_as_node and high_variance_confounds:
+        raise ValueError(
+            "smooth_as_node=True cannot be combined with high_variance_confounds=True: the "
+            "high-variance confounds are computed on the unsmoothed BOLD, which the clean "
+            "node would no longer see."
+        )
+    if smooth_as_node and (target_affine is not None or target_shape is not None):
+        raise ValueError(
+            "smooth_as_node=True cannot be combined with target_affine/target_shape: nilearn "
+            "smooths after resampling onto the mask's bounding box, which a separate "
+            "smoothing node cannot reproduce. Resample the BOLD beforehand instead."
+        )
+    if out_suffix not in (".nii", ".nii.gz"):
+        raise ValueError(f"out_suffix must be '.nii' or '.nii.gz'; got {out_suffix!r}.")
+    if mem_gb is None or not mem_gb > 0:
+        raise ValueError(f"mem_gb must be a positive number; got {mem_gb!r}.")
+    omp_nthreads = int(omp_nthreads)
+    if omp_nthreads < 1:
+        raise ValueError(f"omp_nthreads must be >= 1; got {omp_nthreads!r}.")
+    affine_list = _as_list_affine(target_affine)
+    shape_list = _as_list_shape(target_shape, target_affine)
+    if isinstance(smoothing_fwhm, (list, tuple, np.ndarray)):
+        smoothing_fwhm = [float(v) for v in smoothing_fwhm]
+    elif smoothing_fwhm is not None:
+        smoothing_fwhm = float(smoothing_fwhm)
+    dtype = None if dtype is None else str(np.dtype(dtype)) if dtype != "auto" else "auto"
+
+    params = {
+        "mask_strategy": mask_strategy,
+        "mask_args": dict(mask_args) if mask_args else None,
+        "smoothing_fwhm": smoothing_fwhm,
+        "standardize": standardize,
+        "standardize_confounds": standardize_confounds,
+        "detrend": detrend,
+        "high_variance_confounds": high_variance_confounds,
+        "low_pass": low_pass,
+        "high_pass": high_pass,
+        "target_affine": affine_list,
+        "target_shape": shape_list,
+    }
+
+    workflow = LiterateWorkflow(name=name)
+    workflow.__desc__ = _describe(params, smooth_as_node)
+
+    inputnode = pe.Node(niu.IdentityInterface(fields=INPUT_FIELDS), name="inputnode")
+    # A default, not a constant: anything set or connected on inputnode.t_r overrides it.
+    if t_r is not None:
+        inputnode.inputs.t_r = float(t_r)
+    outputnode = pe.Node(niu.IdentityInterface(fields=OUTPUT_FIELDS), name="outputnode")
+
+    mask = pe.Node(
+        ComputeMask(mask_strategy=mask_strategy, out_suffix=out_suffix),
+        name="mask",
+        mem_gb=mem_gb,
+        n_procs=omp_nthreads,
+    )
+    if params["mask_args"]:
+        mask.inputs.mask_args = params["mask_args"]
+    if affine_list is not None:
+        mask.inputs.target_affine = affine_list
+    if shape_list is not None:
+        mask.inputs.target_shape = shape_list
+
+    clean = pe.Node(
+        CleanSignals(
+            high_variance_confounds=high_variance_confounds,
+            detrend=detrend,
+            standardize=standardize,
+            standardize_confounds=standardize_confounds,
+        ),
+        name="clean",
+        mem_gb=3 * mem_gb,
+        n_procs=omp_nthreads,
+    )
+    for field, value in (
+        ("low_pass", low_pass),
+        ("high_pass", high_pass),
+        ("dtype", dtype),
+        ("clean_kwargs", dict(clean_args) if clean_args else None),
+    ):
+        if value is not None:
+            setattr(clean.inputs, field, value)
+
+    unmask = pe.Node(Unmask(out_suffix=out_suffix), name="unmask", mem_gb=mem_gb)
+
+    # fmt: off
+    workflow.connect([
+        (inputnode, mask, [("bold_file", "bold_file"), ("mask_file", "mask_file")]),
+        (inputnode, clean, [
+            ("confounds_file", "confounds_file"),
+            ("sample_mask", "sample_mask"),
+            ("t_r", "t_r"),
+        ]),
+        (mask, clean, [("mask_file", "mask_file")]),
+        (mask, unmask, [("mask_file", "mask_file")]),
+        (clean, unmask, [("signals_file", "signals_file")]),
+        (mask, outputnode, [("mask_file", "mask_file")]),
+        (clean, outputnode, [("signals_file", "signals_file")]),
+        (unmask, outputnode, [("out_file", "cleaned_bold_file")]),
+    ])
+    # fmt: on
+
+    if affine_list is not None:
+        clean.inputs.target_affine = affine_list
+    if shape_list is not None:
+        clean.inputs.target_shape = shape_list
+    if smoothing_fwhm is None or not smooth_as_node:
+        if smoothing_fwhm is not None:
+            clean.inputs.smoothing_fwhm = smoothing_fwhm
+        workflow.connect(inputnode, "bold_file", clean, "bold_file")
+        return workflow
+
+    smooth = pe.Node(
+        Smooth(fwhm=smoothing_fwhm, out_suffix=out_suffix),
+        name="smooth",
+        mem_gb=2 * mem_gb,
+        n_procs=omp_nthreads,
+    )
+    # fmt: off
+    workflow.connect([
+        (inputnode, smooth, [("bold_file", "in_file")]),
+        (smooth, clean, [("out_file", "bold_file")]),
+    ])
+    # fmt: on
+    return workflow
+
+
+def run_masker_wf(
+    bold_file,
+    *,
+    base_dir,
+    mask_file=None,
+    confounds_file=None,
+    sample_mask=None,
+    plugin="Linear",
+    plugin_args=None,
+    **params,
+):
+    """Build :func:`init_masker_wf`, run it on one BOLD file and return its output files.
+
+    A convenience for scripts and tests, the nipype twin of
+    :func:`masker_wf.workflow.run_masker_workflow`. Pipelines embed :func:`init_masker_wf`
+    instead.
+
+    Parameters
+    ----------
+    bold_file : str or Path
+        4D BOLD NIfTI file.
+    base_dir : str or Path
+        nipype working directory (node caches; crash files go to ``base_dir/crash``).
+    mask_file, confounds_file, sample_mask : optional
+        Values for the inputnode fields of the same names.
+    plugin : str, default="Linear"
+        nipype execution plugin (``"Linear"``, ``"MultiProc"``...).
+    plugin_args : dict or None, default=None
+        Arguments of the plugin (e.g. ``{"n_procs": 2}`` for MultiProc).
+    **params
+        Keyword arguments of :func:`init_masker_wf` (``smoothing_fwhm``, ``t_r``...).
+
+    Returns
+    -------
+    dict
+        ``mask_file``, ``signals_file`` and ``cleaned_bold_file`` as :class:`pathlib.Path`.
+
+    Raises
+    ------
+    RuntimeError
+        When a node fails; the message starts with the failing step's own message (which
+        names the step and the input file) and gives the crash file.
+    """
+    from pathlib import Path
+
+    base_dir = Path(base_dir).resolve()
+    workflow = init_masker_wf(**params)
+    workflow.base_dir = str(base_dir)
+    workflow.config["execution"]["crashdump_dir"] = str(base_dir / "crash")
+    # Distributed plugins (MultiProc...) poll every 2 s by default: most of a small run.
+    workflow.config["execution"]["poll_sleep_duration"] = 0.1
+    inputs = workflow.inputs.inputnode
+    inputs.bold_file = str(Path(bold_file).resolve())
+    for field, value in (
+        ("mask_file", mask_file),
+        ("confounds_file", confounds_file),
+        ("sample_mask", sample_mask),
+    ):
+        if value is not None:
+            if isinstance(value, (str, Path)):
+                value = str(Path(value).resolve())
+            elif isinstance(value, np.ndarray):
+                value = value.tolist()
+            setattr(inputs, field, value)
+    try:
+        graph = workflow.run(plugin=plugin, plugin_args=plugin_args or {})
+    except Exception as exc:
+        raise RuntimeError(_failure_summary(exc, base_dir / "crash")) from exc
+    # nipype drops identity nodes (inputnode/outputnode) from the executed graph: read the
+    # outputs from the nodes that feed the outputnode.
+    results = {node.name: node.result.outputs for node in graph.nodes()}
+    return {
+        "mask_file": Path(results["mask"].mask_file),
+        "signals_file": Path(results["clean"].signals_file),
+        "cleaned_bold_file": Path(results["unmask"].out_file),
+    }
+
+
+def _failure_summary(exc, crash_dir):
+    """The step's own error line(s) from nipype's exception text, plus the crash file."""
+    text = str(exc)
+    marker = "StepError: "
+    lines = [line.strip() for line in text.splitlines() if marker in line]
+    summary = lines[-1].split(marker, 1)[1] if lines else text.strip().splitlines()[-1].strip()
+    crash_files = sorted(crash_dir.glob("crash-*"), key=lambda p: p.stat().st_mtime)
+    where = f" [crash file: {crash_files[-1]}]" if crash_files else ""
+    return f"masker_wf failed: {summary}{where}"

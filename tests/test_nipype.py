@@ -1,0 +1,471 @@
+"""masker-wf as a nipype sub-workflow: graph, interfaces, numerics, embedding and errors.
+
+Numerics are compared with masker_wf.NiftiMasker, with nilearn 0.11.1 (computed here) and with
+the Pydra workflow, on nipype's real ds003 BOLD, on synthetic data and on bids_examples/.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import make_synthetic_bold
+from nipype.interfaces.base import isdefined
+from nipype.pipeline.engine.nodes import NodeExecutionError
+
+from masker_wf._steps import StepError
+from masker_wf.nipype import init_masker_wf, run_masker_wf
+from masker_wf.nipype.interfaces import CleanSignals, ComputeMask, Resample, Smooth, Unmask
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLE = REPO / "workflows" / "nipype" / "embed_example.py"
+DS_MASKER = REPO / "bids_examples" / "ds-masker"
+FMRIPREP_FUNC = DS_MASKER / "derivatives" / "fmriprep" / "sub-01" / "func"
+RUN_PREFIX = "sub-01_task-rhymes_run-01"
+
+ATOL = 1e-5  # same code path behind every face: differences are float32 rounding at most
+
+
+def _masker_signals(bold, *, mask=None, confounds=None, sample_mask=None, **params):
+    from masker_wf import NiftiMasker
+
+    masker = NiftiMasker(mask_img=None if mask is None else str(mask), **params)
+    return masker.fit_transform(str(bold), confounds=confounds, sample_mask=sample_mask)
+
+
+def _nilearn_signals(bold, *, mask=None, confounds=None, sample_mask=None, **params):
+    from nilearn.maskers import NiftiMasker
+
+    masker = NiftiMasker(mask_img=None if mask is None else str(mask), **params)
+    return masker.fit_transform(str(bold), confounds=confounds, sample_mask=sample_mask)
+
+
+def _load_example():
+    spec = importlib.util.spec_from_file_location("embed_example", EXAMPLE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def synthetic_files(tmp_path):
+    bold, mask = make_synthetic_bold(shape=(12, 13, 11), n_volumes=40)
+    bold_file, mask_file = tmp_path / "synth_bold.nii.gz", tmp_path / "synth_mask.nii.gz"
+    bold.to_filename(bold_file)
+    mask.to_filename(mask_file)
+    rng = np.random.default_rng(1)
+    confounds = pd.DataFrame(rng.normal(size=(40, 3)), columns=["a", "b", "c"])
+    confounds_file = tmp_path / "synth_confounds.tsv"
+    confounds.to_csv(confounds_file, sep="\t", index=False)
+    return bold_file, mask_file, confounds_file
+
+
+# ------------------------------------------------------------------------------- the graph
+def test_graph_has_fmriprep_style_inputnode_outputnode_and_methods_paragraph():
+    wf = init_masker_wf(smoothing_fwhm=6.0, detrend=True, high_pass=0.01, t_r=2.0, mem_gb=0.5)
+    assert sorted(wf.list_node_names()) == ["clean", "inputnode", "mask", "outputnode", "unmask"]
+    inputnode, outputnode = wf.get_node("inputnode"), wf.get_node("outputnode")
+    assert set(inputnode.inputs.copyable_trait_names()) == {
+        "bold_file",
+        "mask_file",
+        "confounds_file",
+        "sample_mask",
+        "t_r",
+    }
+    assert set(outputnode.outputs.copyable_trait_names()) == {
+        "mask_file",
+        "signals_file",
+        "cleaned_bold_file",
+    }
+    # t_r is the inputnode's default, so a connected or set value overrides it.
+    assert inputnode.inputs.t_r == 2.0
+    clean = wf.get_node("clean")
+    assert clean.inputs.smoothing_fwhm == 6.0
+    assert clean.mem_gb == pytest.approx(1.5)
+    for text in ("'background' strategy", "6.0 mm FWHM", "linearly detrended", "0.01 Hz"):
+        assert text in wf.__desc__
+    assert wf.visit_desc() == wf.__desc__
+
+
+def test_smooth_as_node_adds_a_smooth_node():
+    wf = init_masker_wf(smoothing_fwhm=5.0, smooth_as_node=True)
+    assert "smooth" in wf.list_node_names()
+    assert not isdefined(wf.get_node("clean").inputs.smoothing_fwhm)
+    assert "Smoothing ran as a separate workflow step" in wf.__desc__
+
+
+@pytest.mark.parametrize(
+    ("params", "named"),
+    [
+        ({"mask_strategy": "brain"}, "mask_strategy"),
+        ({"standardize": "l2"}, "standardize"),
+        ({"low_pass": -0.1}, "low_pass"),
+        ({"target_shape": (10, 10, 10)}, "target_affine"),
+        ({"target_affine": np.eye(2)}, "target_affine"),
+        ({"smooth_as_node": True, "high_variance_confounds": True}, "high_variance_confounds"),
+        ({"smooth_as_node": True, "target_affine": np.eye(3)}, "target_affine"),
+        ({"out_suffix": ".mgz"}, "out_suffix"),
+    ],
+)
+def test_invalid_parameters_fail_when_the_workflow_is_built(params, named):
+    with pytest.raises(ValueError, match=named):
+        init_masker_wf(**params)
+
+
+@pytest.mark.parametrize("interface", [ComputeMask, Resample, Smooth, CleanSignals, Unmask])
+def test_every_trait_of_every_interface_is_described(interface):
+    for spec in (interface.input_spec(), interface.output_spec()):
+        for name in spec.copyable_trait_names():
+            assert spec.trait(name).desc, f"{interface.__name__}.{name} has no desc"
+
+
+# ------------------------------------------------------------------------ numerics: ds003
+@pytest.mark.filterwarnings("ignore:The provided image has no sform:UserWarning")
+def test_linear_on_ds003_with_given_mask_matches_nifti_masker_and_nilearn(
+    tmp_path, ds003_path, ds003_mask_path
+):
+    rng = np.random.default_rng(0)
+    confounds = pd.DataFrame(rng.normal(size=(20, 2)), columns=["motion", "csf"])
+    confounds_file = tmp_path / "confounds.tsv"
+    confounds.to_csv(confounds_file, sep="\t", index=False)
+    sample_mask = np.array([i for i in range(20) if i not in (3, 11)])
+    params = {
+        "smoothing_fwhm": 8.0,
+        "detrend": True,
+        "standardize": "zscore_sample",
+        "high_pass": 0.02,
+    }
+    # The factory's t_r (3.0) is a default that inputnode's value (2.0, the real TR) overrides.
+    wf = init_masker_wf(t_r=3.0, **params)
+    wf.base_dir = str(tmp_path / "work")
+    inputs = wf.inputs.inputnode
+    inputs.bold_file = str(ds003_path)
+    inputs.mask_file = str(ds003_mask_path)
+    inputs.confounds_file = str(confounds_file)
+    inputs.sample_mask = sample_mask.tolist()
+    inputs.t_r = 2.0
+    graph = wf.run(plugin="Linear")
+    outputs = {node.name: node.result.outputs for node in graph.nodes()}
+
+    signals = np.load(outputs["clean"].signals_file)
+    assert outputs["mask"].mask_file == str(ds003_mask_path)  # a given mask passes through
+    assert signals.shape == (18, 1065)
+    assert signals.dtype == np.float32
+    expected = _masker_signals(
+        ds003_path,
+        mask=ds003_mask_path,
+        confounds=confounds.to_numpy(),
+        sample_mask=sample_mask,
+        t_r=2.0,
+        **params,
+    )
+    np.testing.assert_allclose(signals, expected, atol=ATOL)
+    reference = _nilearn_signals(
+        ds003_path,
+        mask=ds003_mask_path,
+        confounds=confounds.to_numpy(),
+        sample_mask=sample_mask,
+        t_r=2.0,
+        **params,
+    )
+    np.testing.assert_allclose(signals, reference, atol=1e-4)
+
+    cleaned = nib.load(outputs["unmask"].out_file)
+    mask = np.asarray(nib.load(ds003_mask_path).dataobj).astype(bool)
+    assert cleaned.shape == (16, 16, 9, 18)
+    np.testing.assert_array_equal(np.asarray(cleaned.dataobj)[mask].T, signals)
+
+
+def test_multiproc_on_ds003_computing_the_mask_matches_nifti_masker_and_pydra(
+    tmp_path, ds003_path
+):
+    from masker_wf.workflow import run_masker_workflow
+
+    params = {"smoothing_fwhm": 6.0, "detrend": True, "standardize": "zscore_sample"}
+    out = run_masker_wf(
+        ds003_path,
+        base_dir=tmp_path / "nipype",
+        plugin="MultiProc",
+        plugin_args={"n_procs": 2},
+        **params,
+    )
+    signals = np.load(out["signals_file"])
+    expected = _masker_signals(ds003_path, **params)
+    assert signals.shape == expected.shape
+    np.testing.assert_allclose(signals, expected, atol=ATOL)
+
+    from masker_wf import NiftiMasker
+
+    expected_mask = NiftiMasker().fit(str(ds003_path)).mask_img_
+    np.testing.assert_array_equal(
+        np.asarray(nib.load(out["mask_file"]).dataobj).astype(bool),
+        np.asarray(expected_mask.dataobj).astype(bool),
+    )
+
+    pydra_out = run_masker_workflow(ds003_path, cache_root=tmp_path / "pydra", **params)
+    np.testing.assert_allclose(signals, np.load(pydra_out["signals_file"]), atol=ATOL)
+    np.testing.assert_allclose(
+        nib.load(out["cleaned_bold_file"]).get_fdata(),
+        nib.load(pydra_out["cleaned_bold_file"]).get_fdata(),
+        atol=ATOL,
+    )
+
+
+# -------------------------------------------------------------------- numerics: synthetic
+@pytest.mark.filterwarnings("ignore:imgs are being resampled:UserWarning")
+def test_synthetic_resampled_to_a_target_grid_matches_nifti_masker(tmp_path, synthetic_files):
+    bold_file, _, confounds_file = synthetic_files
+    params = {
+        "smoothing_fwhm": 5.0,
+        "target_affine": np.diag([4.0, 4.0, 4.5]),
+        "detrend": True,
+        "low_pass": 0.1,
+        "t_r": 2.0,
+        "standardize": "zscore_sample",
+    }
+    sample_mask = np.arange(3, 40)
+    out = run_masker_wf(
+        bold_file,
+        base_dir=tmp_path / "work",
+        confounds_file=confounds_file,
+        sample_mask=sample_mask,
+        **params,
+    )
+    expected = _masker_signals(
+        bold_file,
+        confounds=pd.read_csv(confounds_file, sep="\t").to_numpy(),
+        sample_mask=sample_mask,
+        **params,
+    )
+    np.testing.assert_allclose(np.load(out["signals_file"]), expected, atol=ATOL)
+    mask_img = nib.load(out["mask_file"])
+    np.testing.assert_array_equal(np.diag(mask_img.affine)[:3], [4.0, 4.0, 4.5])
+
+
+@pytest.mark.filterwarnings("ignore:imgs are being resampled:UserWarning")
+def test_synthetic_given_mask_resampled_and_smoothed_as_node_match_nifti_masker(
+    tmp_path, synthetic_files
+):
+    bold_file, mask_file, _ = synthetic_files
+    params = {"smoothing_fwhm": 6.0, "standardize": "zscore_sample", "detrend": True}
+    expected = _masker_signals(bold_file, mask=mask_file, **params)
+    for smooth_as_node in (False, True):
+        out = run_masker_wf(
+            bold_file,
+            base_dir=tmp_path / f"smooth_as_node-{smooth_as_node}",
+            mask_file=mask_file,
+            smooth_as_node=smooth_as_node,
+            **params,
+        )
+        np.testing.assert_allclose(np.load(out["signals_file"]), expected, atol=ATOL)
+
+    # A given mask is resampled (nearest) to the target grid, like NiftiMasker's mask_img_.
+    from masker_wf import NiftiMasker
+
+    target = np.diag([5.0, 5.0, 5.0])
+    out = run_masker_wf(
+        bold_file, base_dir=tmp_path / "target", mask_file=mask_file, target_affine=target
+    )
+    expected_mask = NiftiMasker(mask_img=str(mask_file), target_affine=target).fit().mask_img_
+    mask_img = nib.load(out["mask_file"])
+    np.testing.assert_allclose(mask_img.affine, expected_mask.affine)
+    np.testing.assert_array_equal(
+        np.asarray(mask_img.dataobj).astype(bool), np.asarray(expected_mask.dataobj).astype(bool)
+    )
+
+
+def test_boolean_sample_mask_means_kept_volumes_not_indices(tmp_path, synthetic_files):
+    bold_file, mask_file, _ = synthetic_files
+    kept = np.ones(40, dtype=bool)
+    kept[[0, 1, 17]] = False
+    outputs = [
+        run_masker_wf(
+            bold_file,
+            base_dir=tmp_path / name,
+            mask_file=mask_file,
+            sample_mask=sample_mask,
+            detrend=True,
+        )
+        for name, sample_mask in (("bool", kept.tolist()), ("index", np.flatnonzero(kept)))
+    ]
+    by_bool, by_index = (np.load(out["signals_file"]) for out in outputs)
+    assert by_bool.shape[0] == 37
+    np.testing.assert_array_equal(by_bool, by_index)
+
+
+def test_resample_interface_matches_the_core_resampling(tmp_path, synthetic_files):
+    from masker_wf.image import resample_img
+
+    bold_file, _, _ = synthetic_files
+    target = np.diag([4.0, 4.0, 4.0])
+    result = Resample(
+        in_file=str(bold_file), target_affine=target.tolist(), out_suffix=".nii"
+    ).run(cwd=str(tmp_path))
+    out_file = Path(result.outputs.out_file)
+    assert out_file.parent == tmp_path
+    assert out_file.name == "synth_bold_resampled.nii"
+    expected = resample_img(str(bold_file), target_affine=target, interpolation="continuous")
+    np.testing.assert_allclose(nib.load(out_file).get_fdata(), expected.get_fdata(), atol=ATOL)
+
+
+def test_changing_a_cleaning_parameter_reuses_the_cached_mask(tmp_path, synthetic_files):
+    bold_file = synthetic_files[0]
+    first = run_masker_wf(bold_file, base_dir=tmp_path, detrend=True)
+    stamps = {key: path.stat().st_mtime_ns for key, path in first.items()}
+    first_signals = np.load(first["signals_file"])  # the same path is rewritten below
+    second = run_masker_wf(bold_file, base_dir=tmp_path, detrend=True, low_pass=0.1, t_r=2.0)
+    assert second["mask_file"].stat().st_mtime_ns == stamps["mask_file"]
+    assert second["signals_file"].stat().st_mtime_ns != stamps["signals_file"]
+    assert not np.allclose(first_signals, np.load(second["signals_file"]))
+
+
+# --------------------------------------------------------------------------- bad inputs
+@pytest.mark.parametrize("plugin", ["Linear", "MultiProc"])
+def test_confounds_with_wrong_row_count_raise_a_message_naming_the_file(
+    tmp_path, ds003_path, ds003_mask_path, plugin
+):
+    confounds_file = tmp_path / "too_short_confounds.tsv"
+    pd.DataFrame({"motion": np.arange(7.0)}).to_csv(confounds_file, sep="\t", index=False)
+    wf = init_masker_wf(detrend=True)
+    wf.base_dir = str(tmp_path / "work")
+    wf.config["execution"]["crashdump_dir"] = str(tmp_path / "crash")
+    wf.config["execution"]["poll_sleep_duration"] = 0.1
+    wf.inputs.inputnode.bold_file = str(ds003_path)
+    wf.inputs.inputnode.mask_file = str(ds003_mask_path)
+    wf.inputs.inputnode.confounds_file = str(confounds_file)
+    plugin_args = {"n_procs": 2} if plugin == "MultiProc" else {}
+    # Linear raises nipype's NodeExecutionError, MultiProc a RuntimeError: both carry the
+    # step's message (not only the crash file), and it is the last line of the text.
+    with pytest.raises((NodeExecutionError, RuntimeError)) as info:
+        wf.run(plugin=plugin, plugin_args=plugin_args)
+    last_line = str(info.value).strip().splitlines()[-1]
+    assert "StepError: masker step 'clean_signals' failed" in last_line
+    assert str(confounds_file) in last_line
+    # ...and says what is wrong: 7 confound rows for 20 volumes.
+    assert re.search(r"\b7\b.*\b20\b", last_line.split(str(confounds_file))[-1])
+    assert list((tmp_path / "crash").glob("crash-*"))
+
+
+def test_run_masker_wf_raises_the_step_message_first(tmp_path, ds003_path):
+    bad_mask = tmp_path / "mask_on_another_grid.nii.gz"
+    nib.Nifti1Image(np.ones((5, 5, 5), dtype=np.uint8), np.eye(4)).to_filename(bad_mask)
+    sample_mask = tmp_path / "sample_mask.txt"
+    sample_mask.write_text("0\n1\n99\n")  # volume 99 does not exist (20 volumes)
+    with pytest.raises(RuntimeError, match=r"^masker_wf failed: masker step 'clean_signals'") as e:
+        run_masker_wf(ds003_path, base_dir=tmp_path / "work", sample_mask=sample_mask)
+    assert "crash file" in str(e.value)
+    assert "Traceback" not in str(e.value)
+
+
+def test_missing_input_file_is_named_by_the_interface(tmp_path):
+    missing = tmp_path / "no_such_bold.nii.gz"
+    with pytest.raises(Exception, match=r"no_such_bold\.nii\.gz"):
+        CleanSignals(bold_file=str(missing))
+
+
+def test_step_error_from_an_interface_names_the_other_inputs(tmp_path, ds003_path):
+    signals_file = tmp_path / "signals.npy"
+    np.save(signals_file, np.zeros((3, 10), dtype=np.float32))
+    mask_file = tmp_path / "mask.nii.gz"
+    nib.Nifti1Image(np.ones((4, 4, 4), dtype=np.uint8), np.eye(4)).to_filename(mask_file)
+    unmask = Unmask(signals_file=str(signals_file), mask_file=str(mask_file))
+    with pytest.raises(StepError, match="signals have 10 columns but mask"):
+        unmask.run(cwd=str(tmp_path))
+
+
+# ------------------------------------------------------------ embedding in a parent pipeline
+def test_embed_example_runs_and_matches_nifti_masker_on_bids_examples(tmp_path, monkeypatch):
+    assert DS_MASKER.is_dir(), (
+        "bids_examples/ds-masker is missing: run scripts/make_bids_examples.py"
+    )
+    out_dir = tmp_path / "out"
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLE), str(out_dir), "--plugin", "MultiProc", "--n-procs", "2"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    func = out_dir / "sub-01" / "func"
+    written = sorted(p.name for p in out_dir.glob("sub-*/func/*"))
+    assert len(written) == 12  # 2 subjects x 2 runs x (mask, timeseries, denoised bold)
+    assert "BOLD signals were extracted" in (out_dir / "logs" / "CITATION.md").read_text()
+
+    # Same parameters, confounds and sample mask as the example, through the estimator.
+    example = _load_example()
+    monkeypatch.chdir(tmp_path)
+    confounds_file, sample_mask = example.select_confounds(
+        str(FMRIPREP_FUNC / f"{RUN_PREFIX}_desc-confounds_timeseries.tsv"),
+        example.CONFOUND_COLUMNS,
+    )
+    bold = FMRIPREP_FUNC / f"{RUN_PREFIX}_space-MNI152NLin2009cAsym_desc-preproc_bold.nii.gz"
+    mask = FMRIPREP_FUNC / f"{RUN_PREFIX}_space-MNI152NLin2009cAsym_desc-brain_mask.nii.gz"
+    expected = _masker_signals(
+        bold,
+        mask=mask,
+        confounds=pd.read_csv(confounds_file, sep="\t").to_numpy(),
+        sample_mask=np.asarray(sample_mask),
+        smoothing_fwhm=8.0,
+        detrend=True,
+        standardize="zscore_sample",
+        high_pass=0.01,
+        t_r=2.0,
+    )
+    signals = np.load(
+        func / f"{RUN_PREFIX}_space-MNI152NLin2009cAsym_desc-denoised_timeseries.npy"
+    )
+    np.testing.assert_allclose(signals, expected, atol=ATOL)
+
+
+def test_linear_on_bids_examples_with_fmriprep_confounds_matches_nifti_masker_and_pydra(
+    tmp_path, monkeypatch
+):
+    from masker_wf.workflow import run_masker_workflow
+
+    func = DS_MASKER / "derivatives" / "fmriprep" / "sub-02" / "func"
+    prefix = "sub-02_task-rhymes_run-02"
+    bold = func / f"{prefix}_space-MNI152NLin2009cAsym_desc-preproc_bold.nii.gz"
+    assert bold.is_file(), "run scripts/make_bids_examples.py to create bids_examples/"
+    monkeypatch.chdir(tmp_path)
+    confounds_file, sample_mask = _load_example().select_confounds(
+        str(func / f"{prefix}_desc-confounds_timeseries.tsv"), ["trans_x", "rot_y", "csf"]
+    )
+    params = {
+        "mask_strategy": "epi",
+        "detrend": True,
+        "standardize": "zscore_sample",
+        "low_pass": 0.15,
+        "high_pass": 0.01,
+        "t_r": 2.0,
+    }
+    out = run_masker_wf(
+        bold,
+        base_dir=tmp_path / "nipype",
+        confounds_file=confounds_file,
+        sample_mask=sample_mask,
+        **params,
+    )
+    signals = np.load(out["signals_file"])
+    expected = _masker_signals(
+        bold,
+        confounds=pd.read_csv(confounds_file, sep="\t").to_numpy(),
+        sample_mask=np.asarray(sample_mask),
+        **params,
+    )
+    np.testing.assert_allclose(signals, expected, atol=ATOL)
+    pydra_out = run_masker_workflow(
+        bold,
+        cache_root=tmp_path / "pydra",
+        confounds_file=confounds_file,
+        sample_mask=sample_mask,
+        **params,
+    )
+    np.testing.assert_allclose(signals, np.load(pydra_out["signals_file"]), atol=ATOL)
