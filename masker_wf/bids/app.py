@@ -1,0 +1,808 @@
+"""The BIDS App's work: run the masker workflow on each run, write derivatives, reports, summary.
+
+:func:`process_run` handles one run end to end and never raises for a bad run: it returns a
+:class:`RunResult` with the file and the reason, so one corrupt run does not stop the others.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import sys
+import time
+import traceback
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import derivatives as deriv
+from .confounds import ConfoundSelection, load_strategy_file, select_confounds, strategy_parameters
+from .layout import RunInputs
+from .provenance import cache_entries, file_sha256, host, now, software_versions
+
+__all__ = [
+    "MASKER_PARAMETERS",
+    "RunResult",
+    "Settings",
+    "process_run",
+    "run_group",
+    "write_subject_report",
+]
+
+logger = logging.getLogger("masker_wf.bids")
+
+#: NiftiMasker parameters the App forwards to the workflow (the CLI has one flag for each).
+MASKER_PARAMETERS = (
+    "smoothing_fwhm",
+    "standardize",
+    "standardize_confounds",
+    "detrend",
+    "high_variance_confounds",
+    "low_pass",
+    "high_pass",
+    "t_r",
+    "target_affine",
+    "target_shape",
+    "mask_strategy",
+    "mask_args",
+    "dtype",
+    "clean_args",
+)
+
+_CONFOUND_OPTIONS = (
+    "motion",
+    "wm_csf",
+    "global_signal",
+    "scrub",
+    "fd_threshold",
+    "std_dvars_threshold",
+    "compcor",
+    "n_compcor",
+    "ica_aroma",
+    "demean",
+)
+
+
+@dataclass
+class Settings:
+    """Everything that decides the numbers of a run, plus where and how to run.
+
+    Attributes
+    ----------
+    masker : dict
+        NiftiMasker parameters (see :data:`MASKER_PARAMETERS`); ``t_r`` None means "from the
+        sidecar".
+    denoise_strategy : str
+        ``auto``, ``none``, a nilearn preset, or ``custom`` (``strategy_file``).
+    confound_options : dict
+        Overrides of the preset (``motion``, ``fd_threshold``...), None values ignored.
+    strategy_file : path or None
+        Custom strategy JSON.
+    desc : str
+        ``desc-`` label of the outputs.
+    use_input_mask : bool
+        Use fMRIPrep's ``desc-brain_mask`` when present.
+    mask_img : path or None
+        One mask for every run (overrides the above).
+    save_signals, reports : bool
+        Optional outputs.
+    worker : str
+        Pydra worker (``debug`` or ``cf``).
+    n_procs : int or None
+        Processes of the ``cf`` worker.
+    dataset_links : dict
+        Name -> root of each input dataset (for BIDS URIs).
+    """
+
+    masker: dict = field(default_factory=dict)
+    denoise_strategy: str = "auto"
+    confound_options: dict = field(default_factory=dict)
+    strategy_file: Path | None = None
+    desc: str = "denoised"
+    use_input_mask: bool = True
+    mask_img: Path | None = None
+    save_signals: bool = False
+    reports: bool = True
+    worker: object = "debug"
+    n_procs: int | None = None
+    dataset_links: dict = field(default_factory=dict)
+
+    def confound_parameters(self, has_confounds: bool) -> tuple[str, dict | None]:
+        """(strategy label, parameters of ``select_confounds``) — None when not denoising."""
+        strategy = self.denoise_strategy
+        if strategy == "auto":
+            strategy = "simple" if has_confounds else "none"
+        if strategy == "none":
+            return strategy, None
+        options = {k: v for k, v in self.confound_options.items() if v is not None}
+        if strategy == "custom":
+            custom = load_strategy_file(self.strategy_file)
+            preset = custom.pop("denoise_strategy")
+            columns = custom.pop("columns", None)
+            params = strategy_parameters(preset, **{**custom, **options})
+            if columns:
+                params["columns"] = columns
+            return strategy, params
+        return strategy, strategy_parameters(strategy, **options)
+
+
+@dataclass
+class RunResult:
+    """Outcome of one run."""
+
+    name: str
+    subject: str
+    ok: bool
+    bold_file: str
+    reason: str = ""
+    kind: str = ""
+    outputs: dict = field(default_factory=dict)
+    summary: dict = field(default_factory=dict)
+    seconds: float = 0.0
+    report: str | None = None
+
+
+class RunError(ValueError):
+    """A run cannot be processed; ``file`` is the input at fault."""
+
+    def __init__(self, file, reason: str, missing: bool = False):
+        super().__init__(f"{file}: {reason}")
+        self.file = file
+        self.reason = reason
+        self.missing = missing  # a required input file is absent (exit code 66)
+
+
+def _progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _read_if_same(path: Path, content: str) -> bool:
+    return path.is_file() and path.read_text(encoding="utf-8") == content
+
+
+def _t_r(run: RunInputs, settings: Settings, n_header) -> tuple[float | None, list[str]]:
+    notes = []
+    t_r = settings.masker.get("t_r")
+    sidecar = run.metadata.get("RepetitionTime")
+    if t_r is None:
+        t_r = sidecar
+    if t_r is None and n_header:
+        t_r = float(n_header)
+        notes.append(f"RepetitionTime missing from the sidecar; using the header's {t_r} s.")
+    if (
+        t_r is not None
+        and n_header
+        and not math.isclose(float(n_header), float(t_r), rel_tol=1e-3)
+    ):
+        notes.append(
+            f"RepetitionTime {t_r} s differs from the NIfTI header's pixdim[4] {n_header} s; "
+            f"using {t_r} s."
+        )
+    return (None if t_r is None else float(t_r)), notes
+
+
+def _design_file(work_dir: Path, run: RunInputs, selection: ConfoundSelection) -> Path | None:
+    """Write the design where Pydra can hash it; unchanged content keeps its mtime (cache)."""
+    if selection.confounds.shape[1] == 0:
+        return None
+    path = work_dir / "inputs" / f"{run.name}_design.tsv"
+    text = selection.confounds.to_csv(sep="\t", index=False, float_format="%.17g")
+    if not _read_if_same(path, text):
+        deriv.write_text(path, text)
+    return path
+
+
+def _uris(settings: Settings, *paths) -> list[str]:
+    return [deriv.bids_uri(p, settings.dataset_links) for p in paths if p is not None]
+
+
+def _outlier_table(selection: ConfoundSelection | None, n_volumes: int, fd, dvars) -> str:
+    censored = selection.censored if selection is not None else {}
+    lines = ["framewise_displacement\tstd_dvars\tcensored\treason"]
+    for i in range(n_volumes):
+        values = []
+        for series in (fd, dvars):
+            value = None if series is None else series[i]
+            values.append("n/a" if value is None or not np.isfinite(value) else f"{value:.6g}")
+        reason = "+".join(censored.get(i, [])) or "n/a"
+        lines.append(f"{values[0]}\t{values[1]}\t{int(i in censored)}\t{reason}")
+    return "\n".join(lines) + "\n"
+
+
+def _confound_series(run: RunInputs, n_volumes: int):
+    if run.confounds_file is None:
+        return None, None
+    import pandas as pd
+
+    try:
+        table = pd.read_csv(run.confounds_file, sep="\t", na_values=["n/a"])
+    except Exception:
+        return None, None
+    if len(table) != n_volumes:
+        return None, None
+    fd = (
+        table["framewise_displacement"].to_numpy(float)
+        if "framewise_displacement" in table
+        else None
+    )
+    dvars = table["std_dvars"].to_numpy(float) if "std_dvars" in table else None
+    return fd, dvars
+
+
+def _resolution(run: RunInputs, zooms) -> str | None:
+    if "res" not in run.entities:
+        return None
+    given = run.metadata.get("Resolution")
+    if given:
+        return given
+    size = "x".join(f"{z:g}" for z in zooms)
+    return f"res-{run.entities['res']}: {size} mm voxels (inherited from the input)"
+
+
+def process_run(
+    run: RunInputs, settings: Settings, out_dir, work_dir, *, index: int = 1, total: int = 1
+) -> RunResult:
+    """Process one run: confounds, Pydra workflow, derivatives, provenance, report.
+
+    Parameters
+    ----------
+    run : RunInputs
+        The run's files and metadata.
+    settings : Settings
+        Processing parameters.
+    out_dir, work_dir : path
+        Output dataset root and working directory (``<work_dir>/pydra`` is the Pydra cache).
+    index, total : int
+        Position of the run, for progress messages.
+
+    Returns
+    -------
+    RunResult
+        ``ok`` False with ``reason`` when the run failed (nothing is raised).
+    """
+    import nibabel as nib
+
+    out_dir, work_dir = Path(out_dir), Path(work_dir)
+    started, clock = now(), time.perf_counter()
+    tag = f"[{index}/{total}] {run.name}"
+    warnings_seen: list[str] = []
+    try:
+        _progress(f"{tag}: reading inputs")
+        try:
+            header = nib.load(run.bold_file).header
+            shape = header.get_data_shape()
+        except Exception as exc:
+            raise RunError(run.bold_file, f"cannot read the BOLD image: {exc}") from exc
+        if len(shape) != 4:
+            raise RunError(run.bold_file, f"BOLD must be 4D, got shape {shape}.")
+        n_volumes = int(shape[3])
+        zooms = header.get_zooms()
+        t_r, notes = _t_r(run, settings, float(zooms[3]) if len(zooms) > 3 else None)
+        warnings_seen += notes
+        for note in notes:
+            _progress(f"{tag}: warning: {note}")
+        strategy, confound_params = settings.confound_parameters(run.confounds_file is not None)
+        selection = None
+        if confound_params is not None:
+            if run.confounds_file is None:
+                raise RunError(
+                    run.bold_file,
+                    f"the '{strategy}' denoising strategy needs fMRIPrep's confounds file, "
+                    "and none was found for this run (use --denoise-strategy none for raw data).",
+                    missing=True,
+                )
+            try:
+                selection = select_confounds(run.confounds_file, **confound_params)
+            except ValueError as exc:
+                raise RunError(run.confounds_file, str(exc)) from exc
+            if selection.n_volumes != n_volumes:
+                raise RunError(
+                    run.confounds_file,
+                    f"confounds length mismatch: {selection.n_volumes} rows but the BOLD "
+                    f"'{run.bold_file.name}' has {n_volumes} volumes.",
+                )
+        mask_file = settings.mask_img or (run.mask_file if settings.use_input_mask else None)
+        params = {k: v for k, v in settings.masker.items() if v is not None}
+        params["t_r"] = t_r
+        if mask_file is not None:
+            params["mask_file"] = Path(mask_file)
+        design = _design_file(work_dir, run, selection) if selection is not None else None
+        if design is not None:
+            params["confounds_file"] = design
+        if selection is not None and selection.sample_mask is not None:
+            params["sample_mask"] = [int(i) for i in selection.sample_mask]
+
+        from ..workflow import run_masker_workflow
+
+        cache_root = work_dir / "pydra"
+        before = cache_entries(cache_root)
+        _progress(f"{tag}: running the masker workflow (Pydra cache {cache_root})")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            outputs = run_masker_workflow(
+                run.bold_file,
+                cache_root=cache_root,
+                worker=settings.worker,
+                n_procs=settings.n_procs,
+                out_suffix=".nii",
+                **params,
+            )
+        warnings_seen += sorted({str(w.message) for w in caught})
+        after = cache_entries(cache_root)
+        _progress(f"{tag}: writing derivatives")
+        result_files = _write_outputs(
+            run, settings, out_dir, outputs, selection, strategy, params, t_r, n_volumes
+        )
+        summary, report = _summarise(
+            run, settings, out_dir, outputs, selection, params, t_r, n_volumes, warnings_seen
+        )
+        provenance = {
+            "Run": run.name,
+            "Status": "ok",
+            "StartTime": started,
+            "EndTime": now(),
+            "Seconds": round(time.perf_counter() - clock, 3),
+            "Host": host(),
+            "Software": software_versions(),
+            "Inputs": {
+                role: {
+                    "path": str(path),
+                    "uri": _uris(settings, path)[0],
+                    "hash": file_sha256(path),
+                }
+                for role, path in (
+                    ("bold", run.bold_file),
+                    ("mask", mask_file),
+                    ("confounds", run.confounds_file if selection is not None else None),
+                )
+                if path is not None
+            },
+            "Parameters": _jsonable(
+                {
+                    **params,
+                    "denoise_strategy": strategy,
+                    "confounds": confound_params,
+                    "desc": settings.desc,
+                }
+            ),
+            "Confounds": selection.columns if selection is not None else [],
+            "SampleMask": None if selection is None else selection.kept.tolist(),
+            "Pydra": {
+                "cache_root": str(cache_root),
+                "output_dirs": sorted(
+                    {Path(p).parent.name for p in outputs.values() if p is not None}
+                ),
+                "computed": sorted(after - before),
+                "reused_from_cache": not (after - before),
+            },
+            "Outputs": {k: str(Path(v).relative_to(out_dir)) for k, v in result_files.items()},
+            "Summary": summary,
+            "Warnings": warnings_seen,
+        }
+        provenance_file = deriv.subject_dir(out_dir, run.entities) / deriv.derivative_name(
+            run.bold_file, settings.desc, "provenance", ".json"
+        )
+        deriv.write_json(provenance_file, provenance)
+        seconds = time.perf_counter() - clock
+        cached = " (from cache)" if not (after - before) else ""
+        _progress(f"{tag}: done in {seconds:.1f} s{cached}")
+        return RunResult(
+            name=run.name,
+            subject=run.subject,
+            ok=True,
+            bold_file=str(run.bold_file),
+            outputs=result_files,
+            summary=summary,
+            seconds=seconds,
+            report=report,
+        )
+    except Exception as exc:
+        seconds = time.perf_counter() - clock
+        file, reason = _explain(run, exc)
+        kind = "data" if isinstance(exc, ValueError | TypeError | OSError) else "error"
+        if getattr(exc, "missing", False):
+            kind = "missing"
+        _progress(f"{tag}: FAILED on {file}: {reason}")
+        logger.debug("run %s failed:\n%s", run.name, traceback.format_exc())
+        return RunResult(
+            name=run.name,
+            subject=run.subject,
+            ok=False,
+            bold_file=str(run.bold_file),
+            reason=f"{file}: {reason}",
+            kind=kind,
+            seconds=seconds,
+        )
+
+
+def _explain(run: RunInputs, exc: BaseException) -> tuple[str, str]:
+    """The input file at fault and a one-paragraph reason, digging through wrappers."""
+    from .._steps import StepError
+
+    seen = exc
+    while seen is not None:
+        if isinstance(seen, RunError):
+            return str(seen.file), seen.reason
+        if isinstance(seen, StepError):
+            files = seen.input_file
+            file = ", ".join(map(str, files)) if isinstance(files, list | tuple) else str(files)
+            return file, f"{seen.step}: {seen.reason}"
+        seen = seen.__cause__ or seen.__context__
+    text = str(exc).strip() or type(exc).__name__
+    # Pydra re-raises task errors with the remote traceback; keep its last line.
+    lines = [line for line in text.splitlines() if line.strip()]
+    reason = lines[-1] if lines else text
+    return str(run.bold_file), f"{type(exc).__name__}: {reason}"
+
+
+def _jsonable(value):
+    return json.loads(json.dumps(value, default=deriv._json_default))
+
+
+def _write_outputs(run, settings, out_dir, outputs, selection, strategy, params, t_r, n_volumes):
+    import nibabel as nib
+
+    from .._io import save_img
+
+    folder = deriv.subject_dir(out_dir, run.entities)
+    folder.mkdir(parents=True, exist_ok=True)
+    desc = settings.desc
+
+    def name(suffix, extension):
+        return folder / deriv.derivative_name(run.bold_file, desc, suffix, extension)
+
+    files = {}
+    kept = list(range(n_volumes)) if selection is None else selection.kept.tolist()
+    mask_source = params.get("mask_file")
+    sources_bold = _uris(
+        settings, run.bold_file, mask_source, run.confounds_file if selection is not None else None
+    )
+    # Every NiftiMasker parameter, unset ones as null, so the sidecar is self-describing.
+    skipped = ("mask_file", "confounds_file", "sample_mask")
+    parameters = _jsonable(
+        {
+            **dict.fromkeys(MASKER_PARAMETERS),
+            **settings.masker,
+            **{k: v for k, v in params.items() if k not in skipped},
+        }
+    )
+
+    cleaned = nib.load(outputs["cleaned_bold_file"])
+    zooms = cleaned.header.get_zooms()[:3]
+    if cleaned.ndim == 4 and t_r is not None:
+        # The validator checks pixdim[4] against RepetitionTime: state both, in seconds.
+        cleaned = nib.Nifti1Image(cleaned.dataobj, cleaned.affine, cleaned.header)
+        cleaned.header.set_zooms((*zooms, float(t_r)))
+        cleaned.header.set_xyzt_units("mm", "sec")
+    resolution = _resolution(run, zooms)
+    files["bold"] = save_img(cleaned, name("bold", ".nii.gz"))
+    sidecar = {
+        "Description": "BOLD time series cleaned with NiftiMasker semantics (masking, "
+        "smoothing, detrending, filtering, confound regression, scrubbing, standardization "
+        "as parameterised), then put back in brain space; zero outside the mask.",
+        "Sources": sources_bold,
+        "RepetitionTime": t_r,
+        "TaskName": run.metadata.get("TaskName", run.entities.get("task")),
+        "SkullStripped": True,
+        "NumberOfVolumesKept": len(kept),
+        "KeptVolumeIndices": kept,
+        "DenoiseStrategy": strategy,
+        "ConfoundColumns": selection.columns if selection is not None else [],
+        "MaskerParameters": parameters,
+    }
+    if resolution:
+        sidecar["Resolution"] = resolution
+    deriv.write_json(name("bold", ".json"), sidecar)
+
+    mask_img = nib.load(outputs["mask_file"])
+    files["mask"] = save_img(mask_img, name("mask", ".nii.gz"))
+    mask_sidecar = {
+        "Type": "Brain",
+        "Sources": _uris(settings, mask_source) if mask_source else _uris(settings, run.bold_file),
+        "MaskStrategy": "input mask" if mask_source else params.get("mask_strategy", "background"),
+    }
+    if resolution:
+        mask_sidecar["Resolution"] = resolution
+    deriv.write_json(name("mask", ".json"), mask_sidecar)
+
+    if settings.save_signals:
+        files["signals"] = deriv.copy_atomic(outputs["signals_file"], name("signals", ".npy"))
+        deriv.write_json(
+            name("signals", ".json"),
+            {
+                "Description": "Cleaned signals, (kept volumes x mask voxels) float array in "
+                "NumPy .npy format, voxels in the mask's C order (NiftiMasker.transform).",
+                "Sources": _uris(settings, run.bold_file, mask_source),
+            },
+        )
+    if selection is not None:
+        table = selection.confounds.to_csv(sep="\t", index=False, float_format="%.10g")
+        files["confounds"] = deriv.write_text(name("timeseries", ".tsv"), table)
+        deriv.write_json(
+            name("timeseries", ".json"),
+            {
+                "Description": "Regressors actually used (demeaned over kept volumes) for "
+                f"the '{strategy}' strategy.",
+                "Sources": _uris(settings, run.confounds_file),
+                "Strategy": _jsonable(selection.parameters),
+                "Columns": selection.columns,
+            },
+        )
+    fd, dvars = _confound_series(run, n_volumes)
+    files["outliers"] = deriv.write_text(
+        name("outliers", ".tsv"), _outlier_table(selection, n_volumes, fd, dvars)
+    )
+    deriv.write_json(
+        name("outliers", ".json"),
+        {
+            "Description": "One row per input volume; censored=1 marks volumes removed "
+            "(non-steady state, scrubbing).",
+            "SampleMask": kept,
+            "Thresholds": {
+                k: (selection.parameters.get(k) if selection is not None else None)
+                for k in ("fd_threshold", "std_dvars_threshold", "scrub")
+            },
+            "censored": {"Levels": {"0": "kept", "1": "removed"}},
+        },
+    )
+    return files
+
+
+def _summarise(run, settings, out_dir, outputs, selection, params, t_r, n_volumes, notes):
+    import nibabel as nib
+
+    from .._io import load_signals
+    from ..reports import build_run_report, temporal_snr
+
+    mask_img = nib.load(outputs["mask_file"])
+    mask = np.asarray(mask_img.dataobj) > 0
+    after = load_signals(outputs["signals_file"])
+    kept = np.arange(n_volumes) if selection is None else selection.kept
+    fd, _ = _confound_series(run, n_volumes)
+    bold_img = nib.load(run.bold_file)
+    same_grid = bold_img.shape[:3] == mask.shape and np.allclose(bold_img.affine, mask_img.affine)
+    before = mean_data = tsnr_before = tsnr_after = None
+    if same_grid:
+        data = np.asarray(bold_img.dataobj, dtype=np.float32)
+        before = data[mask].T  # (volumes, voxels)
+        mean_data = data.mean(axis=-1)
+        tsnr_before = temporal_snr(before[kept])
+        if not params.get("standardize") and after.shape == before[kept].shape:
+            tsnr_after = temporal_snr(before[kept], noise_std=after.std(axis=0, dtype=np.float64))
+    summary = {
+        "voxels_in_mask": int(mask.sum()),
+        "volumes_total": int(n_volumes),
+        "volumes_kept": len(kept),
+        "mean_fd": None if fd is None else float(np.nanmean(fd)),
+        "tsnr_before": None if tsnr_before is None else float(np.median(tsnr_before)),
+        "tsnr_after": None if tsnr_after is None else float(np.median(tsnr_after)),
+    }
+    report_path = None
+    if settings.reports:
+        report = build_run_report(
+            title=run.name,
+            mask=mask,
+            mean_data=mean_data if mean_data is not None else mask.astype(np.float32),
+            parameters=_jsonable({k: v for k, v in params.items() if k != "sample_mask"}),
+            signals_before=None if before is None else before[kept],
+            signals_after=after if before is not None else None,
+            t_r=t_r,
+            kept_volumes=kept,
+            framewise_displacement=fd,
+            fd_threshold=None if selection is None else selection.parameters.get("fd_threshold"),
+            tsnr_before=tsnr_before,
+            tsnr_after=tsnr_after,
+            summary={"confound columns": len(selection.columns) if selection else 0},
+            warnings=notes,
+        )
+        folder = Path(out_dir) / f"sub-{run.subject}" / "figures"
+        report_path = folder / deriv.derivative_name(
+            run.bold_file, settings.desc, "report", ".html"
+        )
+        report.save_as_html(report_path)
+        report_path = str(report_path)
+    return summary, report_path
+
+
+def write_subject_report(out_dir, subject: str, results, settings: Settings) -> Path | None:
+    """Write ``out/sub-<label>.html`` linking the subject's runs, with the methods paragraph.
+
+    Runs already in ``out_dir`` from earlier invocations (their provenance records) are listed
+    too, so the page stays complete when runs are processed by separate jobs.
+    """
+    from ..reports import build_subject_report, methods_paragraph
+
+    out_dir = Path(out_dir)
+    records = {r["Run"]: r for r in _provenance_records(out_dir, subject)}
+    runs = []
+    for name in sorted(records):
+        record = records[name]
+        report = out_dir / f"sub-{subject}" / "figures" / f"{Path(record['Outputs']['bold']).name}"
+        report = report.with_name(report.name.replace("_bold.nii.gz", "_report.html"))
+        runs.append(
+            {
+                "name": name,
+                "report": deriv.relative_link(report, out_dir),
+                **{k: _fmt(v) for k, v in record["Summary"].items()},
+            }
+        )
+    errors = [{"name": r.name, "reason": r.reason} for r in results if not r.ok]
+    params = {k: v for k, v in settings.masker.items() if v is not None}
+    last = records[sorted(records)[-1]] if records else None
+    if last is not None:
+        params = dict(last["Parameters"])
+        params["confounds"] = last["Confounds"]
+        total = last["Summary"]["volumes_total"]
+        params["n_volumes_censored"] = total - last["Summary"]["volumes_kept"]
+        if last["Inputs"].get("mask"):
+            params["mask_file"] = True
+    versions = software_versions()
+    text = methods_paragraph(
+        params,
+        {
+            k: versions[k]
+            for k in versions
+            if k in ("masker-wf", "numpy", "scipy", "nibabel", "pydra")
+        },
+    )
+    report = build_subject_report(subject, runs, text, errors)
+    return report.save_as_html(out_dir / f"sub-{subject}.html")
+
+
+def _fmt(value):
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "n/a" if value is None else value
+
+
+def _provenance_records(out_dir: Path, subject: str | None = None):
+    pattern = f"sub-{subject}" if subject else "sub-*"
+    for path in sorted(Path(out_dir).glob(f"{pattern}/**/*_provenance.json")):
+        try:
+            yield json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            continue
+
+
+def run_group(out_dir) -> tuple[Path, Path, int]:
+    """Group level: summary table over every processed run, and ``index.html``.
+
+    Returns
+    -------
+    (summary.tsv path, index.html path, number of runs)
+
+    Raises
+    ------
+    FileNotFoundError
+        No participant-level output in ``out_dir``.
+    """
+    import pandas as pd
+
+    from ..reports.html import HTMLReport, section, table
+
+    out_dir = Path(out_dir)
+    rows = []
+    for record in _provenance_records(out_dir):
+        entities = dict(
+            part.split("-", 1) for part in record["Run"].split("_")[:-1] if "-" in part
+        )
+        rows.append(
+            {
+                "subject": entities.get("sub"),
+                "session": entities.get("ses", "n/a"),
+                "task": entities.get("task", "n/a"),
+                "run": entities.get("run", "n/a"),
+                "space": entities.get("space", "n/a"),
+                "bold": record["Outputs"].get("bold"),
+                **record["Summary"],
+                "seconds": record.get("Seconds"),
+            }
+        )
+    if not rows:
+        raise FileNotFoundError(
+            f"No participant-level outputs (*_provenance.json) in '{out_dir}'."
+        )
+    frame = pd.DataFrame(rows)
+    group = out_dir / "group"
+    group.mkdir(parents=True, exist_ok=True)
+    tsv = deriv.write_text(
+        group / "summary.tsv",
+        frame.to_csv(sep="\t", index=False, na_rep="n/a", float_format="%.6g"),
+    )
+    deriv.write_json(
+        group / "summary.json",
+        {
+            "voxels_in_mask": {"Description": "Number of voxels in the mask used"},
+            "volumes_total": {"Description": "Volumes in the input BOLD"},
+            "volumes_kept": {"Description": "Volumes after censoring (sample_mask)"},
+            "mean_fd": {"Description": "Mean framewise displacement", "Units": "mm"},
+            "tsnr_before": {"Description": "Median temporal SNR of the input in the mask"},
+            "tsnr_after": {
+                "Description": "Median of input mean / cleaned standard deviation (n/a when "
+                "standardized)"
+            },
+        },
+    )
+    import html as _html
+
+    body = [f"<h1>masker-wf: {len(frame)} runs, {frame['subject'].nunique()} subjects</h1>"]
+    numeric = frame.select_dtypes("number")
+    body.append(section("Group means", table({c: float(numeric[c].mean()) for c in numeric})))
+    header = "".join(f"<th>{_html.escape(str(c))}</th>" for c in frame.columns)
+    body_rows = []
+    for _, row in frame.iterrows():
+        cells = []
+        for column, value in row.items():
+            text = _html.escape(str(_fmt(value)))
+            if column == "subject":
+                text = f"<a href='sub-{text}.html'>sub-{text}</a>"
+            cells.append(f"<td>{text}</td>")
+        body_rows.append("<tr>" + "".join(cells) + "</tr>")
+    body.append(section("Runs", f"<table><tr>{header}</tr>{''.join(body_rows)}</table>"))
+    body.append(section("Files", f"<p>Summary table: <code>{tsv.relative_to(out_dir)}</code></p>"))
+    index = HTMLReport("".join(body), title="masker-wf group summary").save_as_html(
+        out_dir / "index.html"
+    )
+    return tsv, index, len(frame)
+
+
+def settings_from_args(args, dataset_links: dict) -> Settings:
+    """Build :class:`Settings` from the parsed command line."""
+    target_affine = getattr(args, "target_affine", None)
+    if target_affine is None and args.target_resolution is not None:
+        target_affine = np.diag([args.target_resolution] * 3).tolist()
+    if args.target_shape is not None and (target_affine is None or len(target_affine) != 4):
+        raise ValueError("--target-shape needs a 4x4 --target-affine (as in NiftiMasker).")
+    standardize = args.standardize
+    if standardize in (None, "none", "false", "False"):
+        standardize = False
+    masker = {
+        "smoothing_fwhm": args.smoothing_fwhm,
+        "standardize": standardize,
+        "standardize_confounds": args.standardize_confounds,
+        "detrend": args.detrend,
+        "high_variance_confounds": args.high_variance_confounds,
+        "low_pass": args.low_pass,
+        "high_pass": args.high_pass,
+        "t_r": args.t_r,
+        "target_affine": target_affine,
+        "target_shape": args.target_shape,
+        "mask_strategy": args.mask_strategy,
+        "mask_args": args.mask_args,
+        "dtype": args.dtype,
+        "clean_args": args.clean_args,
+    }
+    strategy = args.denoise_strategy
+    if args.custom_strategy is not None:
+        strategy = "custom"
+    n_procs = args.nprocs or 1
+    worker, n_procs = ("cf", n_procs) if n_procs > 1 else ("debug", None)
+    if getattr(args, "slurm_worker", "array") == "pydra" and not getattr(args, "slurm", False):
+        # --slurm --slurm-worker pydra: this process runs the App, each node is a SLURM job.
+        from ..cli.slurm import pydra_worker
+
+        worker, n_procs = pydra_worker(args), None
+    return Settings(
+        masker=masker,
+        denoise_strategy=strategy,
+        confound_options={k: getattr(args, k) for k in _CONFOUND_OPTIONS},
+        strategy_file=args.custom_strategy,
+        desc=args.output_desc,
+        use_input_mask=args.use_input_mask,
+        mask_img=args.mask_img,
+        save_signals=args.save_signals,
+        reports=args.reports,
+        worker=worker,
+        n_procs=n_procs,
+        dataset_links=dataset_links,
+    )
+
+
+def environment_setup() -> None:
+    """Turn off telemetry calls (offline clusters) before Pydra/nipype are imported."""
+    os.environ.setdefault("NO_ET", "1")
+    os.environ.setdefault("NIPYPE_NO_ET", "1")

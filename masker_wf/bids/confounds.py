@@ -1,0 +1,558 @@
+"""Select fMRIPrep confounds by strategy, with nilearn's vocabulary and numbers.
+
+:func:`select_confounds` reads an fMRIPrep ``desc-confounds_timeseries.tsv`` (and its JSON) and
+returns the same design matrix and ``sample_mask`` as nilearn 0.11.1's
+``nilearn.interfaces.fmriprep.load_confounds`` given the same parameters; the preset strategies
+of ``load_confounds_strategy`` (``simple``, ``scrubbing``, ``compcor``, ``ica_aroma``) are resolved
+by :func:`strategy_parameters`. The BIDS App records the columns and kept volumes it used.
+
+Conventions reproduced (they matter for parity):
+
+- ``n/a`` in the first row of derivative-based columns is replaced by the second row's value;
+- columns are sorted by name (nilearn concatenates components then sorts the non-outlier ones);
+- non-steady-state volumes (``non_steady_state_outlierNN``) are always removed, and scrubbing
+  flags volumes whose ``framewise_displacement`` exceeds ``fd_threshold`` or ``std_dvars``
+  exceeds ``std_dvars_threshold``, then removes segments shorter than ``scrub`` volumes;
+- confounds are demeaned over the kept volumes only.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+__all__ = [
+    "COMPONENTS",
+    "PRESETS",
+    "ConfoundSelection",
+    "find_compcor_columns",
+    "load_confounds_table",
+    "load_strategy_file",
+    "scrub_volumes",
+    "select_confounds",
+    "strategy_parameters",
+]
+
+#: Noise components understood in ``strategy`` (nilearn's names).
+COMPONENTS = (
+    "motion",
+    "high_pass",
+    "wm_csf",
+    "global_signal",
+    "compcor",
+    "ica_aroma",
+    "scrub",
+    "non_steady_state",
+)
+
+#: nilearn 0.11.1's preset strategies (``load_confounds_strategy``).
+PRESETS = {
+    "simple": {
+        "strategy": ("high_pass", "motion", "wm_csf"),
+        "motion": "full",
+        "wm_csf": "basic",
+    },
+    "scrubbing": {
+        "strategy": ("high_pass", "motion", "wm_csf", "scrub"),
+        "motion": "full",
+        "wm_csf": "full",
+        "scrub": 5,
+        "fd_threshold": 0.2,
+        "std_dvars_threshold": 3.0,
+    },
+    "compcor": {
+        "strategy": ("high_pass", "motion", "compcor"),
+        "motion": "full",
+        "compcor": "anat_combined",
+        "n_compcor": "all",
+    },
+    "ica_aroma": {
+        "strategy": ("high_pass", "wm_csf", "ica_aroma"),
+        "wm_csf": "basic",
+        "ica_aroma": "full",
+    },
+}
+
+# Parameters each preset lets the user change (others are ignored with a warning by nilearn).
+_PRESET_OPTIONS = {
+    "simple": ("motion", "wm_csf", "global_signal"),
+    "scrubbing": (
+        "motion",
+        "wm_csf",
+        "scrub",
+        "fd_threshold",
+        "std_dvars_threshold",
+        "global_signal",
+    ),
+    "compcor": ("motion", "compcor", "n_compcor"),
+    "ica_aroma": ("wm_csf", "global_signal"),
+}
+
+_DEFAULTS = {
+    "strategy": ("motion", "high_pass", "wm_csf"),
+    "motion": "full",
+    "scrub": 5,
+    "fd_threshold": 0.2,
+    "std_dvars_threshold": 3.0,
+    "wm_csf": "basic",
+    "global_signal": "basic",
+    "compcor": "anat_combined",
+    "n_compcor": "all",
+    "ica_aroma": "full",
+    "demean": True,
+}
+
+_EXPANSIONS = {
+    "basic": (),
+    "derivatives": ("derivative1",),
+    "power2": ("power2",),
+    "full": ("derivative1", "power2", "derivative1_power2"),
+}
+
+_COMPCOR_PREFIXES = {
+    "temporal_anat_combined": ("t", "a"),
+    "temporal_anat_separated": ("t", "a", "w", "c"),
+    "temporal": ("t",),
+    "anat_combined": ("a",),
+    "anat_separated": ("a", "w", "c"),
+}
+
+
+@dataclass
+class ConfoundSelection:
+    """The confounds chosen for one run.
+
+    Attributes
+    ----------
+    confounds : pandas.DataFrame
+        The design (n_volumes rows), demeaned over the kept volumes when ``demean``.
+    sample_mask : numpy.ndarray or None
+        Indices of the kept volumes; None when every volume is kept.
+    n_volumes : int
+        Number of rows of the confounds file.
+    censored : dict
+        Removed volume index -> list of reasons (``non_steady_state``, ``fd``, ``std_dvars``,
+        ``short_segment``, ``outlier_column``).
+    parameters : dict
+        The resolved strategy parameters.
+    confounds_file : pathlib.Path
+        The TSV that was read.
+    """
+
+    confounds: pd.DataFrame
+    sample_mask: np.ndarray | None
+    n_volumes: int
+    censored: dict = field(default_factory=dict)
+    parameters: dict = field(default_factory=dict)
+    confounds_file: Path | None = None
+
+    @property
+    def columns(self) -> list[str]:
+        """Names of the regressors, in design order."""
+        return list(self.confounds.columns)
+
+    @property
+    def kept(self) -> np.ndarray:
+        """Indices of the kept volumes (all volumes when nothing is censored)."""
+        if self.sample_mask is None:
+            return np.arange(self.n_volumes)
+        return np.asarray(self.sample_mask)
+
+
+def strategy_parameters(denoise_strategy: str | None = "simple", **overrides) -> dict:
+    """Resolve a preset strategy and user overrides into ``select_confounds`` parameters.
+
+    Mirrors ``nilearn.interfaces.fmriprep.load_confounds_strategy``: a preset fixes the
+    components, and only the parameters it accepts can be overridden (``None`` means "keep the
+    preset's value"); ``global_signal`` given as a string adds the global signal component.
+
+    Parameters
+    ----------
+    denoise_strategy : {'simple', 'scrubbing', 'compcor', 'ica_aroma'} or None
+        The preset. None starts from nilearn's ``load_confounds`` defaults and accepts every
+        parameter (including ``strategy``).
+    **overrides
+        ``motion``, ``wm_csf``, ``global_signal``, ``scrub``, ``fd_threshold``,
+        ``std_dvars_threshold``, ``compcor``, ``n_compcor``, ``ica_aroma``, ``demean``,
+        ``strategy``.
+
+    Returns
+    -------
+    dict
+        Every parameter of :func:`select_confounds` except the file names.
+
+    Raises
+    ------
+    ValueError
+        Unknown preset, or a parameter the preset does not accept.
+    """
+    params = dict(_DEFAULTS)
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    if denoise_strategy is None:
+        params.update(overrides)
+    else:
+        if denoise_strategy not in PRESETS:
+            raise ValueError(
+                f"denoise_strategy must be one of {sorted(PRESETS)}, got {denoise_strategy!r}."
+            )
+        params.update(PRESETS[denoise_strategy])
+        allowed = _PRESET_OPTIONS[denoise_strategy]
+        extra = sorted(set(overrides) - set(allowed) - {"demean"})
+        if extra:
+            raise ValueError(
+                f"The '{denoise_strategy}' strategy does not use {extra}; "
+                f"it accepts {list(allowed)}."
+            )
+        params.update(overrides)
+        if isinstance(overrides.get("global_signal"), str):
+            params["strategy"] = (*params["strategy"], "global_signal")
+    params["strategy"] = tuple(params["strategy"])
+    _check_parameters(params)
+    return params
+
+
+def _check_parameters(params: dict) -> None:
+    unknown = [c for c in params["strategy"] if c not in COMPONENTS]
+    if unknown:
+        raise ValueError(f"strategy: unknown components {unknown}; choose from {COMPONENTS}.")
+    for name in ("motion", "wm_csf", "global_signal"):
+        if params[name] not in _EXPANSIONS:
+            raise ValueError(f"{name} must be one of {sorted(_EXPANSIONS)}, got {params[name]!r}.")
+    if params["compcor"] not in _COMPCOR_PREFIXES:
+        raise ValueError(
+            f"compcor must be one of {sorted(_COMPCOR_PREFIXES)}, got {params['compcor']!r}."
+        )
+    n_compcor = params["n_compcor"]
+    if n_compcor != "all" and (not isinstance(n_compcor, int | np.integer) or n_compcor < 0):
+        raise ValueError(f"n_compcor must be 'all' or a non-negative int, got {n_compcor!r}.")
+    if params["ica_aroma"] not in ("full", "basic"):
+        raise ValueError(f"ica_aroma must be 'full' or 'basic', got {params['ica_aroma']!r}.")
+    if "compcor" in params["strategy"] and "high_pass" not in params["strategy"]:
+        # CompCor components were computed after a cosine high-pass: regress it too.
+        raise ValueError("strategy: 'compcor' requires 'high_pass' as well.")
+    if "ica_aroma" in params["strategy"] and (
+        "global_signal" in params["strategy"] or "wm_csf" not in params["strategy"]
+    ):
+        pass  # nilearn allows these combinations; nothing to check
+
+
+def load_strategy_file(path) -> dict:
+    """Read a custom strategy JSON.
+
+    Two forms are accepted: nilearn's ``load_confounds`` keywords directly
+    (``{"strategy": ["motion", "high_pass"], "motion": "basic"}``), or giga-connectome's
+    wrapper ``{"name": ..., "function": "load_confounds" | "load_confounds_strategy",
+    "parameters": {...}}``. A ``"columns"`` list of explicit column names or regular
+    expressions (anchored) may be added; those columns are appended to the design.
+
+    Returns
+    -------
+    dict
+        ``denoise_strategy`` (None for ``load_confounds``) plus the overrides.
+
+    Raises
+    ------
+    ValueError
+        The file is not valid JSON or has unknown keys.
+    """
+    path = Path(path)
+    try:
+        content = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"strategy file '{path}' cannot be read as JSON: {exc}") from exc
+    if not isinstance(content, dict):
+        raise ValueError(f"strategy file '{path}' must hold a JSON object.")
+    if "parameters" in content or "function" in content:
+        function = content.get("function", "load_confounds")
+        params = dict(content.get("parameters", {}))
+        if function == "load_confounds_strategy":
+            denoise = params.pop("denoise_strategy", content.get("name", "simple"))
+        elif function == "load_confounds":
+            denoise = None
+        else:
+            raise ValueError(
+                f"strategy file '{path}': 'function' must be 'load_confounds' or "
+                f"'load_confounds_strategy', got {function!r}."
+            )
+        if "columns" in content:
+            params["columns"] = content["columns"]
+    else:
+        params = dict(content)
+        denoise = params.pop("denoise_strategy", None)
+    known = set(_DEFAULTS) | {"columns"}
+    unknown = sorted(set(params) - known)
+    if unknown:
+        raise ValueError(
+            f"strategy file '{path}': unknown keys {unknown}; known: {sorted(known)}."
+        )
+    if "strategy" in params:
+        params["strategy"] = tuple(params["strategy"])
+    return {"denoise_strategy": denoise, **params}
+
+
+def load_confounds_table(confounds_file) -> tuple[pd.DataFrame, dict]:
+    """Read an fMRIPrep confounds TSV (``n/a`` → NaN) and its JSON sidecar ({} if absent).
+
+    Raises
+    ------
+    ValueError
+        The file is missing, unreadable, or not in fMRIPrep's (>= 1.2) format.
+    """
+    path = Path(confounds_file)
+    if not path.is_file():
+        raise ValueError(f"confounds file '{path}' does not exist.")
+    try:
+        table = pd.read_csv(path, sep="\t", na_values=["n/a"], encoding="utf-8")
+    except Exception as exc:
+        raise ValueError(f"confounds file '{path}' cannot be read as a TSV: {exc}") from exc
+    if table.shape[1] == 0 or table.shape[0] == 0:
+        raise ValueError(f"confounds file '{path}' is empty.")
+    try:
+        float(table.columns[0])
+    except ValueError:
+        pass
+    else:
+        raise ValueError(f"confounds file '{path}' has no header row (fMRIPrep < 1.2?).")
+    if any(re.search(r"[a-z][A-Z]", str(name)) for name in table.columns):
+        raise ValueError(
+            f"confounds file '{path}' has camelCase column names (fMRIPrep 1.0/1.1); "
+            "only fMRIPrep >= 1.2 outputs are supported."
+        )
+    non_numeric = [c for c in table.columns if not pd.api.types.is_numeric_dtype(table[c])]
+    if non_numeric:
+        raise ValueError(f"confounds file '{path}': non-numeric columns {non_numeric[:5]}.")
+    sidecar = _sidecar(path)
+    meta = {}
+    if sidecar.is_file():
+        try:
+            meta = json.loads(sidecar.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"confounds sidecar '{sidecar}' is not valid JSON: {exc}") from exc
+    return table, meta
+
+
+def _sidecar(path: Path) -> Path:
+    name = path.name
+    for suffix in (".tsv.gz", ".tsv"):
+        if name.endswith(suffix):
+            return path.with_name(name[: -len(suffix)] + ".json")
+    return path.with_suffix(".json")
+
+
+def _expanded(names, model) -> list[str]:
+    return [*names, *(f"{n}_{s}" for n in names for s in _EXPANSIONS[model])]
+
+
+def _require(table, columns, component, path) -> list[str]:
+    missing = [c for c in columns if c not in table.columns]
+    if missing:
+        raise ValueError(
+            f"confounds file '{path}': the '{component}' component needs columns "
+            f"{missing} that are not present."
+        )
+    return list(columns)
+
+
+def find_compcor_columns(meta: dict, compcor: str, n_compcor) -> list[str]:
+    """CompCor column names selected from the confounds JSON, in component order.
+
+    ``a_comp_cor_NN`` columns are told apart by the JSON ``Mask`` field (``combined``, ``WM``,
+    ``CSF``); ``n_compcor`` keeps the first components of each mask (``"all"``: every retained
+    component, i.e. 50 % of the variance with fMRIPrep's defaults).
+    """
+
+    def first(columns):
+        return columns if n_compcor == "all" else columns[: int(n_compcor)]
+
+    selected = []
+    for prefix in _COMPCOR_PREFIXES[compcor]:
+        count = sum(f"{prefix}_comp_cor" in key for key in meta)
+        names = [f"{prefix}_comp_cor_{i:02d}" for i in range(count)]
+        if prefix == "a":
+            masks = ["combined"] if compcor.endswith("combined") else ["WM", "CSF"]
+            for mask in masks:
+                selected += first([n for n in names if meta.get(n, {}).get("Mask") == mask])
+        else:
+            selected += first(names)
+    return selected
+
+
+def scrub_volumes(fd, std_dvars, *, fd_threshold, std_dvars_threshold, scrub) -> np.ndarray:
+    """Indices of the volumes censored by motion scrubbing (Power et al. 2014).
+
+    A volume is an outlier when its FD exceeds ``fd_threshold`` or its standardized DVARS
+    exceeds ``std_dvars_threshold`` (NaN never exceeds). When ``scrub > 0``, kept segments
+    shorter than ``scrub`` volumes (including at the start and end) are censored too.
+    """
+    fd = np.asarray(fd, dtype=float)
+    std_dvars = np.asarray(std_dvars, dtype=float)
+    with np.errstate(invalid="ignore"):
+        outliers = np.flatnonzero((fd > fd_threshold) | (std_dvars > std_dvars_threshold))
+    n = len(fd)
+    if scrub <= 0 or outliers.size == 0:
+        return outliers
+    censored = np.zeros(n, dtype=bool)
+    censored[outliers] = True
+    if outliers[0] < scrub:  # too short a segment before the first outlier
+        censored[: outliers[0]] = True
+    if n - (outliers[-1] + 1) < scrub:  # ... or after the last one (nilearn keeps none)
+        censored[outliers[-1] :] = True
+    gaps = np.diff(outliers)
+    for start, gap in zip(outliers[:-1], gaps, strict=True):
+        if 1 < gap < scrub + 1:
+            censored[start + 1 : start + gap] = True
+    return np.flatnonzero(censored)
+
+
+def select_confounds(
+    confounds_file,
+    *,
+    strategy=_DEFAULTS["strategy"],
+    motion="full",
+    scrub=5,
+    fd_threshold=0.2,
+    std_dvars_threshold=3.0,
+    wm_csf="basic",
+    global_signal="basic",
+    compcor="anat_combined",
+    n_compcor="all",
+    ica_aroma="full",
+    demean=True,
+    columns=None,
+) -> ConfoundSelection:
+    """Build the design and ``sample_mask`` of one run from its fMRIPrep confounds file.
+
+    Parameters
+    ----------
+    confounds_file : path
+        ``*_desc-confounds_timeseries.tsv`` (``_regressors.tsv`` also works); its JSON sidecar
+        is read when present (required for anatomical CompCor).
+    strategy, motion, scrub, fd_threshold, std_dvars_threshold, wm_csf, global_signal, \
+compcor, n_compcor, ica_aroma, demean
+        As in ``nilearn.interfaces.fmriprep.load_confounds`` (0.11.1 defaults).
+    columns : list of str, optional
+        Extra columns, by exact name or anchored regular expression.
+
+    Returns
+    -------
+    ConfoundSelection
+
+    Raises
+    ------
+    ValueError
+        Missing file or columns, unknown parameters, or every volume censored.
+    """
+    params = {
+        "strategy": tuple(strategy),
+        "motion": motion,
+        "scrub": scrub,
+        "fd_threshold": fd_threshold,
+        "std_dvars_threshold": std_dvars_threshold,
+        "wm_csf": wm_csf,
+        "global_signal": global_signal,
+        "compcor": compcor,
+        "n_compcor": n_compcor,
+        "ica_aroma": ica_aroma,
+        "demean": demean,
+    }
+    _check_parameters(params)
+    path = Path(confounds_file)
+    table, meta = load_confounds_table(path)
+    n_volumes = len(table)
+    selected: list[str] = []
+    censored: dict[int, list[str]] = {}
+
+    def censor(indices, reason):
+        for i in np.asarray(indices, dtype=int):
+            censored.setdefault(int(i), []).append(reason)
+
+    nss = [c for c in table.columns if "non_steady_state" in c]
+    for column in nss:
+        censor(np.flatnonzero(table[column].to_numpy() != 0), "non_steady_state")
+    for component in strategy:
+        if component == "motion":
+            motion_cols = _expanded(
+                ["trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z"], motion
+            )
+            selected += _require(table, motion_cols, "motion", path)
+        elif component == "high_pass":
+            selected += [c for c in table.columns if "cosine" in c]
+        elif component == "wm_csf":
+            selected += _require(table, _expanded(["csf", "white_matter"], wm_csf), "wm_csf", path)
+        elif component == "global_signal":
+            gs = _expanded(["global_signal"], global_signal)
+            selected += _require(table, gs, "global_signal", path)
+        elif component == "compcor":
+            if not meta and "a" in _COMPCOR_PREFIXES[compcor]:
+                raise ValueError(
+                    f"anatomical CompCor needs the confounds JSON '{_sidecar(path)}', "
+                    "which is missing (fMRIPrep >= 1.4 writes it)."
+                )
+            compcor_cols = find_compcor_columns(meta, compcor, n_compcor)
+            if not compcor_cols:
+                raise ValueError(
+                    f"confounds file '{path}': no CompCor components for {compcor!r}."
+                )
+            selected += _require(table, compcor_cols, "compcor", path)
+        elif component == "ica_aroma":
+            if ica_aroma == "basic":
+                aroma = [c for c in table.columns if "aroma" in c]
+                if not aroma:
+                    raise ValueError(f"confounds file '{path}': no ICA-AROMA columns ('aroma*').")
+                selected += aroma
+        elif component == "scrub":
+            _require(table, ["framewise_displacement", "std_dvars"], "scrub", path)
+            flagged = scrub_volumes(
+                table["framewise_displacement"],
+                table["std_dvars"],
+                fd_threshold=fd_threshold,
+                std_dvars_threshold=std_dvars_threshold,
+                scrub=scrub,
+            )
+            with np.errstate(invalid="ignore"):
+                fd_out = set(np.flatnonzero(table["framewise_displacement"] > fd_threshold))
+                dv_out = set(np.flatnonzero(table["std_dvars"] > std_dvars_threshold))
+            for i in flagged:
+                reason = [r for r, s in (("fd", fd_out), ("std_dvars", dv_out)) if i in s]
+                censor([i], "+".join(reason) if reason else "short_segment")
+    for pattern in columns or ():
+        matched = [c for c in table.columns if c == pattern or re.fullmatch(pattern, c)]
+        if not matched:
+            raise ValueError(f"confounds file '{path}': no column matches {pattern!r}.")
+        selected += matched
+    # Outlier one-hot columns asked for explicitly become censored volumes, not regressors.
+    outlier_cols = [c for c in selected if "motion_outlier" in c or "non_steady_state" in c]
+    for column in outlier_cols:
+        censor(np.flatnonzero(table[column].to_numpy() != 0), "outlier_column")
+    design_cols = sorted(set(selected) - set(outlier_cols))
+    design = table[design_cols].astype(float).copy()
+    if censored:
+        kept = np.setdiff1d(np.arange(n_volumes), sorted(censored))
+        if kept.size == 0:
+            raise ValueError(f"confounds file '{path}': every volume would be censored.")
+        sample_mask = kept
+    else:
+        sample_mask = None
+    if design.shape[1]:
+        first = design.iloc[0].isna().to_numpy()
+        if n_volumes > 1:
+            design.iloc[0, first] = design.iloc[1, first]
+        if demean:
+            rows = design if sample_mask is None else design.iloc[sample_mask]
+            design = design - rows.mean(axis=0)
+        still_nan = design.columns[design.isna().any()].tolist()
+        if still_nan:
+            raise ValueError(f"confounds file '{path}': n/a values in {still_nan[:5]}.")
+    return ConfoundSelection(
+        confounds=design,
+        sample_mask=sample_mask,
+        n_volumes=n_volumes,
+        censored={k: censored[k] for k in sorted(censored)},
+        parameters={**params, "columns": list(columns or [])},
+        confounds_file=path,
+    )

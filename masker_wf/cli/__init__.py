@@ -1,0 +1,1 @@
+"""Command line of masker-wf (the BIDS App)."""

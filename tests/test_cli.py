@@ -1,0 +1,521 @@
+"""The BIDS App end to end on bids_examples/ds-masker: outputs, validator, parity, exit codes,
+failing runs, resume from the Pydra cache."""
+
+import gzip
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+
+from masker_wf.cli.run import main
+
+REPO = Path(__file__).resolve().parent.parent
+RAW = REPO / "bids_examples" / "ds-masker"
+FMRIPREP = RAW / "derivatives" / "fmriprep"
+SPACE = "MNI152NLin2009cAsym"
+# Parameters exercised end to end (every kind of cleaning step at once).
+MASKER_FLAGS = [
+    "--smoothing-fwhm",
+    "15",
+    "--detrend",
+    "--standardize",
+    "zscore_sample",
+    "--high-pass",
+    "0.01",
+    "--low-pass",
+    "0.2",
+]
+
+
+def _validate(path: Path) -> dict:
+    """Run the official validator; return its JSON report (fails the test on errors)."""
+    completed = subprocess.run(
+        ["bids-validator-deno", "--format", "json", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    report = json.loads(completed.stdout)
+    errors = [i for i in report["issues"]["issues"] if i["severity"] == "error"]
+    assert completed.returncode == 0, errors
+    assert not errors
+    return report
+
+
+@pytest.fixture(scope="module")
+def app_run(tmp_path_factory):
+    """Participant then group level on raw BIDS + --derivatives fmriprep=PATH."""
+    root = tmp_path_factory.mktemp("app")
+    out, work = root / "out", root / "work"
+    argv = [
+        str(RAW),
+        str(out),
+        "participant",
+        "--derivatives",
+        f"fmriprep={FMRIPREP}",
+        "-w",
+        str(work),
+        "--denoise-strategy",
+        "scrubbing",
+        "--fd-threshold",
+        "0.5",
+        "--std-dvars-threshold",
+        "1.5",
+        "--motion",
+        "basic",
+        "--save-signals",
+        *MASKER_FLAGS,
+    ]
+    started = time.perf_counter()
+    code = main(argv)
+    seconds = time.perf_counter() - started
+    group_code = main([str(RAW), str(out), "group"])
+    return {
+        "out": out,
+        "work": work,
+        "code": code,
+        "group_code": group_code,
+        "argv": argv,
+        "seconds": seconds,
+    }
+
+
+def _outputs(out: Path, subject="01", run="01", desc="denoised"):
+    prefix = out / f"sub-{subject}" / "func" / f"sub-{subject}_task-rhymes_run-{run}_space-{SPACE}"
+    return {
+        s: Path(f"{prefix}_desc-{desc}_{s}")
+        for s in ("bold", "mask", "signals", "timeseries", "outliers", "provenance")
+    }
+
+
+def test_participant_and_group_succeed(app_run):
+    out = app_run["out"]
+    assert app_run["code"] == 0
+    assert app_run["group_code"] == 0
+    for subject in ("01", "02"):
+        for run in ("01", "02"):
+            files = _outputs(out, subject, run)
+            for key, path in files.items():
+                extension = {
+                    "bold": ".nii.gz",
+                    "mask": ".nii.gz",
+                    "signals": ".npy",
+                    "timeseries": ".tsv",
+                    "outliers": ".tsv",
+                    "provenance": ".json",
+                }
+                assert path.with_name(path.name + extension[key]).is_file(), (key, path)
+        assert (out / f"sub-{subject}.html").is_file()
+    summary = pd.read_csv(out / "group" / "summary.tsv", sep="\t", dtype={"subject": str})
+    assert len(summary) == 4
+    assert set(summary["subject"]) == {"01", "02"}
+    for column in ("voxels_in_mask", "volumes_kept", "mean_fd", "tsnr_before"):
+        assert summary[column].notna().all()
+    assert (summary["voxels_in_mask"] == 1065).all()
+    assert (out / "index.html").is_file()
+
+
+def test_outputs_pass_the_validator(app_run):
+    _validate(app_run["out"])
+
+
+def test_dataset_description_and_sidecars(app_run):
+    out = app_run["out"]
+    description = json.loads((out / "dataset_description.json").read_text())
+    assert description["DatasetType"] == "derivative"
+    assert description["GeneratedBy"][0]["Name"] == "masker-wf"
+    assert set(description["DatasetLinks"]) == {"raw", "fmriprep"}
+    assert description["SourceDatasets"]
+    files = _outputs(out)
+    sidecar = json.loads(files["bold"].with_name(files["bold"].name + ".json").read_text())
+    assert sidecar["RepetitionTime"] == 2.0
+    assert sidecar["TaskName"] == "rhymes"
+    assert sidecar["SkullStripped"] is True
+    assert all(uri.startswith("bids:fmriprep:sub-01/func/") for uri in sidecar["Sources"])
+    assert sidecar["MaskerParameters"]["smoothing_fwhm"] == 15
+    assert sidecar["MaskerParameters"]["low_pass"] == 0.2
+    provenance = json.loads(
+        files["provenance"].with_name(files["provenance"].name + ".json").read_text()
+    )
+    assert provenance["Inputs"]["bold"]["hash"].startswith("sha256:")
+    assert provenance["Software"]["masker-wf"]
+    assert provenance["Host"]["hostname"]
+    assert provenance["StartTime"] < provenance["EndTime"]
+    assert provenance["Pydra"]["output_dirs"]
+    assert provenance["Pydra"]["computed"]
+    assert (out / ".bidsignore").read_text().count("_timeseries") >= 1
+
+
+def test_outputs_equal_the_estimator(app_run, nilearn_fixed_scrubbing):
+    """Each run's signals and image equal masker_wf.NiftiMasker (and nilearn, scrubbing fixed)."""
+    from nilearn.interfaces.fmriprep import load_confounds_strategy
+    from nilearn.maskers import NiftiMasker as NilearnMasker
+
+    from masker_wf import NiftiMasker
+
+    out = app_run["out"]
+    for subject in ("01", "02"):
+        for run in ("01", "02"):
+            stem = f"sub-{subject}_task-rhymes_run-{run}_space-{SPACE}"
+            bold = FMRIPREP / f"sub-{subject}" / "func" / f"{stem}_desc-preproc_bold.nii.gz"
+            mask = FMRIPREP / f"sub-{subject}" / "func" / f"{stem}_desc-brain_mask.nii.gz"
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                confounds, sample_mask = load_confounds_strategy(
+                    str(bold),
+                    "scrubbing",
+                    fd_threshold=0.5,
+                    std_dvars_threshold=1.5,
+                    motion="basic",
+                )
+            params = {
+                "mask_img": str(mask),
+                "smoothing_fwhm": 15,
+                "detrend": True,
+                "standardize": "zscore_sample",
+                "high_pass": 0.01,
+                "low_pass": 0.2,
+                "t_r": 2.0,
+            }
+            expected = NiftiMasker(**params).fit_transform(
+                str(bold), confounds=confounds, sample_mask=sample_mask
+            )
+            files = _outputs(out, subject, run)
+            signals = np.load(files["signals"].with_name(files["signals"].name + ".npy"))
+            np.testing.assert_allclose(signals, expected, rtol=1e-5, atol=1e-5)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                oracle = NilearnMasker(**params).fit_transform(
+                    str(bold), confounds=confounds, sample_mask=sample_mask
+                )
+            np.testing.assert_allclose(signals, oracle, rtol=1e-4, atol=1e-4)
+            image = nib.load(files["bold"].with_name(files["bold"].name + ".nii.gz"))
+            mask_data = np.asarray(nib.load(mask).dataobj) > 0
+            data = np.asarray(image.dataobj)
+            assert data.shape[-1] == len(sample_mask)
+            np.testing.assert_allclose(data[mask_data].T, expected, rtol=1e-5, atol=1e-5)
+            assert not data[~mask_data].any()
+            kept = pd.read_csv(
+                files["outliers"].with_name(files["outliers"].name + ".tsv"), sep="\t"
+            )
+            np.testing.assert_array_equal(np.flatnonzero(kept["censored"] == 0), sample_mask)
+            design = pd.read_csv(
+                files["timeseries"].with_name(files["timeseries"].name + ".tsv"), sep="\t"
+            )
+            assert list(design.columns) == list(confounds.columns)
+            np.testing.assert_allclose(design.to_numpy(), confounds.to_numpy(), atol=1e-8)
+
+
+def test_rerun_is_served_from_cache(app_run):
+    work = app_run["work"] / "pydra"
+    # Task directories (their names are the cache keys); "hashes" is Pydra's file-hash memo.
+    before = {p.name: p.stat().st_mtime_ns for p in work.iterdir() if p.name != "hashes"}
+    assert main(app_run["argv"]) == 0
+    after = {p.name: p.stat().st_mtime_ns for p in work.iterdir() if p.name != "hashes"}
+    assert after == before  # no new task directory, nothing rewritten
+    for subject in ("01", "02"):
+        for run in ("01", "02"):
+            path = _outputs(app_run["out"], subject, run)["provenance"]
+            record = json.loads(path.with_name(path.name + ".json").read_text())
+            assert record["Pydra"]["reused_from_cache"] is True
+            assert record["Pydra"]["computed"] == []
+
+
+def _copy_fmriprep(tmp_path: Path) -> Path:
+    target = tmp_path / "fmriprep"
+    shutil.copytree(FMRIPREP, target)
+    return target
+
+
+def test_derivatives_as_bids_dir_and_failing_run(tmp_path, capsys):
+    fmriprep = _copy_fmriprep(tmp_path)
+    broken = (
+        fmriprep
+        / "sub-01/func"
+        / f"sub-01_task-rhymes_run-02_space-{SPACE}_desc-preproc_bold.nii.gz"
+    )
+    broken.write_bytes(gzip.compress(b"not a nifti at all"))
+    mismatch = fmriprep / "sub-02/func/sub-02_task-rhymes_run-01_desc-confounds_timeseries.tsv"
+    table = pd.read_csv(mismatch, sep="\t")
+    table.iloc[:-3].to_csv(mismatch, sep="\t", index=False, na_rep="n/a")
+    out = tmp_path / "out"
+    code = main(
+        [str(fmriprep), str(out), "participant", "-w", str(tmp_path / "work"), "--no-reports"]
+    )
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "2/4 runs succeeded" in err
+    assert broken.name in err
+    assert "length mismatch" in err
+    assert _outputs(out, "01", "01")["bold"].with_suffix(".nii.gz").exists() or (
+        out / "sub-01/func"
+    ).glob("*run-01*_bold.nii.gz")
+    done = sorted(p.name for p in out.glob("sub-*/func/*_desc-denoised_bold.nii.gz"))
+    assert len(done) == 2
+    assert "run-02" not in " ".join(p for p in done if p.startswith("sub-01"))
+    failures = [
+        failure
+        for log in sorted((out / "logs").glob("failures_sub-*.json"))
+        for failure in json.loads(log.read_text())
+    ]
+    assert {Path(f["bold"]).name for f in failures} == {
+        broken.name,
+        mismatch.name.replace(
+            "_desc-confounds_timeseries.tsv", f"_space-{SPACE}_desc-preproc_bold.nii.gz"
+        ),
+    }
+    _validate(out)
+    # Only bad runs selected: every run failed on its data.
+    code = main(
+        [
+            str(fmriprep),
+            str(tmp_path / "out2"),
+            "participant",
+            "-w",
+            str(tmp_path / "work"),
+            "--participant-label",
+            "01",
+            "--run-id",
+            "2",
+            "--no-reports",
+        ]
+    )
+    assert code == 65
+
+
+@pytest.mark.parametrize(
+    ("make_argv", "expected"),
+    [
+        (lambda t: [str(RAW), str(t / "o"), "session"], 17),
+        (lambda t: [str(t / "missing"), str(t / "o"), "participant"], 66),
+        (lambda t: [str(t), str(t / "o"), "participant"], 16),
+        (lambda t: [str(RAW), str(t / "o"), "participant", "--participant-label", "sub-99"], 18),
+        (
+            lambda t: [
+                str(RAW),
+                str(t / "o"),
+                "participant",
+                "--task-id",
+                "nback",
+                "-w",
+                str(t / "w"),
+            ],
+            18,
+        ),
+        (lambda t: [str(RAW), str(t / "o"), "participant", "--no-such-option"], 64),
+        (
+            lambda t: [
+                str(RAW),
+                str(t / "o"),
+                "participant",
+                "--derivatives",
+                f"fmriprep={FMRIPREP}",
+                "--denoise-strategy",
+                "compcor",
+                "--fd-threshold",
+                "0.5",
+                "-w",
+                str(t / "w"),
+            ],
+            64,
+        ),
+        (lambda t: [str(RAW), str(t / "file.txt" / "o"), "participant"], 73),
+        (lambda t: [str(RAW), str(t / "o"), "group"], 66),
+        (
+            lambda t: [
+                str(RAW),
+                str(t / "o"),
+                "participant",
+                "--participant-label",
+                "01",
+                "--run-id",
+                "1",
+                "--denoise-strategy",
+                "simple",
+                "-w",
+                str(t / "w"),
+                "--no-reports",
+            ],
+            66,
+        ),
+        (
+            lambda t: [
+                str(RAW),
+                str(t / "o"),
+                "participant",
+                "--bids-filter-file",
+                str(t / "filter.json"),
+            ],
+            65,
+        ),
+        (
+            lambda t: [
+                str(RAW),
+                str(t / "o"),
+                "participant",
+                "--config-file",
+                str(t / "nope.toml"),
+            ],
+            66,
+        ),
+    ],
+    ids=[
+        "17-level",
+        "66-no-input",
+        "16-invalid",
+        "18-participant",
+        "18-task",
+        "64-option",
+        "64-strategy",
+        "73-output",
+        "66-group",
+        "66-no-confounds",
+        "65-filter",
+        "66-config",
+    ],
+)
+def test_exit_codes(tmp_path, make_argv, expected):
+    (tmp_path / "file.txt").write_text("a file, not a directory")
+    (tmp_path / "filter.json").write_text("{broken")
+    assert main(make_argv(tmp_path)) == expected
+
+
+def test_version_and_help(capsys):
+    assert main(["--version"]) == 0
+    assert "masker-wf" in capsys.readouterr().out
+
+
+def test_config_file_and_filters(tmp_path):
+    config = tmp_path / "config.toml"
+    config.write_text(
+        'denoise-strategy = "simple"\n[masker]\nsmoothing_fwhm = 12.0\n'
+        'participant_label = ["01"]\n'
+    )
+    filters = tmp_path / "filters.json"
+    filters.write_text(json.dumps({"bold": {"run": 1, "session": None}}))
+    out = tmp_path / "out"
+    code = main(
+        [
+            str(FMRIPREP),
+            str(out),
+            "participant",
+            "--config-file",
+            str(config),
+            "--bids-filter-file",
+            str(filters),
+            "-w",
+            str(tmp_path / "w"),
+            "--no-reports",
+            "--output-desc",
+            "simple",
+        ]
+    )
+    assert code == 0
+    produced = sorted(p.name for p in out.glob("sub-*/func/*_bold.nii.gz"))
+    assert produced == [f"sub-01_task-rhymes_run-01_space-{SPACE}_desc-simple_bold.nii.gz"]
+    sidecar = json.loads(
+        (out / "sub-01/func" / produced[0].replace(".nii.gz", ".json")).read_text()
+    )
+    assert sidecar["MaskerParameters"]["smoothing_fwhm"] == 12.0
+    assert sidecar["DenoiseStrategy"] == "simple"
+
+
+def test_resume_after_kill(tmp_path):
+    """Kill the App after its first run, re-run: finished runs come from the Pydra cache."""
+    out, work = tmp_path / "out", tmp_path / "work"
+    argv = [
+        str(FMRIPREP),
+        str(out),
+        "participant",
+        "-w",
+        str(work),
+        "--no-reports",
+        "--smoothing-fwhm",
+        "10",
+    ]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "masker_wf.cli.run", *argv],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+        start_new_session=True,
+    )
+    first = (
+        out
+        / "sub-01/func"
+        / (f"sub-01_task-rhymes_run-01_space-{SPACE}_desc-denoised_provenance.json")
+    )
+    deadline = time.monotonic() + 120
+    while not first.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert first.exists()
+    finished = sorted(p.name for p in out.glob("sub-*/func/*_provenance.json"))
+    assert 1 <= len(finished) < 4  # killed mid-way
+    # Only finished nodes (with a result) must be reused; the node the kill interrupted
+    # is rightly recomputed.
+    cached_dirs = {
+        p.name: p.stat().st_mtime_ns
+        for p in (work / "pydra").iterdir()
+        if (p / "_result.pklz").exists()
+    }
+    assert main(argv) == 0
+    recomputed = []
+    for path in out.glob("sub-*/func/*_provenance.json"):
+        record = json.loads(path.read_text())
+        if path.name in finished:
+            assert record["Pydra"]["reused_from_cache"] is True, path.name
+        else:
+            recomputed.append(bool(record["Pydra"]["computed"]))
+    assert any(recomputed)  # the runs the kill interrupted were computed now
+    after = {p.name: p.stat().st_mtime_ns for p in (work / "pydra").iterdir()}
+    for name, mtime in cached_dirs.items():
+        if name.startswith(("workflow-", "python-")) and name in after:
+            assert after[name] == mtime
+    assert len(list(out.glob("sub-*/func/*_desc-denoised_bold.nii.gz"))) == 4
+    # No temporary file left behind by the killed process in the output dataset.
+    assert not list(out.rglob(".*.tmp*"))
+
+
+def test_custom_strategy_from_the_command_line(tmp_path):
+    strategy = tmp_path / "strategy.json"
+    strategy.write_text(
+        json.dumps({"strategy": ["motion", "high_pass"], "motion": "basic", "columns": ["csf"]})
+    )
+    out = tmp_path / "out"
+    argv = [
+        str(FMRIPREP),
+        str(out),
+        "participant",
+        "--participant-label",
+        "01",
+        "--run-id",
+        "1",
+        "--custom-strategy",
+        str(strategy),
+        "-w",
+        str(tmp_path / "w"),
+        "--no-reports",
+    ]
+    assert main(argv) == 0
+    name = f"sub-01_task-rhymes_run-01_space-{SPACE}_desc-denoised_bold.json"
+    sidecar = json.loads((out / "sub-01" / "func" / name).read_text())
+    assert sidecar["DenoiseStrategy"] == "custom"
+    assert sidecar["ConfoundColumns"] == sorted(
+        ["cosine00", "csf", "rot_x", "rot_y", "rot_z", "trans_x", "trans_y", "trans_z"]
+    )
+    strategy.write_text('{"strategy": ["motion"], "unknown_key": 1}')
+    assert main([*argv[:2], "participant", "--custom-strategy", str(strategy)]) == 65
