@@ -100,9 +100,18 @@ def _child(contender: str, data_dir: Path, work_dir: Path) -> dict:
         )
         signals = np.load(signals_path)
     seconds = time.perf_counter() - start
+    result = {"seconds": seconds, "signals": str(signals_out)}
+    if contender == "estimator":
+        # The report is timed on its own: issue 8 asks for <= 10 % of the run's processing.
+        # The first report of a process also imports matplotlib; later ones do not.
+        for key in ("report_first_seconds", "report_seconds"):
+            report_start = time.perf_counter()
+            masker.generate_report().save_as_html(work_dir / "report.html")
+            result[key] = time.perf_counter() - report_start
     np.save(signals_out, signals)
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"seconds": seconds, "peak_gb": peak_kb / 1024**2, "signals": str(signals_out)}
+    result["peak_gb"] = peak_kb / 1024**2
+    return result
 
 
 def _run_child(contender: str, data_dir: Path, work_dir: Path) -> dict:
@@ -164,6 +173,15 @@ def main(argv=None):
                 f"  {r['peak_gb'] / reference['peak_gb']:6.2f}x   {diff:.2e}"
             )
         print(line)
+    if "report_seconds" in results.get("estimator", {}):
+        seconds = results["estimator"]["seconds"]
+        first = results["estimator"]["report_first_seconds"]
+        report = results["estimator"]["report_seconds"]
+        print(
+            f"\nreport of the estimator's run: {report:.2f} s = {report / seconds:.0%} of its "
+            f"processing ({first:.2f} s = {first / seconds:.0%} for the first report of the "
+            "process, which imports matplotlib)"
+        )
     if "estimator_files" in results and "workflow" in results:
         ratio = results["workflow"]["seconds"] / results["estimator_files"]["seconds"]
         print(f"\nworkflow (empty cache) / estimator writing the same outputs: {ratio:.2f}x")

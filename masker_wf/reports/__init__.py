@@ -74,8 +74,10 @@ def build_run_report(
         Report title (e.g. the BOLD file name).
     mask : (x, y, z) bool array
         The mask used.
-    mean_data : (x, y, z) array
-        Temporal mean of the input on the mask grid (the background of the mask view).
+    mean_data : (x, y, z) array, or a list of its three planes
+        Temporal mean of the input on the mask grid (the background of the mask
+        view); its sagittal, coronal and axial planes through the mask's centroid
+        are enough (see :func:`masker_wf.reports.figures.orthogonal_planes`).
     parameters : mapping
         Processing parameters, shown as a table.
     signals_before, signals_after : 2D arrays, optional

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import base64
 import io
+import sys
+import threading
 
 import numpy as np
 
@@ -26,6 +28,24 @@ def _pyplot():
     return plt
 
 
+_preload_thread = None
+
+
+def preload_matplotlib() -> None:
+    """Import matplotlib in a background thread, once per process.
+
+    Importing pyplot takes about half a second, as long as drawing a whole report:
+    started when a transform starts, it overlaps with the processing (which spends
+    its time in NumPy/SciPy code that releases the GIL) instead of adding to the
+    report's cost.
+    """
+    global _preload_thread
+    if _preload_thread is None and "matplotlib.pyplot" not in sys.modules:
+        _preload_thread = threading.Thread(target=_pyplot, name="masker-wf-matplotlib")
+        _preload_thread.daemon = True
+        _preload_thread.start()
+
+
 def figure_to_data_uri(figure) -> str:
     """Render a matplotlib figure to a base64 PNG data URI and close it."""
     plt = _pyplot()
@@ -35,16 +55,30 @@ def figure_to_data_uri(figure) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def _centre(mask: np.ndarray) -> tuple[int, int, int]:
+def slice_centre(mask: np.ndarray) -> tuple[int, int, int]:
+    """Voxel where the three orthogonal views of a report cut: the mask's centroid."""
     if mask is not None and mask.any():
         return tuple(int(np.rint(c)) for c in np.argwhere(mask).mean(axis=0))
     return tuple(s // 2 for s in mask.shape)
 
 
-def _orthogonal_slices(volume: np.ndarray, centre) -> list[np.ndarray]:
+def orthogonal_planes(volume, centre) -> list[np.ndarray]:
+    """The sagittal, coronal and axial planes of ``volume`` through ``centre``.
+
+    ``volume`` may be 4D (an array or a memory map): the planes then keep the time
+    axis, so that a temporal mean of the three planes costs three planes, not the run.
+    """
     x, y, z = centre
+    return [volume[x, :, :], volume[:, y, :], volume[:, :, z]]
+
+
+def _orthogonal_slices(volume, centre) -> list[np.ndarray]:
     # Rotate so that anterior/superior point up, as radiologists expect to see them.
-    return [np.rot90(volume[x, :, :]), np.rot90(volume[:, y, :]), np.rot90(volume[:, :, z])]
+    if isinstance(volume, (list, tuple)):
+        planes = volume
+    else:
+        planes = orthogonal_planes(volume, centre)
+    return [np.rot90(plane) for plane in planes]
 
 
 def mask_overlay_figure(mean_data: np.ndarray, mask: np.ndarray, title: str = "") -> str:
@@ -52,22 +86,27 @@ def mask_overlay_figure(mean_data: np.ndarray, mask: np.ndarray, title: str = ""
 
     Parameters
     ----------
-    mean_data : (x, y, z) array
-        Background image (usually the temporal mean of the BOLD run).
+    mean_data : (x, y, z) array, or its three planes
+        Background image (usually the temporal mean of the BOLD run), or only its
+        sagittal, coronal and axial planes through :func:`slice_centre` of the mask
+        (see :func:`orthogonal_planes`), all that is shown.
     mask : (x, y, z) bool array
         Mask on the same grid.
     title : str
         Figure title.
     """
     plt = _pyplot()
-    centre = _centre(mask)
+    centre = slice_centre(mask)
     figure, axes = plt.subplots(1, 3, figsize=(9, 3.2))
-    finite = mean_data[np.isfinite(mean_data)]
+    backgrounds = _orthogonal_slices(mean_data, centre)
+    shown = np.concatenate([plane.ravel() for plane in backgrounds])
+    # The contrast is set by what is shown, so planes and whole volume look the same.
+    finite = shown[np.isfinite(shown)]
     vmax = np.percentile(finite, 99.5) if finite.size else 1.0
     names = ("sagittal", "coronal", "axial")
     for axis, background, outline, name in zip(
         axes,
-        _orthogonal_slices(mean_data, centre),
+        backgrounds,
         _orthogonal_slices(mask.astype(float), centre),
         names,
         strict=True,
@@ -183,7 +222,7 @@ def tsnr_figure(tsnr_before: np.ndarray, tsnr_after: np.ndarray, mask: np.ndarra
         The mask, used to centre the views.
     """
     plt = _pyplot()
-    centre = _centre(mask)
+    centre = slice_centre(mask)
     values = np.concatenate([tsnr_before[mask], tsnr_after[mask]])
     values = values[np.isfinite(values)]
     vmax = float(np.percentile(values, 99)) if values.size else 1.0
