@@ -24,7 +24,15 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["atomic_output", "load_signals", "read_sample_mask", "save_img", "save_signals"]
+__all__ = [
+    "atomic_output",
+    "load_qc",
+    "load_signals",
+    "read_sample_mask",
+    "save_img",
+    "save_qc",
+    "save_signals",
+]
 
 # Suffixes nibabel needs to see on the temporary name to pick the right format.
 _IMAGE_SUFFIXES = (".nii.gz", ".nii")
@@ -138,6 +146,60 @@ def save_signals(signals, path) -> Path:
         else:
             _write_c_order(stream, signals)
     return path
+
+
+#: Arrays of a quality-control file (see :func:`save_qc`).
+QC_KEYS = (
+    "signals_before",
+    "signals_after",
+    "tsnr_before",
+    "tsnr_after",
+    "kept_volumes",
+    "mean_plane_sagittal",
+    "mean_plane_coronal",
+    "mean_plane_axial",
+)
+
+
+def save_qc(report: dict, path) -> Path:
+    """Write the report data of one extraction as a ``.npz`` file, atomically.
+
+    Parameters
+    ----------
+    report : dict
+        What :func:`masker_wf._pipeline.filter_and_extract` puts in its ``report``
+        argument: a sample of voxels before/after cleaning (``signals_before``,
+        ``signals_after``), the tSNR of every mask voxel before/after
+        (``tsnr_before``, ``tsnr_after``), ``kept_volumes``, and the three planes of
+        the temporal mean image through the mask's centroid (``mean_planes``).
+    path : str or os.PathLike
+        Destination ending in ``.npz``.
+
+    Returns
+    -------
+    pathlib.Path
+        ``path``.
+    """
+    path = Path(path)
+    if path.suffix.lower() != ".npz":
+        raise ValueError(f"QC output path must end with .npz, got '{path}'.")
+    arrays = {key: np.asarray(report[key]) for key in QC_KEYS[:5] if report.get(key) is not None}
+    planes = report.get("mean_planes")
+    if planes is not None:
+        for key, plane in zip(QC_KEYS[5:], planes, strict=True):
+            arrays[key] = np.asarray(plane)
+    with atomic_output(path) as tmp, open(tmp, "wb") as stream:
+        np.savez(stream, **arrays)
+    return path
+
+
+def load_qc(path) -> dict:
+    """Read a file written by :func:`save_qc` (``mean_planes`` as a list of 3 arrays)."""
+    with np.load(path, allow_pickle=False) as archive:
+        qc = {key: archive[key] for key in archive.files}
+    planes = [qc.pop(key) for key in QC_KEYS[5:] if key in qc]
+    qc["mean_planes"] = planes if len(planes) == 3 else None
+    return qc
 
 
 def _write_c_order(stream, signals: np.ndarray, rows_per_chunk: int = 16) -> None:

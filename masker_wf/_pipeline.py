@@ -787,6 +787,9 @@ def filter_and_extract(
         report["kept_volumes"] = _kept_volumes(sample_mask, n_volumes, runs)
 
     log("Cleaning extracted signals", verbose, log_name)
+    if report is not None:
+        noise_std = np.empty(signals.shape[1])
+        clean_kwargs = {**clean_kwargs, "_noise_std_out": noise_std}
     cleaned = signal.clean(
         signals,
         runs=runs,
@@ -804,7 +807,6 @@ def filter_and_extract(
     if report is not None:
         report["signals_after"] = cleaned[:, voxels].copy()
         report["standardized"] = bool(standardize)
-        if not standardize:
-            _, std_after = _column_stats(cleaned)
-            report["tsnr_after"] = _tsnr(mean_before, std_after)
+        # Mean of the input over the noise left after cleaning (before any standardization).
+        report["tsnr_after"] = _tsnr(mean_before, noise_std)
     return cleaned

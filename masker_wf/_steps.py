@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._io import atomic_output, load_signals, read_sample_mask, save_img, save_signals
+from ._io import atomic_output, load_signals, read_sample_mask, save_img, save_qc, save_signals
 
 __all__ = ["StepError", "clean_signals", "compute_mask", "resample", "smooth", "unmask"]
 
@@ -282,6 +282,7 @@ def clean_signals(
     runs=None,
     dtype=None,
     clean_kwargs=None,
+    qc_file=None,
 ) -> Path:
     """Extract the masked, (smoothed,) cleaned time series of a BOLD image to ``.npy``.
 
@@ -312,6 +313,11 @@ def clean_signals(
 high_pass, t_r, runs, dtype, clean_kwargs
         As in ``NiftiMasker`` / :func:`masker_wf.signal.clean` (``low_pass`` and
         ``high_pass`` in Hz, ``t_r`` in seconds).
+    qc_file : path, optional
+        Also write the report data gathered on the way (tSNR before/after, a
+        sample of voxels for the carpet plots, the mean image's planes) to this
+        ``.npz`` (see :func:`masker_wf._io.save_qc`), so that a report never has to
+        read the BOLD again.
 
     Returns
     -------
@@ -332,7 +338,10 @@ high_pass, t_r, runs, dtype, clean_kwargs
     out_file = _check_output("clean_signals", bold_file, out_file)
     if out_file.suffix.lower() != ".npy":
         raise StepError("clean_signals", bold_file, f"out_file must end with .npy: '{out_file}'.")
+    if qc_file is not None and Path(qc_file).suffix.lower() != ".npz":
+        raise StepError("clean_signals", bold_file, f"qc_file must end with .npz: '{qc_file}'.")
     confounds = _read_confounds(confounds_file)
+    report = None if qc_file is None else {}
     signals = filter_and_extract(
         os.fspath(bold_file),
         os.fspath(mask_file),
@@ -351,7 +360,10 @@ high_pass, t_r, runs, dtype, clean_kwargs
         high_pass=high_pass,
         t_r=t_r,
         clean_kwargs=dict(clean_kwargs) if clean_kwargs else None,
+        report=report,
     )
+    if qc_file is not None:
+        save_qc(report, qc_file)
     return save_signals(signals, out_file)
 
 

@@ -977,6 +977,9 @@ def clean(
     ``standardize_confounds``, ``extrapolate`` and ``butterworth__*``; ``sample_mask`` must
     be increasing without duplicates; unknown keyword arguments are refused.
     """
+    # Private: an (n_features,) float64 array that receives the standard deviation of the
+    # cleaned signals before standardization (the noise of the report's tSNR), for free.
+    noise_std_out = kwargs.pop("_noise_std_out", None)
     butterworth_kwargs = {"order": 5, "padtype": "odd", "padlen": None}
     for key, value in kwargs.items():
         option = key.removeprefix("butterworth__")
@@ -1050,6 +1053,7 @@ def clean(
     if strategy == "zscore":
         _warn_zscore()
     out = np.empty((sum(n_out), n_features), dtype=_output_dtype(signals.dtype))
+    sum_of_squares = None if noise_std_out is None else np.zeros(n_features)
     offset = 0
     for (plan, rows), n_rows_out in zip(plans, n_out, strict=True):
         if plan.sos is not None and plan.n_in <= _OPERATOR_MAX_VOLUMES and n_features > plan.n_in:
@@ -1063,9 +1067,17 @@ def clean(
             )
             run_strategy = None
         _clean_run(
-            signals, rows, plan, out[offset : offset + n_rows_out], run_strategy, ensure_finite
+            signals,
+            rows,
+            plan,
+            out[offset : offset + n_rows_out],
+            run_strategy,
+            ensure_finite,
+            sum_of_squares,
         )
         offset += n_rows_out
+    if noise_std_out is not None:
+        noise_std_out[:] = np.sqrt(sum_of_squares / max(out.shape[0], 1))
     return out
 
 
@@ -1092,8 +1104,12 @@ def _read_rows(signals, rows, cols):
     return signals[rows, cols].astype(np.float64, copy=False)
 
 
-def _clean_run(signals, rows, plan, out, strategy, ensure_finite):
-    """Clean the columns of one run chunk by chunk, writing into ``out``."""
+def _clean_run(signals, rows, plan, out, strategy, ensure_finite, sum_of_squares=None):
+    """Clean the columns of one run chunk by chunk, writing into ``out``.
+
+    ``sum_of_squares``, when given, accumulates each column's sum of squared deviations
+    from its run mean, before standardization.
+    """
     n_features = signals.shape[1]
     psc = strategy == "psc"
     clean_means = np.empty(n_features) if psc else None
@@ -1104,6 +1120,8 @@ def _clean_run(signals, rows, plan, out, strategy, ensure_finite):
         if ensure_finite:
             block[~np.isfinite(block)] = 0.0
         cleaned, mean0 = plan.apply(block)
+        if sum_of_squares is not None:
+            sum_of_squares[cols] += cleaned.var(axis=0) * cleaned.shape[0]
         if strategy in ("zscore", "zscore_sample"):
             _zscore_block(cleaned, ddof=1 if strategy == "zscore_sample" else 0)
         elif psc:

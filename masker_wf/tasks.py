@@ -53,6 +53,7 @@ __all__ = [
     "CleanSignals",
     "ComputeMask",
     "NiftiImage",
+    "QCData",
     "Resample",
     "Signals",
     "Smooth",
@@ -72,6 +73,9 @@ TextTable = File
 #: fileformats only accepts format classes defined in its own namespace and it has
 #: no ``.npy`` format, so the type is the generic binary file.
 Signals = BinaryFile
+
+#: Report data of one extraction: a NumPy ``.npz`` archive (see :func:`masker_wf._io.save_qc`).
+QCData = BinaryFile
 
 
 _HASH_SEGMENT_BYTES = 64 * 1024**2
@@ -286,7 +290,7 @@ def _clean_signals(
     runs: list[int] | None = None,
     dtype: str | None = None,
     clean_kwargs: dict | None = None,
-) -> Signals:
+) -> tuple[Signals, QCData]:
     """Masked, smoothed, cleaned signals (see :func:`masker_wf._steps.clean_signals`).
 
     Parameters
@@ -330,11 +334,16 @@ def _clean_signals(
     -------
     signals_file : Signals
         ``signals.npy``, shape (n_kept_volumes, n_voxels).
+    qc_file : QCData
+        ``qc.npz``: what a report shows (tSNR before/after, carpet samples, mean
+        image planes), gathered during the same pass over the data.
     """
-    return _steps.clean_signals(
+    qc_file = os.path.abspath("qc.npz")
+    signals_file = _steps.clean_signals(
         str(bold_file),
         str(mask_file),
         os.path.abspath("signals.npy"),
+        qc_file=qc_file,
         confounds_file=None if confounds_file is None else str(confounds_file),
         sample_mask=_sample_mask_value(sample_mask),
         smoothing_fwhm=smoothing_fwhm,
@@ -351,9 +360,12 @@ def _clean_signals(
         dtype=dtype,
         clean_kwargs=clean_kwargs,
     )
+    return signals_file, qc_file
 
 
-CleanSignals = python.define(_clean_signals, outputs=["signals_file"], name="CleanSignals")
+CleanSignals = python.define(
+    _clean_signals, outputs=["signals_file", "qc_file"], name="CleanSignals"
+)
 
 
 def _sample_mask_value(sample_mask: ty.Any):

@@ -75,6 +75,7 @@ from .tasks import (
     CleanSignals,
     ComputeMask,
     NiftiImage,
+    QCData,
     Resample,
     Signals,
     Smooth,
@@ -107,7 +108,7 @@ def _masker_workflow(
     clean_args: dict | None = None,
     out_suffix: str = ".nii",
     smooth_as_task: bool = False,
-) -> tuple[NiftiImage, Signals, NiftiImage]:
+) -> tuple[NiftiImage, Signals, NiftiImage, QCData]:
     """NiftiMasker fit + transform + inverse_transform as a Pydra workflow.
 
     Parameters
@@ -165,6 +166,8 @@ def _masker_workflow(
         ``.npy`` array (n_kept_volumes, n_voxels).
     cleaned_bold_file : NIfTI
         The cleaned signals back in brain space (4D).
+    qc_file : QCData
+        Report data gathered while cleaning (see :func:`masker_wf._io.save_qc`).
     """
     resampling = target_affine is not None or target_shape is not None
 
@@ -220,7 +223,7 @@ def _masker_workflow(
         ).out_file
         fwhm_in_clean = None
 
-    signals = workflow.add(
+    clean = workflow.add(
         CleanSignals(
             bold_file=bold,
             mask_file=mask,
@@ -241,19 +244,20 @@ def _masker_workflow(
             clean_kwargs=clean_args,
         ),
         name="clean_signals",
-    ).signals_file
+    )
+    signals = clean.signals_file
 
     cleaned = workflow.add(
         Unmask(signals_file=signals, mask_file=mask, out_suffix=out_suffix), name="unmask"
     ).out_file
-    return mask, signals, cleaned
+    return mask, signals, cleaned, clean.qc_file
 
 
 # Defined from a module-level function so that worker processes import it by
 # reference (see masker_wf.tasks): a stable hash keeps the cache hits.
 MaskerWorkflow = workflow.define(
     _masker_workflow,
-    outputs=["mask_file", "signals_file", "cleaned_bold_file"],
+    outputs=["mask_file", "signals_file", "cleaned_bold_file", "qc_file"],
     name="MaskerWorkflow",
 )
 
@@ -308,7 +312,8 @@ def run_masker_workflow(
     Returns
     -------
     dict
-        ``mask_file``, ``signals_file``, ``cleaned_bold_file`` as ``pathlib.Path``.
+        ``mask_file``, ``signals_file``, ``cleaned_bold_file`` and ``qc_file`` (report
+        data, see :func:`masker_wf._io.save_qc`) as ``pathlib.Path``.
 
     Notes
     -----
@@ -347,4 +352,5 @@ def run_masker_workflow(
         "mask_file": Path(outputs.mask_file),
         "signals_file": Path(outputs.signals_file),
         "cleaned_bold_file": Path(outputs.cleaned_bold_file),
+        "qc_file": Path(outputs.qc_file),
     }

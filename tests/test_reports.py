@@ -207,3 +207,42 @@ def test_report_renders_in_headless_chromium(tmp_path, real_run):
         check=True,
     )
     assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_workflow_report_data_gives_tsnr_after_cleaning_even_when_standardized(
+    tmp_path, ds003_path, ds003_mask_path
+):
+    """CleanSignals' qc file: tSNR after = input mean over the residual noise, which a
+    standardized output hides; checked against NiftiMasker run without standardization."""
+    from masker_wf import NiftiMasker, masking
+    from masker_wf._io import load_qc
+    from masker_wf.workflow import run_masker_workflow
+
+    params = {"smoothing_fwhm": 5.0, "detrend": True, "high_pass": 0.02, "t_r": 2.0}
+    kept = np.setdiff1d(np.arange(20), [4, 9])
+    outputs = run_masker_workflow(
+        ds003_path,
+        cache_root=tmp_path / "cache",
+        mask_file=ds003_mask_path,
+        sample_mask=kept,
+        standardize="zscore_sample",
+        **params,
+    )
+    qc = load_qc(outputs["qc_file"])
+
+    smoothed = masking.apply_mask(ds003_path, ds003_mask_path, smoothing_fwhm=5.0)
+    residual = NiftiMasker(mask_img=ds003_mask_path, standardize=False, **params).fit_transform(
+        ds003_path, sample_mask=kept
+    )
+    expected_after = temporal_snr(smoothed, residual.std(axis=0, dtype=np.float64))
+    np.testing.assert_allclose(qc["tsnr_after"], expected_after, rtol=1e-4)
+    np.testing.assert_allclose(qc["tsnr_before"], temporal_snr(smoothed), rtol=1e-4)
+    assert qc["signals_after"].shape[0] == kept.size
+    np.testing.assert_array_equal(qc["kept_volumes"], kept)
+    # The mean image's three planes through the mask's centroid.
+    mean = np.asarray(nib.load(ds003_path).dataobj, dtype=np.float32).mean(axis=3)
+    mask = np.asarray(nib.load(ds003_mask_path).dataobj) > 0
+    x, y, z = (int(np.rint(c)) for c in np.argwhere(mask).mean(axis=0))
+    expected_planes = (mean[x], mean[:, y], mean[:, :, z])
+    for plane, expected in zip(qc["mean_planes"], expected_planes, strict=True):
+        np.testing.assert_allclose(plane, expected, rtol=1e-5)

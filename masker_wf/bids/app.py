@@ -555,24 +555,17 @@ def _write_outputs(run, settings, out_dir, outputs, selection, strategy, params,
 def _summarise(run, settings, out_dir, outputs, selection, params, t_r, n_volumes, notes):
     import nibabel as nib
 
-    from .._io import load_signals
-    from ..reports import build_run_report, temporal_snr
+    from .._io import load_qc
+    from ..reports import build_run_report
 
     mask_img = nib.load(outputs["mask_file"])
     mask = np.asarray(mask_img.dataobj) > 0
-    after = load_signals(outputs["signals_file"])
+    # Everything the report shows was gathered by CleanSignals in its one pass over the
+    # BOLD: the report never reads the run again.
+    qc = load_qc(outputs["qc_file"])
     kept = np.arange(n_volumes) if selection is None else selection.kept
     fd, _ = _confound_series(run, n_volumes)
-    bold_img = nib.load(run.bold_file)
-    same_grid = bold_img.shape[:3] == mask.shape and np.allclose(bold_img.affine, mask_img.affine)
-    before = mean_data = tsnr_before = tsnr_after = None
-    if same_grid:
-        data = np.asarray(bold_img.dataobj, dtype=np.float32)
-        before = data[mask].T  # (volumes, voxels)
-        mean_data = data.mean(axis=-1)
-        tsnr_before = temporal_snr(before[kept])
-        if not params.get("standardize") and after.shape == before[kept].shape:
-            tsnr_after = temporal_snr(before[kept], noise_std=after.std(axis=0, dtype=np.float64))
+    tsnr_before, tsnr_after = qc.get("tsnr_before"), qc.get("tsnr_after")
     summary = {
         "voxels_in_mask": int(mask.sum()),
         "volumes_total": int(n_volumes),
@@ -586,10 +579,10 @@ def _summarise(run, settings, out_dir, outputs, selection, params, t_r, n_volume
         report = build_run_report(
             title=run.name,
             mask=mask,
-            mean_data=mean_data if mean_data is not None else mask.astype(np.float32),
+            mean_data=qc["mean_planes"] or mask.astype(np.float32),
             parameters=_jsonable({k: v for k, v in params.items() if k != "sample_mask"}),
-            signals_before=None if before is None else before[kept],
-            signals_after=after if before is not None else None,
+            signals_before=qc.get("signals_before"),
+            signals_after=qc.get("signals_after"),
             t_r=t_r,
             kept_volumes=kept,
             framewise_displacement=fd,
