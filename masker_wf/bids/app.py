@@ -269,6 +269,10 @@ def process_run(
     out_dir, work_dir = Path(out_dir), Path(work_dir)
     started, clock = now(), time.perf_counter()
     tag = f"[{index}/{total}] {run.name}"
+    if settings.reports:
+        from ..reports.figures import preload_matplotlib
+
+        preload_matplotlib()
     warnings_seen: list[str] = []
     try:
         _progress(f"{tag}: reading inputs")
