@@ -325,6 +325,8 @@ def process_run(
         cache_root = work_dir / "pydra"
         before = cache_entries(cache_root)
         _progress(f"{tag}: running the masker workflow (Pydra cache {cache_root})")
+        step_seconds = {}
+        mark = time.perf_counter()
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             outputs = run_masker_workflow(
@@ -337,26 +339,40 @@ def process_run(
             )
         warnings_seen += sorted({str(w.message) for w in caught})
         after = cache_entries(cache_root)
+        step_seconds["workflow"], mark = time.perf_counter() - mark, time.perf_counter()
         _progress(f"{tag}: writing derivatives")
         result_files = _write_outputs(
             run, settings, out_dir, outputs, selection, strategy, params, t_r, n_volumes
         )
+        step_seconds["derivatives"], mark = time.perf_counter() - mark, time.perf_counter()
         summary, report = _summarise(
             run, settings, out_dir, outputs, selection, params, t_r, n_volumes, warnings_seen
         )
+        step_seconds["report"], mark = time.perf_counter() - mark, time.perf_counter()
+        input_hashes = {
+            role: file_sha256(path)
+            for role, path in (
+                ("bold", run.bold_file),
+                ("mask", mask_file),
+                ("confounds", run.confounds_file if selection is not None else None),
+            )
+            if path is not None
+        }
+        step_seconds["provenance"] = time.perf_counter() - mark
         provenance = {
             "Run": run.name,
             "Status": "ok",
             "StartTime": started,
             "EndTime": now(),
             "Seconds": round(time.perf_counter() - clock, 3),
+            "StepSeconds": {step: round(value, 3) for step, value in step_seconds.items()},
             "Host": host(),
             "Software": software_versions(),
             "Inputs": {
                 role: {
                     "path": str(path),
                     "uri": _uris(settings, path)[0],
-                    "hash": file_sha256(path),
+                    "hash": input_hashes[role],
                 }
                 for role, path in (
                     ("bold", run.bold_file),
