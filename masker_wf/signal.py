@@ -836,6 +836,12 @@ def _make_plan(
         basis = _confound_basis(confounds, standardize_confounds)
         if basis.shape[1] == 0:
             basis = None
+    _warn_few_degrees_of_freedom(
+        n_out=censor_after.size if censor_after is not None else n_span,
+        n_confounds=0 if basis is None else basis.shape[1],
+        detrend=do_detrend,
+        where=where,
+    )
 
     plan = _RunPlan(
         n_in=n_in,
@@ -851,6 +857,28 @@ def _make_plan(
         basis=basis,
     )
     return plan, rows_in
+
+
+def _warn_few_degrees_of_freedom(n_out, n_confounds, detrend, where):
+    """Warn when the regressors leave (almost) nothing of the signals.
+
+    With as many regressors as kept volumes the residuals are rounding noise, which a
+    z-scoring then scales up to unit variance: the output looks normal but is not data.
+    """
+    removed = n_confounds + (2 if detrend else 0)
+    if removed == 0:
+        return
+    left = n_out - removed
+    if left < max(3, 0.1 * n_out):
+        trend = " and the mean and linear trend" if detrend else ""
+        warnings.warn(
+            f"{n_confounds} confound regressor(s){trend} leave {max(left, 0)} degree(s) of "
+            f"freedom for the {n_out} kept volumes of {where}: the cleaned signals are "
+            "mostly (or only) rounding noise, which standardization would scale up. Use "
+            "fewer confounds or keep more volumes.",
+            UserWarning,
+            stacklevel=4,
+        )
 
 
 # --------------------------------------------------------------------------- clean

@@ -649,3 +649,14 @@ def test_clean_shapes_dtypes_and_zscore_properties(
         np.testing.assert_allclose(out.mean(0), 0, atol=1e-4)
         std = out.std(0, ddof=1)
         assert np.all((np.abs(std - 1) < 1e-3) | (std < 1e-3))
+
+
+def test_clean_warns_when_regressors_leave_no_degrees_of_freedom(rng):
+    signals = rng.normal(size=(40, 10)).astype(np.float32)
+    with pytest.warns(UserWarning, match="leave 0 degree"):
+        msignal.clean(
+            signals, confounds=rng.normal(size=(40, 38)), detrend=True, standardize=False
+        )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        msignal.clean(signals, confounds=rng.normal(size=(40, 6)), detrend=True, standardize=False)
