@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import glob
 import os
+import zlib
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -78,8 +79,20 @@ def get_data(img) -> np.ndarray:
 
     Scaled integer images (``scl_slope``/``scl_inter``) come back as floats,
     as nibabel applies the scaling; unscaled data keeps its on-disk dtype.
+
+    Raises
+    ------
+    ValueError
+        The data cannot be read (a truncated or corrupt file): the message names
+        the file, which nibabel's own error (e.g. ``EOFError``) does not.
     """
-    return np.asanyarray(img.dataobj)
+    try:
+        return np.asanyarray(img.dataobj)
+    except (EOFError, OSError, zlib.error, ValueError) as exc:
+        raise ValueError(
+            f"Cannot read the data of image {describe(img)}: {type(exc).__name__}: {exc} "
+            "(is the file truncated or corrupt?)"
+        ) from exc
 
 
 def img_data_dtype(img) -> np.dtype:

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from ._io import atomic_output, load_signals, read_sample_mask, save_img, save_qc, save_signals
+from ._niimg import get_data
 
 __all__ = ["StepError", "clean_signals", "compute_mask", "resample", "smooth", "unmask"]
 
@@ -79,8 +80,12 @@ def _step(name: str, input_arg: str):
     return decorate
 
 
-def _check_input(step: str, path, what: str, ndim=None):
-    """Fail early, before any output exists, when an input image is missing or unreadable."""
+def _check_input(step: str, path, what: str, ndim=None, read_data=False):
+    """Fail early, before any output exists, when an input image is missing or unreadable.
+
+    ``read_data`` also reads the data (for small images such as masks), so that a
+    truncated file is blamed on itself rather than on the step's main input.
+    """
     import nibabel as nib
 
     if path is None:
@@ -96,6 +101,11 @@ def _check_input(step: str, path, what: str, ndim=None):
     if ndim is not None and len(shape) not in ndim:
         expected = " or ".join(map(str, ndim))
         raise StepError(step, path, f"{what} must be a {expected}D image, got shape {shape}.")
+    if read_data:
+        try:
+            get_data(img)
+        except ValueError as exc:
+            raise StepError(step, path, f"{what}: {exc}") from exc
     return img
 
 
@@ -327,7 +337,7 @@ high_pass, t_r, runs, dtype, clean_kwargs
     from ._pipeline import filter_and_extract
 
     _check_input("clean_signals", bold_file, "BOLD image", ndim=(3, 4))
-    _check_input("clean_signals", mask_file, "mask image", ndim=(3, 4))
+    _check_input("clean_signals", mask_file, "mask image", ndim=(3, 4), read_data=True)
     if confounds_file is not None and not Path(confounds_file).is_file():
         raise StepError("clean_signals", confounds_file, "confounds file does not exist.")
     try:
@@ -402,7 +412,7 @@ def unmask(signals_file, mask_file, out_file) -> Path:
     from .masking import load_mask_img
 
     signals = load_signals(signals_file)
-    _check_input("unmask", mask_file, "mask image", ndim=(3, 4))
+    _check_input("unmask", mask_file, "mask image", ndim=(3, 4), read_data=True)
     # Read the mask file once; every chunk below reuses the in-memory image.
     mask_img = nib.load(os.fspath(mask_file))
     mask_img = nib.Nifti1Image(np.asanyarray(mask_img.dataobj), mask_img.affine, mask_img.header)
