@@ -246,3 +246,14 @@ def test_workflow_report_data_gives_tsnr_after_cleaning_even_when_standardized(
     expected_planes = (mean[x], mean[:, y], mean[:, :, z])
     for plane, expected in zip(qc["mean_planes"], expected_planes, strict=True):
         np.testing.assert_allclose(plane, expected, rtol=1e-5)
+
+
+def test_saved_report_is_readable_by_others(tmp_path):
+    import os
+
+    umask = os.umask(0o022)
+    try:
+        path = build_subject_report("01", [], "methods").save_as_html(tmp_path / "r.html")
+    finally:
+        os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o644

@@ -52,18 +52,13 @@ class HTMLReport:
 
     def save_as_html(self, file_name) -> Path:
         """Write the report to ``file_name`` atomically (temporary name, then rename)."""
+        from .._io import atomic_output
+
         path = Path(file_name)
         path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(
-            dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"
-        )
-        try:
-            with os.fdopen(handle, "w", encoding="utf-8") as stream:
-                stream.write(self.get_html())
-            os.replace(temporary, path)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
+        # atomic_output also gives the file the usual permissions (mkstemp's are 0600).
+        with atomic_output(path) as temporary:
+            temporary.write_text(self.get_html(), encoding="utf-8")
         return path
 
     def open_in_browser(self, file_name=None) -> Path:
