@@ -547,14 +547,18 @@ def cached_filter_and_extract(
     clean_kwargs=None,
     verbose=0,
     log_name="filter_and_extract",
+    with_report=False,
 ):
     """:func:`filter_and_extract` with the input files' stamps in the cache key.
 
     The explicit signature lets ``joblib.Memory`` hash (and ignore) arguments
-    by name; ``stamps`` (see :func:`file_stamps`) is only part of the key.
+    by name; ``stamps`` (see :func:`file_stamps`) is only part of the key. With
+    ``with_report``, returns ``(signals, report)`` so that the report data are
+    cached too.
     """
     del stamps
-    return filter_and_extract(
+    report = {} if with_report else None
+    signals = filter_and_extract(
         imgs,
         mask_img,
         smoothing_fwhm=smoothing_fwhm,
@@ -574,7 +578,9 @@ def cached_filter_and_extract(
         clean_kwargs=clean_kwargs,
         verbose=verbose,
         log_name=log_name,
+        report=report,
     )
+    return (signals, report) if with_report else signals
 
 
 def _on_target_grid(img, target_affine, target_shape) -> bool:

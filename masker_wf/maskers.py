@@ -459,17 +459,28 @@ class NiftiMasker(
             "verbose": self.verbose,
             "log_name": f"{type(self).__name__}.transform_single_imgs",
         }
+        if getattr(self, "_report", None) is None:
+            report = None
         extract = self._cache(_pipeline.cached_filter_and_extract, ignore=("verbose", "log_name"))
         if extract is _pipeline.cached_filter_and_extract:
             extract = _pipeline.filter_and_extract
             if report is not None:
                 params["report"] = report
         else:
-            # The files' sizes and modification times join the cache key; a cache hit
-            # does not run the function, so the report gets no carpet plots.
-            extract = functools.partial(extract, stamps=_pipeline.file_stamps(imgs))
-            report = None
-        if not self.reports or getattr(self, "_report", None) is None:
+            # The files' sizes and modification times join the cache key; the report data
+            # are cached with the signals, so that a cache hit still gets a full report.
+            extract = functools.partial(
+                extract, stamps=_pipeline.file_stamps(imgs), with_report=report is not None
+            )
+            if report is not None:
+                cached_extract = extract
+
+                def extract(*args, **kwargs):
+                    signals, cached_report = cached_extract(*args, **kwargs)
+                    report.update(cached_report)
+                    return signals
+
+        if report is None:
             return extract(imgs, self.mask_img_, **params)
         # Record the warnings for the report, and pass them on to the caller.
         with warnings.catch_warnings(record=True) as caught:
@@ -623,11 +634,6 @@ class NiftiMasker(
         tsnr_before = transform.get("tsnr_before")
         tsnr_after = transform.get("tsnr_after")
         notes.extend(transform.get("warnings", []))
-        if transform and before is None:
-            notes.append(
-                "The last transform was served from the cache: carpet plots and tSNR are "
-                "not available."
-            )
         summary = {}
         summary["coverage of the grid (%)"] = round(
             100.0 * self.n_elements_ / max(1, int(np.prod(mask.shape))), 2

@@ -469,6 +469,10 @@ def test_memory_caches_transform(tmp_path, synthetic_bold, capsys):
     assert "Smoothing images" not in capsys.readouterr().out  # served from the cache
     np.testing.assert_array_equal(first, second)
     assert any("filter_and_extract" in p.name for p in (tmp_path / "cache").rglob("*"))
+    # The report data are cached with the signals: a cache hit still gets a full report.
+    html = masker.generate_report().get_html()
+    assert "Carpet plots" in html
+    assert "Temporal SNR" in html
     # A file rewritten in place is not served stale results (nilearn would).
     doubled = nib.Nifti1Image(np.asarray(bold.dataobj) * 2, bold.affine)
     doubled.to_filename(path)
