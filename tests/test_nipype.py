@@ -396,7 +396,7 @@ def test_embed_example_runs_and_matches_nifti_masker_on_bids_examples(tmp_path, 
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     func = out_dir / "sub-01" / "func"
     written = sorted(p.name for p in out_dir.glob("sub-*/func/*"))
-    assert len(written) == 12  # 2 subjects x 2 runs x (mask, timeseries, denoised bold)
+    assert len(written) == 12  # 2 subjects x 2 runs x (mask, signals, denoised bold)
     assert "BOLD signals were extracted" in (out_dir / "logs" / "CITATION.md").read_text()
 
     # Same parameters, confounds and sample mask as the example, through the estimator.
@@ -420,7 +420,7 @@ def test_embed_example_runs_and_matches_nifti_masker_on_bids_examples(tmp_path, 
         t_r=2.0,
     )
     signals = np.load(
-        func / f"{RUN_PREFIX}_space-MNI152NLin2009cAsym_desc-denoised_timeseries.npy"
+        func / f"{RUN_PREFIX}_space-MNI152NLin2009cAsym_desc-denoised_signals.npy"
     )
     np.testing.assert_allclose(signals, expected, atol=ATOL)
 

@@ -112,7 +112,7 @@ def build_workflow(out_dir, work_dir, bids_dir=DEFAULT_BIDS_DIR):
     -------
     nipype.pipeline.engine.Workflow
     """
-    bids_dir = Path(bids_dir)
+    bids_dir = Path(bids_dir).absolute()  # nodes run in their own working directories
     use_bids = bids_dir.is_dir()
     workflow = pe.Workflow(name="embed_example", base_dir=str(work_dir))
 
@@ -149,7 +149,7 @@ def build_workflow(out_dir, work_dir, bids_dir=DEFAULT_BIDS_DIR):
     sink = pe.Node(nio.DataSink(base_directory=str(out_dir)), name="sink")
     # Output names from the interfaces (<bold>_signals.npy, <bold>_cleaned.nii.gz) -> BIDS-like.
     sink.inputs.regexp_substitutions = [
-        (r"_desc-preproc_bold_signals\.npy$", "_desc-denoised_timeseries.npy"),
+        (r"_desc-preproc_bold_signals\.npy$", "_desc-denoised_signals.npy"),
         (r"_desc-preproc_bold_cleaned\.nii\.gz$", "_desc-denoised_bold.nii.gz"),
         (r"/(mask|signals|cleaned)/", "/"),
     ]
