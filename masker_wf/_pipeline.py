@@ -464,18 +464,21 @@ def _smooth_and_extract(data, affine, fwhm, mask):
     return image.smooth_masked(data, affine, fwhm, mask)
 
 
-def _column_stats(signals: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _column_stats(signals: np.ndarray, rows=None) -> tuple[np.ndarray, np.ndarray]:
     """Mean and (population) standard deviation over time of each column.
 
     Computed by cache-sized column chunks in the signals' precision (means
-    accumulated in float64): for the report only, so cheap beats exact.
+    accumulated in float64): for the report only, so cheap beats exact. ``rows``
+    restricts the statistics to these time points (the volumes kept).
     """
     n_rows, n_columns = signals.shape
+    if rows is not None:
+        n_rows = len(rows)
     mean = np.empty(n_columns)
     std = np.empty(n_columns)
     for start in range(0, n_columns, _COLUMN_CHUNK):
         stop = min(start + _COLUMN_CHUNK, n_columns)
-        chunk = signals[:, start:stop]
+        chunk = signals[:, start:stop] if rows is None else signals[rows, start:stop]
         chunk_mean = chunk.mean(axis=0, dtype=np.float64)
         centred = chunk - chunk_mean.astype(chunk.dtype)
         mean[start:stop] = chunk_mean
@@ -787,10 +790,13 @@ def filter_and_extract(
             .round()
             .astype(np.int64)
         )
-        mean_before, std_before = _column_stats(signals)
+        kept = _kept_volumes(sample_mask, n_volumes, runs)
+        # Over the kept volumes only, like the tSNR after cleaning: censored volumes
+        # (non-steady state, motion spikes) would otherwise make the gain look larger.
+        mean_before, std_before = _column_stats(signals, rows=kept)
         report["signals_before"] = signals[:, voxels].copy()
         report["tsnr_before"] = _tsnr(mean_before, std_before)
-        report["kept_volumes"] = _kept_volumes(sample_mask, n_volumes, runs)
+        report["kept_volumes"] = kept
 
     log("Cleaning extracted signals", verbose, log_name)
     if report is not None:

@@ -419,9 +419,7 @@ def test_embed_example_runs_and_matches_nifti_masker_on_bids_examples(tmp_path, 
         high_pass=0.01,
         t_r=2.0,
     )
-    signals = np.load(
-        func / f"{RUN_PREFIX}_space-MNI152NLin2009cAsym_desc-denoised_signals.npy"
-    )
+    signals = np.load(func / f"{RUN_PREFIX}_space-MNI152NLin2009cAsym_desc-denoised_signals.npy")
     np.testing.assert_allclose(signals, expected, atol=ATOL)
 
 

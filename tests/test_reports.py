@@ -234,9 +234,10 @@ def test_workflow_report_data_gives_tsnr_after_cleaning_even_when_standardized(
     residual = NiftiMasker(mask_img=ds003_mask_path, standardize=False, **params).fit_transform(
         ds003_path, sample_mask=kept
     )
-    expected_after = temporal_snr(smoothed, residual.std(axis=0, dtype=np.float64))
+    # Both over the kept volumes, so that before and after compare.
+    expected_after = temporal_snr(smoothed[kept], residual.std(axis=0, dtype=np.float64))
     np.testing.assert_allclose(qc["tsnr_after"], expected_after, rtol=1e-4)
-    np.testing.assert_allclose(qc["tsnr_before"], temporal_snr(smoothed), rtol=1e-4)
+    np.testing.assert_allclose(qc["tsnr_before"], temporal_snr(smoothed[kept]), rtol=1e-4)
     assert qc["signals_after"].shape[0] == kept.size
     np.testing.assert_array_equal(qc["kept_volumes"], kept)
     # The mean image's three planes through the mask's centroid.
