@@ -148,7 +148,8 @@ def carpet_figure(
     before : (n_volumes, n_voxels) array
         Masked signals before cleaning.
     after : (n_kept, n_voxels) array
-        Cleaned signals (only the kept volumes).
+        Cleaned signals (only the kept volumes; drawn at their times, censored
+        volumes left blank).
     t_r : float, optional
         Repetition time in seconds, for the time axis.
     kept_volumes : int array, optional
@@ -159,17 +160,24 @@ def carpet_figure(
     plt = _pyplot()
     figure, axes = plt.subplots(2, 1, figsize=(9, 5), sharex=False)
     unit = t_r if t_r else 1.0
+    colormap = plt.get_cmap("gray").with_extremes(bad="#f6d5d3")
+    n_volumes = before.shape[0]
     for axis, signals, label in ((axes[0], before, "before"), (axes[1], after, "after")):
         rows = _carpet_rows(signals, max_rows)
-        n_volumes = signals.shape[0]
+        if label == "after" and kept_volumes is not None and rows.shape[1] < n_volumes:
+            # Put the kept volumes back at their times, censored ones left blank, so that
+            # both carpets share one time axis.
+            spread = np.full((rows.shape[0], n_volumes), np.nan, dtype=rows.dtype)
+            spread[:, np.asarray(kept_volumes)] = rows
+            rows = spread
         axis.imshow(
             rows,
             aspect="auto",
-            cmap="gray",
+            cmap=colormap,
             vmin=-2,
             vmax=2,
             interpolation="nearest",
-            extent=(0, n_volumes * unit, rows.shape[0], 0),
+            extent=(0, rows.shape[1] * unit, rows.shape[0], 0),
         )
         axis.set_ylabel(f"voxels ({label})", fontsize=9)
         axis.set_yticks([])
@@ -178,7 +186,7 @@ def carpet_figure(
         for volume in censored:
             axes[0].axvspan(volume * unit, (volume + 1) * unit, color="#e5534b", alpha=0.35)
     axes[0].set_title("carpet plot (red: censored volumes)", fontsize=9)
-    axes[1].set_xlabel("time (s)" if t_r else "volume (kept volumes only)", fontsize=9)
+    axes[1].set_xlabel("time (s)" if t_r else "volume", fontsize=9)
     return figure_to_data_uri(figure)
 
 
