@@ -187,3 +187,38 @@ def test_app_on_fmriprep_like_dataset(fmriprep_like, tmp_path):
     report = json.loads(completed.stdout)
     errors = [i for i in report["issues"]["issues"] if i["severity"] == "error"]
     assert completed.returncode == 0, errors
+
+
+def test_res_entity_of_resampled_outputs():
+    name = f"sub-01_task-rest_space-{SPACE}_res-2_desc-preproc_bold.nii.gz"
+    assert deriv.derivative_name(name, "denoised", "bold", ".nii.gz", "4mm") == (
+        f"sub-01_task-rest_space-{SPACE}_res-4mm_desc-denoised_bold.nii.gz"
+    )
+    name = f"sub-01_task-rest_space-{SPACE}_den-91k_desc-preproc_bold.nii.gz"
+    assert deriv.derivative_name(name, "x", "mask", ".nii.gz", "2p5mm") == (
+        f"sub-01_task-rest_space-{SPACE}_res-2p5mm_den-91k_desc-x_mask.nii.gz"
+    )
+    assert deriv.resolution_label((4.0, 4.0, 4.0)) == "4mm"
+    assert deriv.resolution_label((2.5, 2.5, 2.5, 2.0)) == "2p5mm"
+    assert deriv.resolution_label((3.0, 3.0, 4.0)) == "3x3x4mm"
+
+
+def test_missing_participants_are_passed_to_a_callback():
+    args = Namespace(bids_dir=RAW, participant_label=["01", "09"], derivatives=None)
+    missing = []
+    assert collect_participants(args, on_missing=missing.extend) == ["01"]
+    assert missing == ["09"]
+
+
+def test_dataset_links_are_relative(tmp_path):
+    out = tmp_path / "deep" / "out"
+    deriv.write_dataset_description(out, dataset_links={"fmriprep": FMRIPREP, "raw": RAW})
+    content = json.loads((out / "dataset_description.json").read_text())
+    for name, root in (("fmriprep", FMRIPREP), ("raw", RAW)):
+        link = content["DatasetLinks"][name]
+        assert not link.startswith(("/", "file:")), link
+        assert (out / link).resolve() == root.resolve()
+    assert {s["URL"] for s in content["SourceDatasets"]} == {
+        FMRIPREP.resolve().as_uri(),
+        RAW.resolve().as_uri(),
+    }

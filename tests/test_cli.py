@@ -154,6 +154,32 @@ def test_dataset_description_and_sidecars(app_run):
     assert provenance["Pydra"]["output_dirs"]
     assert provenance["Pydra"]["computed"]
     assert (out / ".bidsignore").read_text().count("_timeseries") >= 1
+    # DatasetLinks are portable (relative to the output dataset) and resolve to the inputs.
+    for name, link in description["DatasetLinks"].items():
+        assert not link.startswith("/"), link
+        assert (out / link).resolve() == {"raw": RAW, "fmriprep": FMRIPREP}[name].resolve()
+    # fMRIPrep's mask was used: say where it came from, not a mask strategy.
+    mask_uri = "bids:fmriprep:sub-01/func/sub-01_task-rhymes_run-01_space-"
+    assert sidecar["MaskSource"].startswith(mask_uri)
+    assert "mask_strategy" not in sidecar["MaskerParameters"]
+    assert "mask_args" not in sidecar["MaskerParameters"]
+    mask_sidecar = json.loads(files["mask"].with_name(files["mask"].name + ".json").read_text())
+    assert mask_sidecar["MaskSource"] == sidecar["MaskSource"]
+    assert "MaskStrategy" not in mask_sidecar
+    # The regressors are the saved derivative, not a work-dir file.
+    assert provenance["Parameters"]["confounds_file"] == str(
+        files["timeseries"].with_name(files["timeseries"].name + ".tsv").relative_to(out)
+    )
+    source = nib.load(
+        FMRIPREP
+        / "sub-01/func"
+        / f"sub-01_task-rhymes_run-01_space-{SPACE}_desc-preproc_bold.nii.gz"
+    ).header
+    for key in ("bold", "mask"):
+        header = nib.load(files[key].with_name(files[key].name + ".nii.gz")).header
+        assert header.get_xyzt_units() == ("mm", "sec")
+        assert int(header["sform_code"]) == int(source["sform_code"])
+        assert int(header["qform_code"]) == int(source["qform_code"])
 
 
 def test_outputs_equal_the_estimator(app_run, nilearn_fixed_scrubbing):
@@ -519,3 +545,285 @@ def test_custom_strategy_from_the_command_line(tmp_path):
     )
     strategy.write_text('{"strategy": ["motion"], "unknown_key": 1}')
     assert main([*argv[:2], "participant", "--custom-strategy", str(strategy)]) == 65
+
+
+# --- QA fixes -----------------------------------------------------------------------------
+
+
+def _methods(page: Path) -> str:
+    import html
+    import re
+
+    text = re.search(r"class='methods'><p>(.*?)</p>", page.read_text(), re.S).group(1)
+    return html.unescape(text)
+
+
+def test_subject_methods_cover_every_run(app_run):
+    out = app_run["out"]
+    text = _methods(out / "sub-01.html")
+    assert "(2 runs)" in text
+    records = [
+        json.loads(p.read_text()) for p in sorted(out.glob("sub-01/func/*_provenance.json"))
+    ]
+    censored = [r["Summary"]["volumes_total"] - r["Summary"]["volumes_kept"] for r in records]
+    if len(set(censored)) > 1:
+        assert f"between {min(censored)} and {max(censored)} volumes per run" in text
+    else:
+        assert f"censoring of {censored[0]} volumes per run" in text
+    # Butterworth filtering with censoring: the censored volumes were interpolated.
+    assert "Butterworth band-pass filtering (0.01-0.2 Hz)" in text
+    assert "cubic splines" in text
+    assert "fMRIPrep's desc-brain mask" in text
+
+
+def test_group_lists_failures_and_honours_participant_label(app_run, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(app_run["out"], out)
+    failure = {"run": "sub-02_task-rhymes_run-03_bold", "bold": "x.nii.gz", "reason": "broken"}
+    (out / "logs" / "failures_sub-02.json").write_text(json.dumps([failure]))
+    assert main([str(RAW), str(out), "group", "--participant-label", "sub-01"]) == 0
+    summary = pd.read_csv(out / "group" / "summary.tsv", sep="\t", dtype={"subject": str})
+    assert set(summary["subject"]) == {"01"}
+    assert "broken" not in (out / "index.html").read_text()  # sub-02 was not asked for
+    assert main([str(RAW), str(out), "group"]) == 0
+    index = (out / "index.html").read_text()
+    assert "Failed runs (1)" in index
+    assert "sub-02_task-rhymes_run-03_bold" in index
+    assert main([str(RAW), str(out), "group", "--participant-label", "07"]) == 66
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main([str(RAW), str(empty), "group"]) == 66
+    assert main([str(tmp_path / "no-such-bids"), str(out), "group"]) == 66
+
+
+def test_auto_strategy_is_decided_once_per_dataset(tmp_path, capsys):
+    fmriprep = _copy_fmriprep(tmp_path)
+    (fmriprep / "sub-01/func/sub-01_task-rhymes_run-02_desc-confounds_timeseries.tsv").unlink()
+    (fmriprep / "sub-01/func/sub-01_task-rhymes_run-02_desc-confounds_timeseries.json").unlink(
+        missing_ok=True
+    )
+    out = tmp_path / "out"
+    argv = [str(fmriprep), str(out), "participant", "--participant-label", "01"]
+    argv += ["-w", str(tmp_path / "w"), "--no-reports"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "no confounds file for this run; the other runs use 'simple'" in err
+    assert "--denoise-strategy none" in err
+    produced = sorted(p.name for p in out.glob("sub-01/func/*_bold.json"))
+    assert [n.split("_")[2] for n in produced] == ["run-01"]
+    sidecar = json.loads((out / "sub-01/func" / produced[0]).read_text())
+    assert sidecar["DenoiseStrategy"] == "simple"
+    (failure,) = json.loads((out / "logs" / "failures_sub-01.json").read_text())
+    assert "run-02" in failure["run"]
+    # A selection where no run has confounds resolves to 'none'; so does the explicit flag.
+    only_run2 = [*argv, "--run-id", "2"]
+    assert main(only_run2) == 0  # auto over this selection alone is 'none'
+    assert main([*argv, "--denoise-strategy", "none"]) == 0
+
+
+def test_participants_without_bold_are_named(tmp_path, capsys):
+    fmriprep = _copy_fmriprep(tmp_path)
+    (fmriprep / "sub-03" / "anat").mkdir(parents=True)
+    out = tmp_path / "out"
+    argv = [str(fmriprep), str(out), "participant", "-w", str(tmp_path / "w"), "--no-reports"]
+    code = main([*argv, "--participant-label", "01", "03", "04", "--run-id", "1"])
+    assert code == 0
+    err = capsys.readouterr().err
+    assert "masker-wf: warning: participant(s) 04 not found in the dataset; skipped." in err
+    assert "masker-wf: warning: no preprocessed BOLD run matches the selection for " in err
+    assert "participant(s) 03; skipped." in err
+    assert "UserWarning" not in err
+    assert "1 run(s) of 1 participant(s) to process" in err
+    assert main([*argv, "--participant-label", "03"]) == 18
+
+
+def test_target_resolution_outputs_are_named_by_grid(tmp_path):
+    out = tmp_path / "out"
+    argv = [
+        str(FMRIPREP),
+        str(out),
+        "participant",
+        "--participant-label",
+        "01",
+        "--run-id",
+        "1",
+        "-w",
+        str(tmp_path / "w"),
+        "--no-reports",
+    ]
+    assert main(argv) == 0
+    assert main([*argv, "--target-resolution", "4"]) == 0
+    assert main([*argv, "--target-resolution", "2.5"]) == 0
+    func = out / "sub-01" / "func"
+    stem = f"sub-01_task-rhymes_run-01_space-{SPACE}"
+    native = func / f"{stem}_desc-denoised_bold.nii.gz"
+    for label, size in (("4mm", 4.0), ("2p5mm", 2.5)):
+        bold = func / f"{stem}_res-{label}_desc-denoised_bold.nii.gz"
+        assert nib.load(bold).header.get_zooms()[:3] == (size, size, size)
+        sidecar = json.loads((func / f"{stem}_res-{label}_desc-denoised_bold.json").read_text())
+        assert sidecar["Resolution"].startswith(f"{size:g}x{size:g}x{size:g} mm voxels")
+        mask = json.loads((func / f"{stem}_res-{label}_desc-denoised_mask.json").read_text())
+        assert mask["Resolution"] == sidecar["Resolution"]
+    assert nib.load(native).header.get_zooms()[:3] == (12.5, 12.5, 16.0)  # not overwritten
+    _validate(out)
+
+
+def test_stale_outputs_of_a_run_are_removed(tmp_path):
+    out = tmp_path / "out"
+    argv = [
+        str(FMRIPREP),
+        str(out),
+        "participant",
+        "--participant-label",
+        "01",
+        "--run-id",
+        "1",
+        "-w",
+        str(tmp_path / "w"),
+    ]
+    assert main([*argv, "--save-signals"]) == 0
+    files = _outputs(out, "01", "01")
+    signals = files["signals"].with_name(files["signals"].name + ".npy")
+    assert signals.is_file()
+    assert main([*argv, "--no-reports", "--denoise-strategy", "none"]) == 0
+    assert not signals.exists()
+    assert not signals.with_suffix(".json").exists()
+    assert not files["timeseries"].with_name(files["timeseries"].name + ".tsv").exists()
+    assert not list((out / "sub-01" / "figures").glob("*run-01*_report.html"))
+    record = json.loads(
+        files["provenance"].with_name(files["provenance"].name + ".json").read_text()
+    )
+    removed = record["RemovedStaleOutputs"]
+    assert str(signals.relative_to(out)) in removed
+    assert any(r.endswith("_timeseries.tsv") for r in removed)
+    assert any(r.endswith("_report.html") for r in removed)
+    # Another desc of the same run is someone else's output: untouched.
+    assert main([*argv, "--no-reports", "--output-desc", "other"]) == 0
+    assert files["bold"].with_name(files["bold"].name + ".nii.gz").is_file()
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--output-desc", "my_desc"], "--output-desc 'my_desc' is not a valid BIDS label"),
+        (["--clean-args", '{"butterworth__order": 3, "fitler": "cosine"}'], "['fitler']"),
+        (["--high-pass", "0.1", "--low-pass", "0.05"], "must be lower than --low-pass"),
+        (["--mask-args", '{"lower_cutoff": 0.3}'], "unknown keys ['lower_cutoff']"),
+        (["--mask-strategy", "epi", "--mask-args", '{"border_size": 1}'], "['border_size']"),
+    ],
+    ids=["desc", "clean-args", "band", "mask-args", "mask-args-epi"],
+)
+def test_usage_errors_before_processing(tmp_path, capsys, extra, message):
+    out = tmp_path / "out"
+    argv = [str(FMRIPREP), str(out), "participant", "-w", str(tmp_path / "w"), *extra]
+    assert main(argv) == 64
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_work_dir_is_a_file(tmp_path, capsys):
+    work = tmp_path / "work.txt"
+    work.write_text("a file")
+    out = tmp_path / "out"
+    assert main([str(FMRIPREP), str(out), "participant", "-w", str(work)]) == 73
+    assert f"work directory '{work}'" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_valid_options_and_ignored_mask_options(tmp_path, capsys, monkeypatch):
+    """Valid --clean-args/--mask-args run; mask options are reported as ignored for runs
+    using fMRIPrep's mask; the FD threshold line is drawn only with FD scrubbing."""
+    import masker_wf.reports as reports
+
+    calls = []
+    original = reports.build_run_report
+
+    def spy(**kwargs):
+        calls.append(kwargs)
+        return original(**kwargs)
+
+    monkeypatch.setattr(reports, "build_run_report", spy)
+    out = tmp_path / "out"
+    argv = [
+        str(FMRIPREP),
+        str(out),
+        "participant",
+        "--participant-label",
+        "01",
+        "--run-id",
+        "1",
+        "-w",
+        str(tmp_path / "w"),
+        "--clean-args",
+        '{"butterworth__order": 3, "extrapolate": false}',
+        "--high-pass",
+        "0.01",
+        "--mask-strategy",
+        "epi",
+        "--mask-args",
+        '{"lower_cutoff": 0.3}',
+        "--denoise-strategy",
+        "simple",
+    ]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert "masker-wf: warning: --mask-args/--mask-strategy ignored for 1 of 1 run(s)" in err
+    assert calls[-1]["fd_threshold"] is None  # 'simple' does not scrub on FD
+    sidecar = json.loads(
+        (
+            out
+            / "sub-01/func"
+            / f"sub-01_task-rhymes_run-01_space-{SPACE}_desc-denoised_bold.json"
+        ).read_text()
+    )
+    assert sidecar["MaskerParameters"]["clean_args"]["butterworth__order"] == 3
+    # With --no-use-input-mask the options are used: computed mask, strategy recorded.
+    assert main([*argv, "--no-use-input-mask"]) == 0
+    assert "masker-wf: warning: --mask-args" not in capsys.readouterr().err
+    mask = json.loads(
+        (
+            out
+            / "sub-01/func"
+            / f"sub-01_task-rhymes_run-01_space-{SPACE}_desc-denoised_mask.json"
+        ).read_text()
+    )
+    assert mask["MaskStrategy"] == "epi"
+    assert mask["MaskArgs"] == {"lower_cutoff": 0.3}
+    assert main([*argv, "--denoise-strategy", "scrubbing", "--fd-threshold", "0.4"]) == 0
+    assert calls[-1]["fd_threshold"] == 0.4
+
+
+def _record(run, censored, columns, **parameters):
+    return {
+        "Run": f"sub-01_task-rest_run-{run}_space-{SPACE}_desc-preproc_bold",
+        "Parameters": {"t_r": 2.0, "denoise_strategy": "scrubbing", **parameters},
+        "Confounds": columns,
+        "Summary": {"volumes_total": 100, "volumes_kept": 100 - censored},
+        "MaskSource": "input",
+    }
+
+
+def test_subject_methods_text():
+    from masker_wf.bids.methods import subject_methods
+
+    versions = {"masker-wf": "0"}
+    records = [
+        _record("01", 5, ["a", "b"], high_pass=0.01, clean_args={"filter": "cosine"}),
+        _record("02", 11, ["a", "b", "c"], high_pass=0.01, clean_args={"filter": "cosine"}),
+    ]
+    text = subject_methods(records, versions)
+    assert "(2 runs)" in text
+    assert "cosine high-pass filtering (0.01 Hz" in text
+    assert "Butterworth" not in text
+    assert "between 5 and 11 volumes per run (non-steady-state" in text
+    assert "outliers; 5 in task-rest_run-01, 11 in task-rest_run-02)" in text
+    assert "run-01: 2 (a, b); task-rest_run-02: 3 (a, b, c)" in text
+    assert "spline" not in text  # no Butterworth filter: nothing was interpolated
+    # No filter at all: censoring without interpolation.
+    text = subject_methods([_record("01", 5, ["a"]), _record("02", 5, ["a"])], versions)
+    assert "censoring of 5 volumes per run" in text
+    assert "spline" not in text
+    assert "regression of 1 confounds (scrubbing strategy): a" in text
+    text = subject_methods([_record("01", 5, ["a"], low_pass=0.1)], versions)
+    assert "Butterworth low-pass filtering (0.1 Hz)" in text
+    assert "cubic splines" in text

@@ -258,3 +258,19 @@ def test_saved_report_is_readable_by_others(tmp_path):
     finally:
         os.umask(umask)
     assert path.stat().st_mode & 0o777 == 0o644
+
+
+def test_methods_paragraph_names_the_filter_that_ran():
+    versions = {"masker-wf": "0"}
+    cosine = methods_paragraph(
+        {"high_pass": 0.01, "clean_args": {"filter": "cosine"}, "n_volumes_censored": 3},
+        versions,
+    )
+    assert "cosine high-pass" in cosine
+    assert "Butterworth" not in cosine
+    assert "spline" not in cosine  # no interpolation without a Butterworth filter
+    band = methods_paragraph(
+        {"high_pass": 0.01, "low_pass": 0.08, "n_volumes_censored": 3}, versions
+    )
+    assert "Butterworth band-pass filtering (0.01-0.08 Hz)" in band
+    assert "cubic splines" in band

@@ -110,6 +110,20 @@ class Settings:
     worker: object = "debug"
     n_procs: int | None = None
     dataset_links: dict = field(default_factory=dict)
+    #: True when ``denoise_strategy`` was 'auto', resolved once for the dataset.
+    auto_resolved: bool = False
+
+    def resolve_auto(self, runs) -> str:
+        """Decide 'auto' once for the selected runs: 'simple' if any has fMRIPrep confounds.
+
+        A run without confounds then fails (instead of silently mixing strategies within a
+        subject). Returns the strategy in force.
+        """
+        if self.denoise_strategy == "auto":
+            found = any(run.confounds_file is not None for run in runs)
+            self.denoise_strategy = "simple" if found else "none"
+            self.auto_resolved = True
+        return self.denoise_strategy
 
     def confound_parameters(self, has_confounds: bool) -> tuple[str, dict | None]:
         """(strategy label, parameters of ``select_confounds``) — None when not denoising."""
@@ -233,7 +247,11 @@ def _confound_series(run: RunInputs, n_volumes: int):
     return fd, dvars
 
 
-def _resolution(run: RunInputs, zooms) -> str | None:
+def _resolution(run: RunInputs, zooms, input_zooms=None) -> str | None:
+    if input_zooms is not None:  # resampled: describe the output grid, not the input's
+        size = "x".join(f"{float(z):g}" for z in zooms)
+        before = "x".join(f"{float(z):g}" for z in input_zooms)
+        return f"{size} mm voxels, resampled from the input's {before} mm grid"
     if "res" not in run.entities:
         return None
     given = run.metadata.get("Resolution")
@@ -292,6 +310,14 @@ def process_run(
         strategy, confound_params = settings.confound_parameters(run.confounds_file is not None)
         selection = None
         if confound_params is not None:
+            if run.confounds_file is None and settings.auto_resolved:
+                raise RunError(
+                    run.bold_file,
+                    f"no confounds file for this run; the other runs use '{strategy}' "
+                    "(--denoise-strategy auto); pass --denoise-strategy none to process "
+                    "without confounds.",
+                    missing=True,
+                )
             if run.confounds_file is None:
                 raise RunError(
                     run.bold_file,
@@ -341,14 +367,36 @@ def process_run(
         after = cache_entries(cache_root)
         step_seconds["workflow"], mark = time.perf_counter() - mark, time.perf_counter()
         _progress(f"{tag}: writing derivatives")
+        res = _output_res(header, outputs["cleaned_bold_file"])
+        written: set[Path] = set()
         result_files = _write_outputs(
-            run, settings, out_dir, outputs, selection, strategy, params, t_r, n_volumes
+            run,
+            settings,
+            out_dir,
+            outputs,
+            selection,
+            strategy,
+            params,
+            t_r,
+            n_volumes,
+            header=header,
+            res=res,
+            written=written,
         )
         step_seconds["derivatives"], mark = time.perf_counter() - mark, time.perf_counter()
         summary, report = _summarise(
-            run, settings, out_dir, outputs, selection, params, t_r, n_volumes, warnings_seen
+            run, settings, out_dir, outputs, selection, params, t_r, n_volumes, warnings_seen, res
         )
+        if report is not None:
+            written.add(Path(report))
         step_seconds["report"], mark = time.perf_counter() - mark, time.perf_counter()
+        provenance_file = deriv.subject_dir(out_dir, run.entities) / deriv.derivative_name(
+            run.bold_file, settings.desc, "provenance", ".json", res
+        )
+        written.add(provenance_file)
+        removed = _remove_stale(run, settings.desc, out_dir, res, written)
+        for path in removed:
+            _progress(f"{tag}: removed stale output {path} (not produced by this run)")
         input_hashes = {
             role: file_sha256(path)
             for role, path in (
@@ -384,6 +432,12 @@ def process_run(
             "Parameters": _jsonable(
                 {
                     **params,
+                    # The regressors as saved in the output dataset, not the work-dir copy.
+                    **(
+                        {"confounds_file": str(result_files["confounds"].relative_to(out_dir))}
+                        if "confounds" in result_files
+                        else {}
+                    ),
                     "denoise_strategy": strategy,
                     "confounds": confound_params,
                     "desc": settings.desc,
@@ -391,8 +445,14 @@ def process_run(
             ),
             "Confounds": selection.columns if selection is not None else [],
             "SampleMask": None if selection is None else selection.kept.tolist(),
+            "MaskSource": _mask_source(settings, mask_file),
+            "OutputVoxelSize": [
+                float(z) for z in nib.load(result_files["bold"]).header.get_zooms()[:3]
+            ],
+            "RemovedStaleOutputs": removed,
             "Pydra": {
                 "cache_root": str(cache_root),
+                "design_file": None if design is None else str(design),
                 "output_dirs": sorted(
                     {Path(p).parent.name for p in outputs.values() if p is not None}
                 ),
@@ -403,9 +463,6 @@ def process_run(
             "Summary": summary,
             "Warnings": warnings_seen,
         }
-        provenance_file = deriv.subject_dir(out_dir, run.entities) / deriv.derivative_name(
-            run.bold_file, settings.desc, "provenance", ".json"
-        )
         deriv.write_json(provenance_file, provenance)
         seconds = time.perf_counter() - clock
         cached = " (from cache)" if not (after - before) else ""
@@ -463,7 +520,80 @@ def _jsonable(value):
     return json.loads(json.dumps(value, default=deriv._json_default))
 
 
-def _write_outputs(run, settings, out_dir, outputs, selection, strategy, params, t_r, n_volumes):
+def _output_res(in_header, cleaned_file) -> str | None:
+    """``res`` label of the output grid when it differs from the input's, else None."""
+    import nibabel as nib
+
+    out = nib.load(cleaned_file)
+    same = tuple(out.shape[:3]) == tuple(in_header.get_data_shape()[:3]) and np.allclose(
+        out.affine, in_header.get_best_affine(), atol=1e-4
+    )
+    return None if same else deriv.resolution_label(out.header.get_zooms()[:3])
+
+
+def _mask_source(settings: Settings, mask_file) -> str:
+    if mask_file is None:
+        return "computed"
+    return "mask_img" if settings.mask_img is not None else "input"
+
+
+def _remove_stale(run: RunInputs, desc: str, out_dir: Path, res, keep: set) -> list[str]:
+    """Delete this run's (same entities and desc) masker-wf outputs it did not write now."""
+    folder = deriv.subject_dir(out_dir, run.entities)
+    candidates = [
+        folder / deriv.derivative_name(run.bold_file, desc, suffix, extension, res)
+        for suffix, extension in deriv.RUN_OUTPUTS
+    ]
+    candidates.append(
+        Path(out_dir)
+        / f"sub-{run.subject}"
+        / "figures"
+        / deriv.derivative_name(run.bold_file, desc, "report", ".html", res)
+    )
+    keep = {Path(p).absolute() for p in keep}
+    removed = []
+    for path in candidates:
+        if path.is_file() and path.absolute() not in keep:
+            path.unlink(missing_ok=True)
+            removed.append(str(path.relative_to(out_dir)))
+    return removed
+
+
+def _with_input_header(img, in_header, t_r=None):
+    """Copy of ``img`` with the input's sform/qform codes and xyzt units (mm, s)."""
+    import nibabel as nib
+
+    img = nib.Nifti1Image(img.dataobj, img.affine, img.header)
+    space, unit = in_header.get_xyzt_units()
+    img.header.set_xyzt_units(
+        space if space != "unknown" else "mm", unit if unit != "unknown" else "sec"
+    )
+    if t_r is not None and img.ndim == 4:
+        img.header.set_zooms((*img.header.get_zooms()[:3], float(t_r)))
+    sform_code, qform_code = int(in_header["sform_code"]), int(in_header["qform_code"])
+    if not (sform_code or qform_code):  # neither set: keep the affine readable as 'scanner'
+        sform_code = 1
+    affine = img.affine
+    img.set_sform(affine, code=sform_code)
+    img.set_qform(affine, code=qform_code)
+    return img
+
+
+def _write_outputs(
+    run,
+    settings,
+    out_dir,
+    outputs,
+    selection,
+    strategy,
+    params,
+    t_r,
+    n_volumes,
+    *,
+    header,
+    res=None,
+    written=None,
+):
     import nibabel as nib
 
     from .._io import save_img
@@ -471,9 +601,12 @@ def _write_outputs(run, settings, out_dir, outputs, selection, strategy, params,
     folder = deriv.subject_dir(out_dir, run.entities)
     folder.mkdir(parents=True, exist_ok=True)
     desc = settings.desc
+    written = set() if written is None else written
 
     def name(suffix, extension):
-        return folder / deriv.derivative_name(run.bold_file, desc, suffix, extension)
+        path = folder / deriv.derivative_name(run.bold_file, desc, suffix, extension, res)
+        written.add(path)
+        return path
 
     files = {}
     kept = list(range(n_volumes)) if selection is None else selection.kept.tolist()
@@ -490,15 +623,16 @@ def _write_outputs(run, settings, out_dir, outputs, selection, strategy, params,
             **{k: v for k, v in params.items() if k not in skipped},
         }
     )
+    if mask_source is not None:
+        # The mask was given (fMRIPrep's or --mask-img): no strategy computed it.
+        parameters.pop("mask_strategy", None)
+        parameters.pop("mask_args", None)
 
     cleaned = nib.load(outputs["cleaned_bold_file"])
     zooms = cleaned.header.get_zooms()[:3]
-    if cleaned.ndim == 4 and t_r is not None:
-        # The validator checks pixdim[4] against RepetitionTime: state both, in seconds.
-        cleaned = nib.Nifti1Image(cleaned.dataobj, cleaned.affine, cleaned.header)
-        cleaned.header.set_zooms((*zooms, float(t_r)))
-        cleaned.header.set_xyzt_units("mm", "sec")
-    resolution = _resolution(run, zooms)
+    # The validator checks pixdim[4] against RepetitionTime: state both, in seconds.
+    cleaned = _with_input_header(cleaned, header, t_r)
+    resolution = _resolution(run, zooms, header.get_zooms()[:3] if res else None)
     files["bold"] = save_img(cleaned, name("bold", ".nii.gz"))
     sidecar = {
         "Description": "BOLD time series cleaned with NiftiMasker semantics (masking, "
@@ -514,17 +648,25 @@ def _write_outputs(run, settings, out_dir, outputs, selection, strategy, params,
         "ConfoundColumns": selection.columns if selection is not None else [],
         "MaskerParameters": parameters,
     }
+    if mask_source is not None:
+        sidecar["MaskSource"] = _uris(settings, mask_source)[0]
     if resolution:
         sidecar["Resolution"] = resolution
     deriv.write_json(name("bold", ".json"), sidecar)
 
-    mask_img = nib.load(outputs["mask_file"])
+    mask_img = _with_input_header(nib.load(outputs["mask_file"]), header)
     files["mask"] = save_img(mask_img, name("mask", ".nii.gz"))
     mask_sidecar = {
         "Type": "Brain",
         "Sources": _uris(settings, mask_source) if mask_source else _uris(settings, run.bold_file),
-        "MaskStrategy": "input mask" if mask_source else params.get("mask_strategy", "background"),
     }
+    if mask_source:
+        mask_sidecar["MaskSource"] = _uris(settings, mask_source)[0]
+        if res:
+            mask_sidecar["Description"] = "The given mask, resampled (nearest neighbour)."
+    else:
+        mask_sidecar["MaskStrategy"] = params.get("mask_strategy", "background")
+        mask_sidecar["MaskArgs"] = params.get("mask_args") or {}
     if resolution:
         mask_sidecar["Resolution"] = resolution
     deriv.write_json(name("mask", ".json"), mask_sidecar)
@@ -572,7 +714,7 @@ def _write_outputs(run, settings, out_dir, outputs, selection, strategy, params,
     return files
 
 
-def _summarise(run, settings, out_dir, outputs, selection, params, t_r, n_volumes, notes):
+def _summarise(run, settings, out_dir, outputs, selection, params, t_r, n_volumes, notes, res):
     import nibabel as nib
 
     from .._io import load_qc
@@ -585,16 +727,21 @@ def _summarise(run, settings, out_dir, outputs, selection, params, t_r, n_volume
     qc = load_qc(outputs["qc_file"])
     kept = np.arange(n_volumes) if selection is None else selection.kept
     fd, _ = _confound_series(run, n_volumes)
-    tsnr_before, tsnr_after = qc.get("tsnr_before"), qc.get("tsnr_after")
+    tsnr_after = qc.get("tsnr_after")
+    # Both tSNR maps are over the kept volumes (see masker_wf._pipeline).
+    tsnr_before = qc.get("tsnr_before")
+    median_before = None if tsnr_before is None else float(np.median(tsnr_before))
     summary = {
         "voxels_in_mask": int(mask.sum()),
         "volumes_total": int(n_volumes),
         "volumes_kept": len(kept),
         "mean_fd": None if fd is None else float(np.nanmean(fd)),
-        "tsnr_before": None if tsnr_before is None else float(np.median(tsnr_before)),
+        "tsnr_before": median_before,
         "tsnr_after": None if tsnr_after is None else float(np.median(tsnr_after)),
     }
     report_path = None
+    scrubbing = selection is not None and "scrub" in selection.parameters.get("strategy", ())
+    extra = {"confound columns": len(selection.columns) if selection else 0}
     if settings.reports:
         report = build_run_report(
             title=run.name,
@@ -606,15 +753,16 @@ def _summarise(run, settings, out_dir, outputs, selection, params, t_r, n_volume
             t_r=t_r,
             kept_volumes=kept,
             framewise_displacement=fd,
-            fd_threshold=None if selection is None else selection.parameters.get("fd_threshold"),
+            # The threshold line only when FD scrubbing is part of the strategy.
+            fd_threshold=selection.parameters.get("fd_threshold") if scrubbing else None,
             tsnr_before=tsnr_before,
             tsnr_after=tsnr_after,
-            summary={"confound columns": len(selection.columns) if selection else 0},
+            summary=extra,
             warnings=notes,
         )
         folder = Path(out_dir) / f"sub-{run.subject}" / "figures"
         report_path = folder / deriv.derivative_name(
-            run.bold_file, settings.desc, "report", ".html"
+            run.bold_file, settings.desc, "report", ".html", res
         )
         report.save_as_html(report_path)
         report_path = str(report_path)
@@ -627,35 +775,36 @@ def write_subject_report(out_dir, subject: str, results, settings: Settings) -> 
     Runs already in ``out_dir`` from earlier invocations (their provenance records) are listed
     too, so the page stays complete when runs are processed by separate jobs.
     """
-    from ..reports import build_subject_report, methods_paragraph
+    from ..reports import build_subject_report
+    from .methods import subject_methods
 
     out_dir = Path(out_dir)
-    records = {r["Run"]: r for r in _provenance_records(out_dir, subject)}
+    # One entry per output (a run may have outputs at several resolutions or descs).
+    records = {r["Outputs"]["bold"]: r for r in _provenance_records(out_dir, subject)}
     runs = []
-    for name in sorted(records):
-        record = records[name]
-        report = out_dir / f"sub-{subject}" / "figures" / f"{Path(record['Outputs']['bold']).name}"
-        report = report.with_name(report.name.replace("_bold.nii.gz", "_report.html"))
+    for key in sorted(records):
+        record = records[key]
+        bold = Path(record["Outputs"]["bold"]).name
+        report = (
+            out_dir / f"sub-{subject}" / "figures" / bold.replace("_bold.nii.gz", "_report.html")
+        )
         runs.append(
             {
-                "name": name,
+                "name": bold.removesuffix(".nii.gz"),
                 "report": deriv.relative_link(report, out_dir),
                 **{k: _fmt(v) for k, v in record["Summary"].items()},
             }
         )
     errors = [{"name": r.name, "reason": r.reason} for r in results if not r.ok]
-    params = {k: v for k, v in settings.masker.items() if v is not None}
-    last = records[sorted(records)[-1]] if records else None
-    if last is not None:
-        params = dict(last["Parameters"])
-        params["confounds"] = last["Confounds"]
-        total = last["Summary"]["volumes_total"]
-        params["n_volumes_censored"] = total - last["Summary"]["volumes_kept"]
-        if last["Inputs"].get("mask"):
-            params["mask_file"] = True
     versions = software_versions()
-    text = methods_paragraph(
-        params,
+    # Every run of the subject with this invocation's desc is summarised (not only the last
+    # one's parameters).
+    text = subject_methods(
+        [
+            records[key]
+            for key in sorted(records)
+            if records[key].get("Parameters", {}).get("desc", settings.desc) == settings.desc
+        ],
         {
             k: versions[k]
             for k in versions
@@ -681,8 +830,26 @@ def _provenance_records(out_dir: Path, subject: str | None = None):
             continue
 
 
-def run_group(out_dir) -> tuple[Path, Path, int]:
+def _failures(out_dir: Path, participants=None) -> list[dict]:
+    """Failed runs recorded by the participant level (``logs/failures_sub-*.json``)."""
+    rows = []
+    for path in sorted((out_dir / "logs").glob("failures_sub-*.json")):
+        subject = path.stem.removeprefix("failures_sub-")
+        if participants and subject not in participants:
+            continue
+        try:
+            entries = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            continue
+        for entry in entries if isinstance(entries, list) else []:
+            rows.append({"subject": subject, **entry})
+    return rows
+
+
+def run_group(out_dir, participants=None) -> tuple[Path, Path, int]:
     """Group level: summary table over every processed run, and ``index.html``.
+
+    ``participants`` (labels without ``sub-``) restricts the summary to those subjects.
 
     Returns
     -------
@@ -698,11 +865,14 @@ def run_group(out_dir) -> tuple[Path, Path, int]:
     from ..reports.html import HTMLReport, section, table
 
     out_dir = Path(out_dir)
+    wanted = set(participants or ())
     rows = []
     for record in _provenance_records(out_dir):
         entities = dict(
             part.split("-", 1) for part in record["Run"].split("_")[:-1] if "-" in part
         )
+        if wanted and entities.get("sub") not in wanted:
+            continue
         rows.append(
             {
                 "subject": entities.get("sub"),
@@ -716,8 +886,10 @@ def run_group(out_dir) -> tuple[Path, Path, int]:
             }
         )
     if not rows:
+        which = f" for participant(s) {', '.join(sorted(wanted))}" if wanted else ""
         raise FileNotFoundError(
-            f"No participant-level outputs (*_provenance.json) in '{out_dir}'."
+            f"No participant-level outputs (*_provenance.json){which} in '{out_dir}'; "
+            "run the 'participant' level first."
         )
     frame = pd.DataFrame(rows)
     group = out_dir / "group"
@@ -733,7 +905,10 @@ def run_group(out_dir) -> tuple[Path, Path, int]:
             "volumes_total": {"Description": "Volumes in the input BOLD"},
             "volumes_kept": {"Description": "Volumes after censoring (sample_mask)"},
             "mean_fd": {"Description": "Mean framewise displacement", "Units": "mm"},
-            "tsnr_before": {"Description": "Median temporal SNR of the input in the mask"},
+            "tsnr_before": {
+                "Description": "Median temporal SNR of the input in the mask, over the kept "
+                "volumes (runs with censored volumes: over a sample of up to 2000 mask voxels)"
+            },
             "tsnr_after": {
                 "Description": "Median of input mean / cleaned standard deviation (n/a when "
                 "standardized)"
@@ -756,6 +931,22 @@ def run_group(out_dir) -> tuple[Path, Path, int]:
             cells.append(f"<td>{text}</td>")
         body_rows.append("<tr>" + "".join(cells) + "</tr>")
     body.append(section("Runs", f"<table><tr>{header}</tr>{''.join(body_rows)}</table>"))
+    failures = _failures(out_dir, wanted)
+    if failures:
+        failed_rows = "".join(
+            f"<tr><td><a href='sub-{_html.escape(f['subject'])}.html'>"
+            f"sub-{_html.escape(f['subject'])}</a></td>"
+            f"<td>{_html.escape(str(f.get('run', '')))}</td>"
+            f"<td>{_html.escape(str(f.get('reason', '')))}</td></tr>"
+            for f in failures
+        )
+        body.append(
+            section(
+                f"Failed runs ({len(failures)})",
+                f"<table><tr><th>subject</th><th>run</th><th>reason</th></tr>{failed_rows}"
+                "</table>",
+            )
+        )
     body.append(section("Files", f"<p>Summary table: <code>{tsv.relative_to(out_dir)}</code></p>"))
     index = HTMLReport("".join(body), title="masker-wf group summary").save_as_html(
         out_dir / "index.html"

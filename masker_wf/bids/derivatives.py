@@ -105,10 +105,46 @@ def source_entities(bold_file) -> tuple[str, str]:
     return "_".join(kept), suffix
 
 
-def derivative_name(bold_file, desc: str, suffix: str, extension: str) -> str:
-    """Output file name: the source entities, ``desc-<desc>``, ``_<suffix><extension>``."""
+def derivative_name(bold_file, desc: str, suffix: str, extension: str, res=None) -> str:
+    """Output file name: the source entities, ``desc-<desc>``, ``_<suffix><extension>``.
+
+    ``res`` (a label) replaces the source's ``res-`` entity, or is inserted where BIDS orders
+    it (after ``space``, before ``den``/``label``/``desc``): outputs resampled to another
+    grid must not share the name of the input-grid outputs.
+    """
     prefix, _ = source_entities(bold_file)
+    if res is not None:
+        parts = [p for p in prefix.split("_") if not p.startswith("res-")]
+        where = next(
+            (i for i, p in enumerate(parts) if p.split("-", 1)[0] in ("den", "label")),
+            len(parts),
+        )
+        parts.insert(where, f"res-{res}")
+        prefix = "_".join(parts)
     return f"{prefix}_desc-{desc}_{suffix}{extension}"
+
+
+def resolution_label(zooms) -> str:
+    """BIDS ``res`` label of a voxel size: ``(4, 4, 4)`` → ``4mm``, ``2.5`` → ``2p5mm``,
+    anisotropic ``3x3x4mm`` (alphanumeric, as BIDS labels must be)."""
+    sizes = [f"{float(z):.4g}".replace(".", "p") for z in list(zooms)[:3]]
+    return (sizes[0] if len(set(sizes)) == 1 else "x".join(sizes)) + "mm"
+
+
+#: (suffix, extension) of every per-run file the App names (stale ones are removed).
+RUN_OUTPUTS = (
+    ("bold", ".nii.gz"),
+    ("bold", ".json"),
+    ("mask", ".nii.gz"),
+    ("mask", ".json"),
+    ("signals", ".npy"),
+    ("signals", ".json"),
+    ("timeseries", ".tsv"),
+    ("timeseries", ".json"),
+    ("outliers", ".tsv"),
+    ("outliers", ".json"),
+    ("provenance", ".json"),
+)
 
 
 def subject_dir(out_dir, entities: dict) -> Path:
@@ -165,7 +201,8 @@ def write_dataset_description(out_dir, *, dataset_links: dict, source_descriptio
     out_dir : path
         Output dataset root (created if needed).
     dataset_links : dict
-        Name -> absolute path of the input datasets (``raw``, ``preprocessed``...).
+        Name -> path of the input datasets (``raw``, ``preprocessed``...); written as paths
+        relative to ``out_dir``.
     source_descriptions : sequence of dict
         ``dataset_description.json`` contents of the inputs; their ``GeneratedBy`` entries are
         appended after masker-wf's.
@@ -182,7 +219,12 @@ def write_dataset_description(out_dir, *, dataset_links: dict, source_descriptio
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "dataset_description.json"
-    links = {k: str(Path(v).resolve()) for k, v in dataset_links.items()}
+    absolute = {
+        k: Path(str(v).removeprefix("file://")).resolve() for k, v in dataset_links.items()
+    }
+    # Relative references (valid URI references, as BIDS allows) keep the links working when
+    # the inputs and outputs are moved together.
+    links = {k: relative_link(v, out_dir.resolve()) for k, v in absolute.items()}
     readme = out_dir / "README"
     if not readme.exists():
         write_text(
@@ -198,7 +240,7 @@ def write_dataset_description(out_dir, *, dataset_links: dict, source_descriptio
         "DatasetType": "derivative",
         "GeneratedBy": _generated_by(source_descriptions),
         "DatasetLinks": links,
-        "SourceDatasets": [{"URL": Path(v).as_uri()} for v in links.values()],
+        "SourceDatasets": [{"URL": v.as_uri()} for v in absolute.values()],
         "HowToAcknowledge": "Cite masker-wf and nilearn; see the methods paragraph in "
         "each sub-<label>.html.",
     }
@@ -216,7 +258,11 @@ def write_dataset_description(out_dir, *, dataset_links: dict, source_descriptio
                 )
             merged = {**existing.get("DatasetLinks", {}), **links}
             content["DatasetLinks"] = merged
-            content["SourceDatasets"] = [{"URL": Path(v).as_uri()} for v in merged.values()]
+            sources = [s for s in existing.get("SourceDatasets", []) if isinstance(s, dict)]
+            for source in content["SourceDatasets"]:
+                if source not in sources:
+                    sources.append(source)
+            content["SourceDatasets"] = sources
             if existing == content:
                 return path
     write_json(path, content)

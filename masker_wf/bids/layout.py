@@ -129,11 +129,12 @@ def _subjects_on_disk(root: Path) -> list[str]:
     return sorted(p.name[4:] for p in root.glob("sub-*") if p.is_dir())
 
 
-def collect_participants(args) -> list[str]:
+def collect_participants(args, on_missing=None) -> list[str]:
     """Participant labels (without ``sub-``) to process, checked against the dataset.
 
     Reads ``args.bids_dir`` and ``args.participant_label`` (list or None). Labels absent from
-    the dataset are reported; if none remains the selection matched nothing.
+    the dataset are passed to ``on_missing`` (a ``warnings.warn`` when None); if none remains
+    the selection matched nothing.
 
     Raises
     ------
@@ -160,9 +161,12 @@ def collect_participants(args) -> list[str]:
             18,
         )
     if missing:
-        import warnings
+        if on_missing is not None:
+            on_missing(missing)
+        else:
+            import warnings
 
-        warnings.warn(f"Participants not found and skipped: {missing}", stacklevel=2)
+            warnings.warn(f"Participants not found and skipped: {missing}", stacklevel=2)
     return found
 
 

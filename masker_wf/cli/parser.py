@@ -165,8 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--denoise-strategy",
         default="auto",
         choices=["auto", "none", "simple", "scrubbing", "compcor", "ica_aroma"],
-        help="preset confound strategy; 'auto' is 'simple' when fMRIPrep confounds exist "
-        "and 'none' otherwise",
+        help="preset confound strategy; 'auto' is decided once for the selected runs: "
+        "'simple' when fMRIPrep confounds exist (a run without them then fails), else 'none'",
     )
     _add(
         den,
@@ -248,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--target-resolution",
         type=_positive(float),
         metavar="MM",
-        help="resample to isotropic voxels of this size",
+        help="resample to isotropic voxels of this size (outputs named res-<size>mm)",
     )
     _add(
         msk,
@@ -272,7 +272,13 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["background", "epi", "whole-brain-template", "gm-template", "wm-template"],
         help="mask computation when no mask is given or found",
     )
-    _add(msk, "--mask-args", type=_json_object, metavar="JSON", help="mask computation options")
+    _add(
+        msk,
+        "--mask-args",
+        type=_json_object,
+        metavar="JSON",
+        help="options of the --mask-strategy function (ignored for runs using fMRIPrep's mask)",
+    )
     _add(msk, "--mask-img", type=Path, metavar="FILE", help="one mask for every run")
     _add(
         msk,
@@ -296,7 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--output-desc",
         default="denoised",
         metavar="LABEL",
-        help="desc- label of the outputs",
+        help="desc- label of the outputs (letters and digits only)",
     )
     _add(out, "--save-signals", action="store_true", help="also write the signals .npy")
     _add(

@@ -13,6 +13,7 @@ import datetime as _dt
 import json
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -26,6 +27,81 @@ EXIT_USAGE, EXIT_DATA, EXIT_NOINPUT, EXIT_CANTCREAT = 64, 65, 66, 73
 def _error(message: str, code: int) -> int:
     print(f"masker-wf: error: {message}", file=sys.stderr)
     return code
+
+
+def _warning(message: str) -> None:
+    print(f"masker-wf: warning: {message}", file=sys.stderr, flush=True)
+
+
+_LABEL = re.compile(r"[A-Za-z0-9]+")
+# signal.clean parameters the App sets itself (flags, confounds, sample_mask).
+_CLEAN_SET_BY_APP = {
+    "signals",
+    "runs",
+    "detrend",
+    "standardize",
+    "sample_mask",
+    "confounds",
+    "standardize_confounds",
+    "low_pass",
+    "high_pass",
+    "t_r",
+    "kwargs",
+}
+# mask function parameters that are not options (the image, caching, logging, template kind).
+_MASK_NOT_OPTIONS = {"memory", "verbose", "mask_type", "kwargs"}
+
+
+def _allowed_clean_args() -> list[str]:
+    import inspect
+
+    from .. import signal
+
+    names = [p for p in inspect.signature(signal.clean).parameters if p not in _CLEAN_SET_BY_APP]
+    extra = getattr(signal, "BUTTERWORTH_KWARGS", ("order", "padtype", "padlen"))
+    return sorted([*names, *(f"butterworth__{k}" for k in extra)])
+
+
+def _allowed_mask_args(strategy: str) -> list[str]:
+    import inspect
+
+    from .. import masking
+
+    function = {
+        "background": masking.compute_background_mask,
+        "epi": masking.compute_epi_mask,
+    }.get(strategy, masking.compute_brain_mask)  # the *-template strategies
+    parameters = list(inspect.signature(function).parameters)[1:]  # [0] is the image
+    return [p for p in parameters if p not in _MASK_NOT_OPTIONS]
+
+
+def _check_options(args) -> str | None:
+    """Usage errors the parser cannot see; the message, or None when all is well."""
+    if not _LABEL.fullmatch(str(args.output_desc or "")):
+        return (
+            f"--output-desc {args.output_desc!r} is not a valid BIDS label: use letters and "
+            "digits only (e.g. 'denoised', 'smooth6mm')."
+        )
+    low, high = args.low_pass, args.high_pass
+    if low is not None and high is not None and high >= low:
+        return (
+            f"--high-pass {high} Hz must be lower than --low-pass {low} Hz "
+            "(band-pass keeps the frequencies between them)."
+        )
+    if args.clean_args:
+        allowed = _allowed_clean_args()
+        unknown = sorted(set(args.clean_args) - set(allowed))
+        if unknown:
+            return f"--clean-args: unknown keys {unknown}; allowed: {allowed}."
+    if args.mask_args:
+        allowed = _allowed_mask_args(args.mask_strategy)
+        unknown = sorted(set(args.mask_args) - set(allowed))
+        if unknown:
+            return (
+                f"--mask-args: unknown keys {unknown} for --mask-strategy "
+                f"{args.mask_strategy}; allowed: {allowed}."
+            )
+    return None
 
 
 def _parse(argv):
@@ -93,19 +169,24 @@ def main(argv=None) -> int:
         )
     out_dir = Path(args.output_dir).absolute()
     if args.analysis_level == "group":
-        return _group(out_dir)
+        return _group(args, out_dir)
     return _participant(args, argv, out_dir)
 
 
-def _group(out_dir: Path) -> int:
+def _group(args, out_dir: Path) -> int:
     from ..bids.app import run_group
+    from ..bids.layout import strip_sub
 
+    bids_dir = Path(args.bids_dir).absolute()
+    if not bids_dir.is_dir():
+        return _error(f"BIDS directory '{bids_dir}' does not exist.", EXIT_NOINPUT)
     if not out_dir.is_dir():
         return _error(
             f"output directory '{out_dir}' does not exist; run 'participant' first.", EXIT_NOINPUT
         )
+    participants = [strip_sub(label) for label in args.participant_label or []] or None
     try:
-        tsv, index, n_runs = run_group(out_dir)
+        tsv, index, n_runs = run_group(out_dir, participants=participants)
     except FileNotFoundError as exc:
         return _error(str(exc), EXIT_NOINPUT)
     except OSError as exc:
@@ -129,6 +210,9 @@ def _participant(args, argv, out_dir: Path) -> int:
     bids_dir = Path(args.bids_dir).absolute()
     derivatives = dict(args.derivatives or [])
     args.derivatives = derivatives
+    problem = _check_options(args)
+    if problem:
+        return _error(problem, EXIT_USAGE)
     for path in (args.custom_strategy, args.mask_img, args.config_file):
         if path is not None and not Path(path).is_file():
             return _error(f"input file '{path}' does not exist.", EXIT_NOINPUT)
@@ -139,7 +223,12 @@ def _participant(args, argv, out_dir: Path) -> int:
                 raise BIDSInputError(f"--derivatives {name}: '{path}' does not exist.", 66)
             dataset_kind(path)
         filters = load_filter_file(args.bids_filter_file) if args.bids_filter_file else None
-        participants = collect_participants(args)
+        participants = collect_participants(
+            args,
+            on_missing=lambda labels: _warning(
+                f"participant(s) {', '.join(labels)} not found in the dataset; skipped."
+            ),
+        )
     except BIDSInputError as exc:
         return _error(str(exc), exc.exit_code)
     if args.custom_strategy is not None:
@@ -172,12 +261,17 @@ def _participant(args, argv, out_dir: Path) -> int:
         settings.confound_parameters(True)  # validate the strategy options once, up front
     except ValueError as exc:
         return _error(str(exc), EXIT_USAGE)
+    work_dir = Path(args.work_dir).absolute()
+    try:
+        # The work directory first: a bad -w must not leave an empty output directory.
+        work_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        reason = "it is a file" if work_dir.is_file() else exc
+        return _error(f"cannot create the work directory '{work_dir}': {reason}", EXIT_CANTCREAT)
     try:
         if out_dir.resolve() == bids_dir.resolve():
             raise OSError("the output directory must differ from the input dataset")
         out_dir.mkdir(parents=True, exist_ok=True)
-        work_dir = Path(args.work_dir).absolute()
-        work_dir.mkdir(parents=True, exist_ok=True)
         # Array tasks leave the dataset-level files to the submitting process (written once).
         if not os.environ.get("MASKER_WF_ARRAY_TASK"):
             deriv.write_dataset_description(
@@ -198,7 +292,8 @@ def _participant(args, argv, out_dir: Path) -> int:
         return run_slurm(args, participants, argv)
 
     print(
-        f"masker-wf: indexing {bids_dir} for {len(participants)} participant(s)", file=sys.stderr
+        f"masker-wf: indexing {bids_dir} for participant(s) {', '.join(participants)}",
+        file=sys.stderr,
     )
     try:
         layout = build_layout(
@@ -221,7 +316,25 @@ def _participant(args, argv, out_dir: Path) -> int:
         )
     except BIDSInputError as exc:
         return _error(str(exc), exc.exit_code)
-    print(f"masker-wf: {len(runs)} run(s) to process", file=sys.stderr)
+    found = sorted({run.subject for run in runs})
+    without_bold = [label for label in participants if label not in found]
+    if without_bold:
+        _warning(
+            f"no preprocessed BOLD run matches the selection for participant(s) "
+            f"{', '.join(without_bold)}; skipped."
+        )
+    strategy = settings.resolve_auto(runs)
+    if settings.auto_resolved:
+        print(
+            f"masker-wf: --denoise-strategy auto: '{strategy}' for the selected runs "
+            f"({'fMRIPrep confounds found' if strategy != 'none' else 'no confounds file'})",
+            file=sys.stderr,
+        )
+    _warn_ignored_mask_options(args, argv, runs, settings)
+    print(
+        f"masker-wf: {len(runs)} run(s) of {len(found)} participant(s) to process",
+        file=sys.stderr,
+    )
 
     results = [
         process_run(run, settings, out_dir, work_dir, index=i, total=len(runs))
@@ -265,6 +378,27 @@ def _participant(args, argv, out_dir: Path) -> int:
     if len(failed) == len(results) and all(r.kind in ("data", "missing") for r in failed):
         return EXIT_DATA
     return EXIT_FAILED_RUNS
+
+
+def _warn_ignored_mask_options(args, argv, runs, settings) -> None:
+    """--mask-strategy/--mask-args do nothing for runs whose mask is given: say so."""
+    flags = {a.split("=", 1)[0] for a in argv}
+    options = []
+    if args.mask_args:
+        options.append("--mask-args")
+    if args.mask_strategy != "background" or flags & {"--mask-strategy", "--mask_strategy"}:
+        options.append("--mask-strategy")
+    if not options:
+        return
+    if settings.mask_img is not None:
+        _warning(f"{'/'.join(options)} ignored: --mask-img gives the mask of every run.")
+        return
+    given = [r for r in runs if settings.use_input_mask and r.mask_file is not None]
+    if given:
+        _warning(
+            f"{'/'.join(options)} ignored for {len(given)} of {len(runs)} run(s) that use "
+            "fMRIPrep's brain mask (pass --no-use-input-mask to compute the mask instead)."
+        )
 
 
 if __name__ == "__main__":

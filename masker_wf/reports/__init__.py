@@ -213,11 +213,15 @@ def methods_paragraph(parameters: Mapping, versions: Mapping) -> str:
     if p.get("detrend"):
         steps.append("linear detrending")
     low, high = p.get("low_pass"), p.get("high_pass")
-    if low and high:
+    filter_type = (p.get("clean_args") or {}).get("filter", "butterworth")
+    butterworth = filter_type == "butterworth" and bool(low or high)
+    if filter_type == "cosine" and high:
+        steps.append(f"cosine high-pass filtering ({high} Hz, discrete cosine regressors)")
+    elif butterworth and low and high:
         steps.append(f"Butterworth band-pass filtering ({high}-{low} Hz)")
-    elif low:
+    elif butterworth and low:
         steps.append(f"Butterworth low-pass filtering ({low} Hz)")
-    elif high:
+    elif butterworth:
         steps.append(f"Butterworth high-pass filtering ({high} Hz)")
     confounds = p.get("confounds")
     if confounds:
@@ -228,9 +232,11 @@ def methods_paragraph(parameters: Mapping, versions: Mapping) -> str:
             "projected out orthogonally to the filtered data"
         )
     if p.get("n_volumes_censored"):
+        # Censored volumes are only interpolated when a Butterworth filter runs.
+        how = "interpolated by cubic splines before filtering, then removed"
         steps.append(
-            f"censoring of {p['n_volumes_censored']} volumes (interpolated by cubic splines "
-            "before filtering, then removed)"
+            f"censoring of {p['n_volumes_censored']} volumes"
+            + (f" ({how})" if butterworth else " (removed before confound regression)")
         )
     standardize = p.get("standardize")
     if standardize:
