@@ -246,9 +246,13 @@ def test_rerun_is_served_from_cache(app_run):
     work = app_run["work"] / "pydra"
     # Task directories (their names are the cache keys); "hashes" is Pydra's file-hash memo.
     before = {p.name: p.stat().st_mtime_ns for p in work.iterdir() if p.name != "hashes"}
+    images = sorted(app_run["out"].glob("sub-*/func/*.nii.gz"))
+    images_before = [p.stat().st_mtime_ns for p in images]
     assert main(app_run["argv"]) == 0
     after = {p.name: p.stat().st_mtime_ns for p in work.iterdir() if p.name != "hashes"}
     assert after == before  # no new task directory, nothing rewritten
+    # Up-to-date derivatives are not written again (the gzip is the slowest step of a rerun).
+    assert [p.stat().st_mtime_ns for p in images] == images_before
     for subject in ("01", "02"):
         for run in ("01", "02"):
             path = _outputs(app_run["out"], subject, run)["provenance"]
@@ -827,3 +831,27 @@ def test_subject_methods_text():
     text = subject_methods([_record("01", 5, ["a"], low_pass=0.1)], versions)
     assert "Butterworth low-pass filtering (0.1 Hz)" in text
     assert "cubic splines" in text
+
+
+def test_rerun_rewrites_only_when_output_options_change(tmp_path, capsys):
+    argv = [
+        str(FMRIPREP),
+        str(tmp_path / "out"),
+        "participant",
+        "-w",
+        str(tmp_path / "work"),
+        "--participant-label",
+        "01",
+        "--no-reports",
+    ]
+    assert main(argv) == 0
+    bold = sorted((tmp_path / "out").glob("sub-01/func/*_desc-denoised_bold.nii.gz"))
+    stamps = [p.stat().st_mtime_ns for p in bold]
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert "outputs up to date" in capsys.readouterr().err
+    assert [p.stat().st_mtime_ns for p in bold] == stamps
+    # An output option changes what is written: the run's derivatives are written again.
+    assert main([*argv, "--save-signals"]) == 0
+    assert len(list((tmp_path / "out").glob("sub-01/func/*_signals.npy"))) == 2
+    assert [p.stat().st_mtime_ns for p in bold] != stamps

@@ -366,8 +366,33 @@ def process_run(
         warnings_seen += sorted({str(w.message) for w in caught})
         after = cache_entries(cache_root)
         step_seconds["workflow"], mark = time.perf_counter() - mark, time.perf_counter()
-        _progress(f"{tag}: writing derivatives")
         res = _output_res(header, outputs["cleaned_bold_file"])
+        provenance_file = deriv.subject_dir(out_dir, run.entities) / deriv.derivative_name(
+            run.bold_file, settings.desc, "provenance", ".json", res
+        )
+        output_options = _output_options(settings)
+        previous = _up_to_date_record(provenance_file, outputs, output_options, out_dir)
+        if previous is not None:
+            # Same workflow results and output options: the derivatives on disk are what
+            # this run would write. Rewriting them (gzip of a 4D image) is the slowest step
+            # of a resumed run, so only the provenance record is updated.
+            previous["Pydra"].update(computed=sorted(after - before), reused_from_cache=True)
+            previous["LastConfirmed"] = now()
+            deriv.write_json(provenance_file, previous)
+            seconds = time.perf_counter() - clock
+            _progress(f"{tag}: outputs up to date, kept as they are ({seconds:.1f} s)")
+            report = _report_path(run, settings, out_dir, res)
+            return RunResult(
+                name=run.name,
+                subject=run.subject,
+                ok=True,
+                bold_file=str(run.bold_file),
+                outputs={k: out_dir / v for k, v in previous["Outputs"].items()},
+                summary=previous["Summary"],
+                seconds=seconds,
+                report=str(report) if report.exists() else None,
+            )
+        _progress(f"{tag}: writing derivatives")
         written: set[Path] = set()
         result_files = _write_outputs(
             run,
@@ -390,9 +415,6 @@ def process_run(
         if report is not None:
             written.add(Path(report))
         step_seconds["report"], mark = time.perf_counter() - mark, time.perf_counter()
-        provenance_file = deriv.subject_dir(out_dir, run.entities) / deriv.derivative_name(
-            run.bold_file, settings.desc, "provenance", ".json", res
-        )
         written.add(provenance_file)
         removed = _remove_stale(run, settings.desc, out_dir, res, written)
         for path in removed:
@@ -460,6 +482,7 @@ def process_run(
                 "reused_from_cache": not (after - before),
             },
             "Outputs": {k: str(Path(v).relative_to(out_dir)) for k, v in result_files.items()},
+            "OutputOptions": output_options,
             "Summary": summary,
             "Warnings": warnings_seen,
         }
@@ -714,6 +737,50 @@ def _write_outputs(
     return files
 
 
+def _report_path(run, settings, out_dir, res) -> Path:
+    folder = Path(out_dir) / f"sub-{run.subject}" / "figures"
+    return folder / deriv.derivative_name(run.bold_file, settings.desc, "report", ".html", res)
+
+
+def _output_options(settings: Settings) -> dict:
+    """What the derivatives depend on beyond the workflow's results."""
+    from .. import __version__
+
+    return _jsonable(
+        {
+            "masker_wf_version": __version__,
+            "desc": settings.desc,
+            "save_signals": settings.save_signals,
+            "reports": settings.reports,
+            "dataset_links": {k: str(v) for k, v in settings.dataset_links.items()},
+        }
+    )
+
+
+def _up_to_date_record(provenance_file: Path, outputs, output_options, out_dir):
+    """The run's previous provenance record if its outputs are what this run would write.
+
+    That is: the previous run succeeded with the same Pydra results (the workflow's
+    output directories are named by the hash of every input and parameter), the same
+    output options, and all its outputs are still there.
+    """
+    try:
+        record = json.loads(Path(provenance_file).read_text())
+    except (OSError, ValueError):
+        return None
+    same_results = record.get("Pydra", {}).get("output_dirs") == sorted(
+        {Path(p).parent.name for p in outputs.values() if p is not None}
+    )
+    if not (
+        record.get("Status") == "ok"
+        and same_results
+        and record.get("OutputOptions") == output_options
+        and all((Path(out_dir) / path).is_file() for path in record.get("Outputs", {}).values())
+    ):
+        return None
+    return record
+
+
 def _summarise(run, settings, out_dir, outputs, selection, params, t_r, n_volumes, notes, res):
     import nibabel as nib
 
@@ -760,10 +827,7 @@ def _summarise(run, settings, out_dir, outputs, selection, params, t_r, n_volume
             summary=extra,
             warnings=notes,
         )
-        folder = Path(out_dir) / f"sub-{run.subject}" / "figures"
-        report_path = folder / deriv.derivative_name(
-            run.bold_file, settings.desc, "report", ".html", res
-        )
+        report_path = _report_path(run, settings, out_dir, res)
         report.save_as_html(report_path)
         report_path = str(report_path)
     return summary, report_path
