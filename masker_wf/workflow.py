@@ -12,11 +12,11 @@ no mask computation; no target grid, no mask resampling. The BOLD itself is
 resampled and smoothed *inside* ``clean_signals``, exactly as
 ``NiftiMasker.transform`` does it (resampling onto the mask's bounding box,
 smoothing only the mask's bounding box plus the kernel radius). With
-``smooth_as_task=True`` a separate ``smooth`` node (preceded by a
-``resample_bold`` node when a target grid is given) writes the smoothed 4D
-image; it then costs a write and a Pydra hash of the full image (1.3 GB for a
-2 mm MNI run of 300 volumes: several seconds), so it is only worth it when that
-image is wanted.
+``smooth_as_task=True`` a separate ``smooth`` node writes the smoothed 4D
+image (not with a target grid or high-variance confounds, where only the
+in-task smoothing gives NiftiMasker's numbers); it then costs a write and a
+Pydra hash of the full image (1.3 GB for a 2 mm MNI run of 300 volumes:
+several seconds), so it is only worth it when that image is wanted.
 
 Caching: each node's cache key is the hash of its inputs, file *contents*
 included, so changing a cleaning parameter (``low_pass``...) re-runs
@@ -27,7 +27,7 @@ keeps it in ``<cache_root>/hashes`` so that re-runs do not re-read the BOLD.
 Disk use: the cache root holds, per run, the mask, the signals
 (``n_kept_volumes * n_voxels * 4`` bytes), the cleaned BOLD (uncompressed,
 ``n_kept_volumes`` volumes of the mask's grid, float32) and, with
-``smooth_as_task``, the smoothed (and resampled) BOLD. The workflow's own
+``smooth_as_task``, the smoothed BOLD. The workflow's own
 ``workflow-*`` directory hard-links the outputs, so they are not stored twice.
 For the realistic benchmark run (97 x 115 x 97 voxels, 270 kept volumes,
 235 398 mask voxels) that is 1.4 GB per run: 1.17 GB of cleaned BOLD, 0.25 GB
@@ -156,7 +156,8 @@ def _masker_workflow(
         ".nii" (default, fastest) or ".nii.gz" for the image outputs.
     smooth_as_task : bool
         Smooth in a separate ``Smooth`` task (writes the smoothed 4D image)
-        instead of inside ``CleanSignals``.
+        instead of inside ``CleanSignals``; not with ``high_variance_confounds`` or a
+        target grid, where it could not give NiftiMasker's numbers.
 
     Returns
     -------
@@ -170,6 +171,20 @@ def _masker_workflow(
         Report data gathered while cleaning (see :func:`masker_wf._io.save_qc`).
     """
     resampling = target_affine is not None or target_shape is not None
+    if smoothing_fwhm is not None and smooth_as_task:
+        # Only then is a separate Smooth task exactly NiftiMasker's smoothing.
+        if high_variance_confounds:
+            raise ValueError(
+                "smooth_as_task=True cannot be combined with high_variance_confounds=True: "
+                "NiftiMasker computes them on the unsmoothed BOLD, which CleanSignals would "
+                "no longer see."
+            )
+        if resampling:
+            raise ValueError(
+                "smooth_as_task=True cannot be combined with target_affine/target_shape: "
+                "NiftiMasker smooths after resampling onto the mask's bounding box, which a "
+                "separate Smooth task cannot reproduce. Resample the BOLD beforehand instead."
+            )
 
     if mask_file is None:
         mask = workflow.add(
@@ -205,19 +220,6 @@ def _masker_workflow(
     bold = bold_file
     fwhm_in_clean, grid_in_clean = smoothing_fwhm, (target_affine, target_shape)
     if smoothing_fwhm is not None and smooth_as_task:
-        # The smoothed image is wanted as a file: resampling must come before it.
-        if resampling:
-            bold = workflow.add(
-                Resample(
-                    in_file=bold,
-                    target_affine=target_affine,
-                    target_shape=target_shape,
-                    dtype=dtype,
-                    out_suffix=out_suffix,
-                ),
-                name="resample_bold",
-            ).out_file
-            grid_in_clean = (None, None)
         bold = workflow.add(
             Smooth(in_file=bold, fwhm=smoothing_fwhm, out_suffix=out_suffix), name="smooth"
         ).out_file
