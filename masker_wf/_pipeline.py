@@ -315,8 +315,7 @@ def check_confounds(confounds, n_volumes: int) -> None:
     """Check the number of rows and finiteness of confounds before any heavy work."""
     for index, item in enumerate(_confound_items(confounds)):
         name = "confounds" if not isinstance(confounds, (list, tuple)) else f"confounds[{index}]"
-        if isinstance(item, (str, os.PathLike)):
-            name += f" ({os.fspath(item)!r})"
+        # load_confounds_array names a confounds file itself.
         array = signal.load_confounds_array(item, n_volumes, name=name)
         array = np.asarray(array)
         if array.shape[0] != n_volumes:

@@ -65,12 +65,14 @@ or, with Pydra's own API::
 """
 
 import os
+import re
 import typing as ty
 from pathlib import Path
 
 import numpy as np
 from pydra.compose import workflow
 
+from ._steps import StepError
 from .tasks import (
     CleanSignals,
     ComputeMask,
@@ -283,6 +285,22 @@ def _existing_file(name: str, path) -> Path:
     return path
 
 
+_STEP_ERROR = re.compile(
+    r"StepError: masker step '(?P<step>[^']*)' failed on input file "
+    r"'(?P<file>[^']*)': (?P<reason>.*?)(?:\n\n|\Z)",
+    re.S,
+)
+
+
+def _step_error_in(text: str) -> StepError | None:
+    """The last StepError quoted in a Pydra error message, rebuilt."""
+    matches = list(_STEP_ERROR.finditer(text))
+    if not matches:
+        return None
+    found = matches[-1]
+    return StepError(found["step"], found["file"], found["reason"].strip())
+
+
 def run_masker_workflow(
     bold_file,
     *,
@@ -345,8 +363,18 @@ def run_masker_workflow(
 
     task = MaskerWorkflow(bold_file=bold_file, **params)
     worker_kwargs = {"n_procs": n_procs} if (worker == "cf" and n_procs) else {}
-    with Submitter(cache_root=cache_root, worker=worker, **worker_kwargs) as submitter:
-        result = submitter(task, raise_errors=True)
+    try:
+        with Submitter(cache_root=cache_root, worker=worker, **worker_kwargs) as submitter:
+            result = submitter(task, raise_errors=True)
+    except StepError:
+        raise
+    except Exception as exc:
+        # Process-pool workers report a failed task as text: give the caller the same
+        # StepError (step, file, reason) as the in-process worker does.
+        step_error = _step_error_in(str(exc))
+        if step_error is None:
+            raise
+        raise step_error from exc
     if result.errored:
         raise RuntimeError(f"MaskerWorkflow failed; see {result.cache_dir}.")
     outputs = result.outputs
