@@ -150,6 +150,18 @@ def test_task_command_line_drops_slurm_options_and_labels():
     ]  # fmt: skip
 
 
+def test_command_hash_ignores_option_order_and_resource_options(tmp_path):
+    from masker_wf.cli.slurm import command_hash
+
+    base = [str(tmp_path / "bids"), "out", "participant", "--smoothing-fwhm", "6", "-w", "w"]
+    reordered = ["-w", "w2", str(tmp_path / "bids"), "out", "participant"]
+    reordered += ["--nprocs", "2", "--smoothing-fwhm", "6.0", "-v"]
+    assert command_hash(base, cwd=tmp_path) == command_hash(reordered, cwd=tmp_path)
+    # What is computed, or where it is written, is new work.
+    assert command_hash(base, cwd=tmp_path) != command_hash([*base, "--detrend"], cwd=tmp_path)
+    assert command_hash(base, cwd=tmp_path) != command_hash(base, cwd=tmp_path / "elsewhere")
+
+
 def test_parser_has_the_slurm_options():
     from masker_wf.cli.parser import build_parser
 

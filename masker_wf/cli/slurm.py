@@ -201,8 +201,31 @@ def app_argv(argv):
     return kept
 
 
+#: App options that change neither what is computed nor what is written.
+_OPTIONS_NOT_IN_HASH = frozenset(
+    {
+        "participant_label",
+        "nprocs",
+        "verbose",
+        "work_dir",
+        "bids_database_dir",
+        "config_file",
+        "slurm",
+        "sbatch_args",
+        "array_throttle",
+        "wait",
+        "slurm_worker",
+        "slurm_partition",
+    }
+)
+
+
 def command_hash(argv, cwd=None, config_file=None):
     """Short hash identifying what an App command line computes.
+
+    The command line is parsed, so that the order of the options, spellings of the
+    same value, and options that only affect resources or logging (``--nprocs``,
+    ``-w``, ``-v``...) do not count as new work. Relative paths are resolved.
 
     Parameters
     ----------
@@ -218,11 +241,30 @@ def command_hash(argv, cwd=None, config_file=None):
     str
         16 hexadecimal digits.
     """
-    cwd = os.getcwd() if cwd is None else str(cwd)
+    cwd = Path(os.getcwd() if cwd is None else cwd)
     config = ""
     if config_file is not None and Path(config_file).is_file():
         config = hashlib.sha256(Path(config_file).read_bytes()).hexdigest()
-    payload = json.dumps({"argv": list(argv), "cwd": cwd, "config": config})
+    try:
+        parsed = vars(_app_parser().parse_args(list(argv)))
+    except SystemExit:  # not parseable here: fall back to the literal command line
+        parsed = {"argv": list(argv)}
+
+    def canonical(value):
+        if isinstance(value, Path):
+            return str(value if value.is_absolute() else (cwd / value).resolve())
+        if isinstance(value, dict):
+            return {str(k): canonical(v) for k, v in sorted(value.items())}
+        if isinstance(value, (list, tuple)):
+            return [canonical(v) for v in value]
+        return value
+
+    options = {
+        key: canonical(value)
+        for key, value in sorted(parsed.items())
+        if key not in _OPTIONS_NOT_IN_HASH and not key.startswith("_")
+    }
+    payload = json.dumps({"options": options, "config": config}, default=str, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 

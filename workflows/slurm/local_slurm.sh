@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A one-node SLURM cluster on this machine, for trying `masker-wf --slurm` without a cluster.
 #
-#   workflows/slurm/local_slurm.sh start    # ~1 s; prints the two variables clients need
+#   workflows/slurm/local_slurm.sh start    # ~1 s; prints the export line clients need (SLURM_CONF)
 #   workflows/slurm/local_slurm.sh status
 #   workflows/slurm/local_slurm.sh stop     # ends the three daemons it started, by PID
 #
