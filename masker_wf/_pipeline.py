@@ -492,15 +492,33 @@ def _tsnr(mean, std) -> np.ndarray:
 
 
 def _kept_volumes(sample_mask, n_volumes, runs):
+    """Indices (over all volumes) of the volumes kept, or None when all are kept.
+
+    With ``runs``, ``sample_mask`` may hold one mask per run, with indices local to
+    the run; runs are taken in the order of their sorted labels, as ``clean`` does.
+    """
+
+    def as_indices(mask):
+        array = np.asarray(mask)
+        return np.flatnonzero(array) if array.dtype == bool else array.astype(np.int64)
+
     sample_mask = normalize_sample_mask(sample_mask)
-    if sample_mask is None or runs is not None:
+    if sample_mask is None:
         return None
-    if isinstance(sample_mask, (list, tuple)) and len(sample_mask) == 1:
-        sample_mask = sample_mask[0]
-    array = np.asarray(sample_mask)
-    if array.dtype == bool:
-        return np.flatnonzero(array)
-    return array.astype(np.int64)
+    per_run = isinstance(sample_mask, (list, tuple))
+    if runs is None or not per_run:
+        if per_run:
+            if len(sample_mask) != 1:
+                return None
+            sample_mask = sample_mask[0]
+        return as_indices(sample_mask)
+    runs = np.asarray(runs)
+    rows = [np.flatnonzero(runs == label) for label in np.unique(runs)]
+    if len(rows) != len(sample_mask):
+        return None
+    return np.concatenate(
+        [run_rows[as_indices(mask)] for run_rows, mask in zip(rows, sample_mask, strict=True)]
+    )
 
 
 def file_stamps(imgs) -> list:
@@ -794,7 +812,8 @@ def filter_and_extract(
         # (non-steady state, motion spikes) would otherwise make the gain look larger.
         mean_before, std_before = _column_stats(signals, rows=kept)
         report["signals_before"] = signals[:, voxels].copy()
-        report["tsnr_before"] = _tsnr(mean_before, std_before)
+        # A single volume has no temporal SNR.
+        report["tsnr_before"] = _tsnr(mean_before, std_before) if n_volumes > 1 else None
         report["kept_volumes"] = kept
 
     log("Cleaning extracted signals", verbose, log_name)
@@ -819,5 +838,5 @@ def filter_and_extract(
         report["signals_after"] = cleaned[:, voxels].copy()
         report["standardized"] = bool(standardize)
         # Mean of the input over the noise left after cleaning (before any standardization).
-        report["tsnr_after"] = _tsnr(mean_before, noise_std)
+        report["tsnr_after"] = _tsnr(mean_before, noise_std) if n_volumes > 1 else None
     return cleaned

@@ -274,3 +274,15 @@ def test_methods_paragraph_names_the_filter_that_ran():
     )
     assert "Butterworth band-pass filtering (0.01-0.08 Hz)" in band
     assert "cubic splines" in band
+
+
+def test_report_tsnr_uses_the_kept_volumes_of_each_run(ds003_path):
+    """Per-run sample masks (indices local to each run) select the volumes of the tSNR."""
+    from masker_wf import NiftiMasker, masking
+
+    masker = NiftiMasker(runs=np.repeat([0, 1], 10), detrend=True).fit(ds003_path)
+    masker.transform(ds003_path, sample_mask=[np.r_[0:8], np.r_[1:10]])
+    raw = masking.apply_mask(ds003_path, masker.mask_img_)
+    kept = np.r_[0:8, 11:20]
+    html = masker.generate_report().get_html()
+    assert f"{float(np.median(temporal_snr(raw[kept]))):.6g}" in html

@@ -814,7 +814,17 @@ def _summarise(run, settings, out_dir, outputs, selection, params, t_r, n_volume
             title=run.name,
             mask=mask,
             mean_data=qc["mean_planes"] or mask.astype(np.float32),
-            parameters=_jsonable({k: v for k, v in params.items() if k != "sample_mask"}),
+            parameters=_jsonable(
+                {
+                    **{k: v for k, v in params.items() if k != "sample_mask"},
+                    # The source table, not the work-directory copy of the selected columns.
+                    **(
+                        {"confounds_file": run.confounds_file}
+                        if "confounds_file" in params
+                        else {}
+                    ),
+                }
+            ),
             signals_before=qc.get("signals_before"),
             signals_after=qc.get("signals_after"),
             t_r=t_r,
