@@ -21,6 +21,7 @@ single implementation to test against nilearn.
 from __future__ import annotations
 
 import glob
+import inspect
 import numbers
 import os
 import warnings
@@ -124,6 +125,30 @@ def mask_strategy_function(mask_strategy: str):
     return functions[mask_strategy]
 
 
+def check_mask_args(mask_strategy: str, mask_args) -> None:
+    """Refuse ``mask_args`` keys that the strategy's mask function does not take.
+
+    Raises
+    ------
+    TypeError
+        Naming ``mask_args``, the unknown keys and the accepted ones.
+    """
+    if not mask_args:
+        return
+    target = {
+        "background": masking.compute_background_mask,
+        "epi": masking.compute_epi_mask,
+    }.get(mask_strategy, masking.compute_brain_mask)
+    fixed = {"imgs", "data_imgs", "epi_img", "target_img", "verbose", "memory", "mask_type"}
+    accepted = sorted(set(inspect.signature(target).parameters) - fixed)
+    unknown = sorted(set(mask_args) - set(accepted))
+    if unknown:
+        raise TypeError(
+            f"mask_args: {unknown} are not options of the {mask_strategy!r} mask strategy "
+            f"({target.__name__}); its options are {accepted}."
+        )
+
+
 def mask_input(imgs):
     """Images for mask computation: a list holding 4D images is concatenated along time.
 
@@ -191,6 +216,7 @@ def compute_mask_img(
         mask_args = {}
     if not isinstance(mask_args, Mapping):
         raise TypeError(f"mask_args must be a dict, got {type(mask_args).__name__}.")
+    check_mask_args(mask_strategy, mask_args)
     verbose = max(0, int(verbose) - 1)
     mask_img = _cached(compute, memory)(mask_input(imgs), verbose=verbose, **mask_args)
     return prepare_mask_img(mask_img, target_affine, target_shape, memory=memory)

@@ -270,8 +270,7 @@ class NiftiMasker(
         if not self.__sklearn_is_fitted__():
             raise NotFittedError(
                 f"This {type(self).__name__} instance is not fitted yet. Call 'fit' with "
-                "appropriate arguments before using this estimator (you must call fit() "
-                "before calling transform())."
+                "appropriate arguments before using this estimator."
             )
 
     # ------------------------------------------------------------------ helpers
@@ -358,6 +357,7 @@ class NiftiMasker(
             self._log("Computing the mask", "fit")
             compute = _pipeline.mask_strategy_function(self.mask_strategy)
             mask_args = self.mask_args if self.mask_args is not None else {}
+            _pipeline.check_mask_args(self.mask_strategy, mask_args)
             mask_img = self._cache(compute)(
                 _pipeline.mask_input(imgs), verbose=max(0, int(self.verbose) - 1), **mask_args
             )

@@ -666,3 +666,11 @@ def test_error_target_fov_without_data(synthetic_bold):
     far[:3, 3] = 1e4
     with pytest.raises(ValueError, match="field of view"):
         NiftiMasker(mask_img=mask, target_affine=far).fit_transform(bold)
+
+
+@pytest.mark.parametrize("strategy", ["background", "epi", "whole-brain-template"])
+def test_unknown_mask_args_are_named(synthetic_bold, strategy):
+    bold, _ = synthetic_bold
+    # nilearn raises a bare TypeError from the mask function; ours names mask_args.
+    with pytest.raises(TypeError, match=r"mask_args: \['bogus'\].*options are"):
+        NiftiMasker(mask_strategy=strategy, mask_args={"bogus": 1}).fit(bold)
