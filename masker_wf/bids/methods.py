@@ -105,7 +105,8 @@ def subject_methods(records: Sequence[Mapping], versions: Mapping) -> str:
     if any(censored):
         listed = ""
         if _same(censored):
-            count = f"{censored[0]} volumes per run" if n > 1 else f"{censored[0]} volumes"
+            volumes = "volume" if censored[0] == 1 else "volumes"
+            count = f"{censored[0]} {volumes}" + (" per run" if n > 1 else "")
         else:
             listed = ", ".join(
                 f"{c} in {label}" for c, label in zip(censored, labels, strict=True)
@@ -135,7 +136,10 @@ def subject_methods(records: Sequence[Mapping], versions: Mapping) -> str:
                 for label, c in zip(labels, columns, strict=True)
             )
             confounds = f"regression of confounds that differ between runs{described} ({per_run})"
-        confounds += ", projected out orthogonally to the filtered data"
+        # Filtered confounds are projected out of the filtered data (nilearn's order).
+        confounds += (
+            ", projected out orthogonally to the filtered data" if filtering else ", regressed out"
+        )
 
     steps = []
     detrend = "linear detrending" if first.get("detrend") else None

@@ -229,13 +229,18 @@ def methods_paragraph(parameters: Mapping, versions: Mapping) -> str:
         described = f" ({strategy} strategy)" if strategy else ""
         steps.append(
             f"regression of {len(confounds)} confounds{described}: {', '.join(confounds)}, "
-            "projected out orthogonally to the filtered data"
+            + (
+                "projected out orthogonally to the filtered data"
+                if butterworth or filter_type == "cosine"
+                else "regressed out"
+            )
         )
     if p.get("n_volumes_censored"):
         # Censored volumes are only interpolated when a Butterworth filter runs.
         how = "interpolated by cubic splines before filtering, then removed"
+        n_censored = p["n_volumes_censored"]
         steps.append(
-            f"censoring of {p['n_volumes_censored']} volumes"
+            f"censoring of {n_censored} volume{'s' if n_censored != 1 else ''}"
             + (f" ({how})" if butterworth else " (removed before confound regression)")
         )
     standardize = p.get("standardize")
