@@ -576,55 +576,22 @@ def cached_filter_and_extract(
     mask_img,
     *,
     stamps=(),
-    smoothing_fwhm=None,
-    target_affine=None,
-    target_shape=None,
-    dtype=None,
-    high_variance_confounds=False,
-    confounds=None,
-    sample_mask=None,
-    runs=None,
-    detrend=False,
-    standardize=False,
-    standardize_confounds=True,
-    low_pass=None,
-    high_pass=None,
-    t_r=None,
-    clean_kwargs=None,
     verbose=0,
     log_name="filter_and_extract",
     with_report=False,
+    **params,
 ):
     """:func:`filter_and_extract` with the input files' stamps in the cache key.
 
-    The explicit signature lets ``joblib.Memory`` hash (and ignore) arguments
-    by name; ``stamps`` (see :func:`file_stamps`) is only part of the key. With
-    ``with_report``, returns ``(signals, report)`` so that the report data are
-    cached too.
+    ``verbose`` and ``log_name`` are named so that ``joblib.Memory`` can leave them
+    out of the key; ``stamps`` (see :func:`file_stamps`) is only part of the key;
+    ``params`` are :func:`filter_and_extract`'s. With ``with_report``, returns
+    ``(signals, report)`` so that the report data are cached too.
     """
     del stamps
     report = {} if with_report else None
     signals = filter_and_extract(
-        imgs,
-        mask_img,
-        smoothing_fwhm=smoothing_fwhm,
-        target_affine=target_affine,
-        target_shape=target_shape,
-        dtype=dtype,
-        high_variance_confounds=high_variance_confounds,
-        confounds=confounds,
-        sample_mask=sample_mask,
-        runs=runs,
-        detrend=detrend,
-        standardize=standardize,
-        standardize_confounds=standardize_confounds,
-        low_pass=low_pass,
-        high_pass=high_pass,
-        t_r=t_r,
-        clean_kwargs=clean_kwargs,
-        verbose=verbose,
-        log_name=log_name,
-        report=report,
+        imgs, mask_img, verbose=verbose, log_name=log_name, report=report, **params
     )
     return (signals, report) if with_report else signals
 

@@ -220,7 +220,7 @@ def _masker_workflow(
     # image. A separate Resample node could not reproduce those semantics and
     # would write (and hash) a full 4D intermediate.
     bold = bold_file
-    fwhm_in_clean, grid_in_clean = smoothing_fwhm, (target_affine, target_shape)
+    fwhm_in_clean = smoothing_fwhm
     if smoothing_fwhm is not None and smooth_as_task:
         bold = workflow.add(
             Smooth(in_file=bold, fwhm=smoothing_fwhm, out_suffix=out_suffix), name="smooth"
@@ -234,8 +234,8 @@ def _masker_workflow(
             confounds_file=confounds_file,
             sample_mask=sample_mask,
             smoothing_fwhm=fwhm_in_clean,
-            target_affine=grid_in_clean[0],
-            target_shape=grid_in_clean[1],
+            target_affine=target_affine,
+            target_shape=target_shape,
             high_variance_confounds=high_variance_confounds,
             detrend=detrend,
             standardize=standardize,
