@@ -1,11 +1,12 @@
 """Exception and warning classes shared by the core ops."""
 
 
-class DimensionError(TypeError):
+class DimensionError(TypeError, ValueError):
     """An image does not have the dimensionality an operation needs.
 
-    Subclasses ``TypeError``, as nilearn's does, so that code catching
-    nilearn's error keeps working.
+    A ``TypeError``, as nilearn's ``DimensionError`` (raised by its maskers), and a
+    ``ValueError``, as nilearn's mask functions raise for such images: code catching
+    either keeps working, and every face raises this one class.
     """
 
     def __init__(self, file_dimension, required_dimension, name=None):
@@ -19,7 +20,19 @@ class DimensionError(TypeError):
         )
 
 
-class AllVolumesRemovedError(ValueError):
+class SampleMaskError(ValueError, IndexError):
+    """An invalid ``sample_mask``.
+
+    A ``ValueError`` that is also an ``IndexError``, which is what nilearn raises for
+    out-of-range indices.
+    """
+
+
+class SampleMaskTypeError(SampleMaskError, TypeError):
+    """A ``sample_mask`` that is neither integer indices nor booleans (also a TypeError)."""
+
+
+class AllVolumesRemovedError(SampleMaskError):
     """Scrubbing (``sample_mask``) removed every volume of a run."""
 
     def __init__(self, message=None):

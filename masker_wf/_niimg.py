@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import glob
 import os
+import warnings
 import zlib
 from collections.abc import Iterable
-from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -143,14 +143,34 @@ def new_img_like(ref_img, data, affine=None, copy_header=False):
     return img
 
 
-def _concat_along_time(imgs: list, name: str):
+def concat_along_time(imgs, name="imgs", dtype=None):
+    """Stack images that share one grid along a fourth (time) axis.
+
+    The one implementation behind list inputs of :func:`check_niimg` and
+    :func:`masker_wf.image.concat_imgs`.
+
+    Parameters
+    ----------
+    imgs : sequence of nibabel images
+        3D images (one volume each) and/or 4D images, all on the first one's grid.
+    name : str, default="imgs"
+        Argument name used in error messages.
+    dtype : numpy dtype, optional
+        Output dtype; by default the common dtype of the inputs (as ``np.concatenate``).
+
+    Returns
+    -------
+    nibabel.Nifti1Image
+        4D image with Fortran-ordered data (as nilearn) and the first image's header.
+
+    Raises
+    ------
+    ValueError
+        An image has another shape or affine than the first one.
+    """
     first = imgs[0]
     first_shape = first.shape
     affine = first.affine
-    # A list of 4D images is 5D data for nilearn: refuse it the same way.
-    if any(len(img.shape) > 4 or (len(img.shape) == 4 and img.shape[3] > 1) for img in imgs):
-        raise DimensionError(5, 4, name)
-    arrays = []
     for index, img in enumerate(imgs):
         if img.shape[:3] != first_shape[:3]:
             raise ValueError(
@@ -162,10 +182,26 @@ def _concat_along_time(imgs: list, name: str):
                 f"{name}: image {index} {describe(img)} has a different affine from the first "
                 f"image:\n{img.affine}\n!=\n{affine}"
             )
-        data = get_data(img)
-        arrays.append(data if data.ndim == 4 else data[..., np.newaxis])
-    data = np.concatenate(arrays, axis=3)
+    lengths = [img.shape[3] if len(img.shape) == 4 else 1 for img in imgs]
+    blocks = None
+    if dtype is None:
+        # The scaled dtype is only known for sure once the data are read, so read them
+        # first; with a dtype given, each image is read once, while it is copied.
+        blocks = [get_data(img) for img in imgs]
+        dtype = np.result_type(*(block.dtype for block in blocks))
+    data = np.empty((*first_shape[:3], sum(lengths)), dtype=dtype, order="F")
+    start = 0
+    for index, (img, length) in enumerate(zip(imgs, lengths, strict=True)):
+        block = blocks[index] if blocks is not None else get_data(img)
+        data[..., start : start + length] = block if block.ndim == 4 else block[..., np.newaxis]
+        start += length
     return new_img_like(first, data, affine, copy_header=True)
+
+
+def _refuse_5d(imgs, name):
+    # A list of 4D images is 5D data for nilearn: refuse it the same way.
+    if any(len(img.shape) > 4 or (len(img.shape) == 4 and img.shape[3] > 1) for img in imgs):
+        raise DimensionError(5, 4, name)
 
 
 def check_niimg(niimg, ensure_ndim=None, atleast_4d=False, dtype=None, name="img"):
@@ -199,11 +235,16 @@ def check_niimg(niimg, ensure_ndim=None, atleast_4d=False, dtype=None, name="img
         for item in items:
             one = _load_one(item)
             loaded.extend(one if isinstance(one, list) else [one])
-        img = _concat_along_time(loaded, name)
+        _refuse_5d(loaded, name)
+        img = concat_along_time(loaded, name)
     else:
         img = _load_one(niimg)
         if isinstance(img, list):
-            img = _concat_along_time(img, name) if len(img) > 1 else img[0]
+            if len(img) > 1:
+                _refuse_5d(img, name)
+                img = concat_along_time(img, name)
+            else:
+                img = img[0]
 
     ndim = len(img.shape)
     if ndim == 0 or 0 in img.shape:
@@ -245,6 +286,124 @@ def voxel_sizes(affine) -> np.ndarray:
     return np.sqrt(np.sum(np.asarray(affine)[:3, :3] ** 2, axis=0))
 
 
-def as_path(path) -> Path:
-    """``pathlib.Path`` of a ``str``/``PathLike`` (home directory expanded)."""
-    return Path(os.path.expanduser(os.fspath(path)))
+# --------------------------------------------------------------------------------------
+# Masks: loading them and reading the data inside them. Here rather than in masking.py
+# because image.high_variance_confounds needs them and image.py must not import
+# masking.py (masking imports image).
+# --------------------------------------------------------------------------------------
+
+
+def load_mask_img(mask_img, allow_empty=False):
+    """Load a binary mask and check that it can be read as true/false.
+
+    Parameters
+    ----------
+    mask_img : Niimg-like object
+        3D image (or 4D with a single volume) holding 0 for background and
+        one other value for the mask. NaN/inf are read as 0 (with a warning).
+    allow_empty : bool, default=False
+        Accept a mask that is 0 everywhere.
+
+    Returns
+    -------
+    mask : numpy.ndarray of bool, shape (x, y, z)
+    affine : (4, 4) numpy.ndarray
+
+    Raises
+    ------
+    ValueError
+        Empty mask (unless ``allow_empty``), two values of which none is 0, or
+        more than two values.
+    masker_wf._exceptions.DimensionError
+        The image is not 3D.
+    """
+    img = check_niimg_3d(mask_img, name="mask_img")
+    data = get_data(img)
+    if data.dtype.kind in "fc":
+        finite = np.isfinite(data)
+        if not finite.all():
+            warnings.warn(
+                f"Non-finite values detected in mask_img {describe(mask_img)}. These values "
+                "will be replaced with zeros.",
+                stacklevel=2,
+            )
+            data = np.where(finite, data, 0)
+    values = np.unique(data)
+    if len(values) == 1:
+        if values[0] == 0 and not allow_empty:
+            raise ValueError(
+                "The mask is invalid as it is empty: it masks all data. "
+                f"mask_img {describe(mask_img)} is 0 in every voxel."
+            )
+    elif len(values) == 2:
+        if 0 not in values:
+            raise ValueError(
+                "Background of the mask must be represented with 0. "
+                f"Given mask contains: {values}. (mask_img {describe(mask_img)})"
+            )
+    else:
+        shown = values if len(values) <= 10 else f"{values[:10]} ... ({len(values)} values)"
+        raise ValueError(
+            f"Given mask is not made of 2 values: {shown}. Cannot interpret as true or false. "
+            f"(mask_img {describe(mask_img)}; binarize it, e.g. with data > 0)"
+        )
+    return data.astype(bool), img.affine
+
+
+def load_img_and_mask(imgs, mask_img):
+    """Load ``imgs`` and a binary mask, and check that they share one grid.
+
+    Parameters
+    ----------
+    imgs : Niimg-like object
+        3D or 4D image(s).
+    mask_img : Niimg-like object
+        Binary 3D mask (see :func:`load_mask_img`).
+
+    Returns
+    -------
+    img : nibabel.Nifti1Image
+    mask : numpy.ndarray of bool, shape (x, y, z)
+
+    Raises
+    ------
+    ValueError
+        Invalid mask, or mask and image grids differ.
+    """
+    mask, mask_affine = load_mask_img(mask_img)
+    img = check_niimg(imgs, name="imgs")
+    if not np.allclose(mask_affine, img.affine):
+        raise ValueError(
+            f"Mask affine:\n{mask_affine}\n is different from img affine:\n{img.affine}\n"
+            f"(mask_img {describe(mask_img)}, imgs {describe(imgs)}; resample one onto the "
+            "other first)"
+        )
+    if mask.shape != img.shape[:3]:
+        raise ValueError(
+            f"Mask shape: {mask.shape} is different from img shape:{img.shape[:3]} "
+            f"(mask_img {describe(mask_img)}, imgs {describe(imgs)})"
+        )
+    return img, mask
+
+
+def masked_dtype(dtype, data_dtype) -> np.dtype:
+    """Output dtype of masked data: ``"f"`` keeps floats and turns integers into float32."""
+    if isinstance(dtype, str) and dtype == "f":
+        data_dtype = np.dtype(data_dtype)
+        return data_dtype if data_dtype.kind == "f" else np.dtype(np.float32)
+    return np.dtype(dtype)
+
+
+def masked_values(data, mask, dtype, ensure_finite):
+    """``data[mask].T`` in ``dtype`` ((t, n_voxels), or (n_voxels,) for 3D), no 4D copy."""
+    if data.ndim == 3:
+        values = data[mask]
+    else:
+        values = data[mask].T
+    values = values.astype(dtype, copy=False)
+    if ensure_finite and values.dtype.kind in "fc":
+        bad = ~np.isfinite(values)
+        if bad.any():
+            values = values.copy() if np.shares_memory(values, data) else values
+            values[bad] = 0
+    return values

@@ -21,15 +21,12 @@ single implementation to test against nilearn.
 from __future__ import annotations
 
 import glob
-import inspect
-import numbers
 import os
 import warnings
-from collections.abc import Mapping
 
 import numpy as np
 
-from . import image, masking, signal
+from . import _spec, _validation, image, masking, signal
 from ._exceptions import DimensionError
 from ._niimg import (
     check_niimg,
@@ -43,28 +40,14 @@ from ._niimg import (
 
 __all__ = ["compute_mask_img", "filter_and_extract", "prepare_mask_img", "resolve_dtype"]
 
-MASK_STRATEGIES = (
-    "background",
-    "epi",
-    "whole-brain-template",
-    "gm-template",
-    "wm-template",
-)
-STANDARDIZE_VALUES = ("zscore_sample", "zscore", "psc", True, False, None)
+MASK_STRATEGIES = _spec.MASK_STRATEGIES
+STANDARDIZE_VALUES = _spec.STANDARDIZE_VALUES
 
 # Voxels per chunk when reducing (n_volumes, n_voxels) arrays column-wise for the report
 # statistics: a chunk of a few MB stays in cache.
 _COLUMN_CHUNK = 2048
 # Number of voxels kept for the carpet plots of the report.
 _REPORT_VOXELS = 2000
-
-
-class SampleMaskError(ValueError, IndexError):
-    """Invalid ``sample_mask``.
-
-    A ``ValueError`` (the project's convention) that is also an
-    ``IndexError``, which is what nilearn raises for out-of-range indices.
-    """
 
 
 def log(message: str, verbose, name: str = "filter_and_extract") -> None:
@@ -103,13 +86,7 @@ def mask_strategy_function(mask_strategy: str):
     callable
         ``f(imgs, verbose=0, **mask_args) -> Nifti1Image``.
     """
-    if mask_strategy == "template":
-        warnings.warn(
-            "mask_strategy='template' is deprecated: use 'whole-brain-template' instead.",
-            DeprecationWarning,
-            stacklevel=3,
-        )
-        mask_strategy = "whole-brain-template"
+    mask_strategy = _validation.check_mask_strategy(mask_strategy, stacklevel=4)
     functions = {
         "background": getattr(masking, "compute_background_mask", None),
         "epi": getattr(masking, "compute_epi_mask", None),
@@ -117,36 +94,10 @@ def mask_strategy_function(mask_strategy: str):
         "gm-template": _compute_gm_mask,
         "wm-template": _compute_wm_mask,
     }
-    if not isinstance(mask_strategy, str) or mask_strategy not in functions:
-        raise ValueError(
-            f"Unknown value of mask_strategy {mask_strategy!r}. Acceptable values are "
-            "'background', 'epi', 'whole-brain-template', 'gm-template', and 'wm-template'."
-        )
     return functions[mask_strategy]
 
 
-def check_mask_args(mask_strategy: str, mask_args) -> None:
-    """Refuse ``mask_args`` keys that the strategy's mask function does not take.
-
-    Raises
-    ------
-    TypeError
-        Naming ``mask_args``, the unknown keys and the accepted ones.
-    """
-    if not mask_args:
-        return
-    target = {
-        "background": masking.compute_background_mask,
-        "epi": masking.compute_epi_mask,
-    }.get(mask_strategy, masking.compute_brain_mask)
-    fixed = {"imgs", "data_imgs", "epi_img", "target_img", "verbose", "memory", "mask_type"}
-    accepted = sorted(set(inspect.signature(target).parameters) - fixed)
-    unknown = sorted(set(mask_args) - set(accepted))
-    if unknown:
-        raise TypeError(
-            f"mask_args: {unknown} are not options of the {mask_strategy!r} mask strategy "
-            f"({target.__name__}); its options are {accepted}."
-        )
+check_mask_args = _validation.check_mask_args
 
 
 def mask_input(imgs):
@@ -212,11 +163,7 @@ def compute_mask_img(
             "Parameter 'imgs' must be provided to compute a mask (no mask was given in mask_img)."
         )
     compute = mask_strategy_function(mask_strategy)
-    if mask_args is None:
-        mask_args = {}
-    if not isinstance(mask_args, Mapping):
-        raise TypeError(f"mask_args must be a dict, got {type(mask_args).__name__}.")
-    check_mask_args(mask_strategy, mask_args)
+    mask_args = _validation.check_mask_args(mask_strategy, mask_args)
     verbose = max(0, int(verbose) - 1)
     mask_img = _cached(compute, memory)(mask_input(imgs), verbose=verbose, **mask_args)
     return prepare_mask_img(mask_img, target_affine, target_shape, memory=memory)
@@ -276,179 +223,14 @@ def resolve_dtype(source_dtype, dtype):
     if isinstance(dtype, str) and dtype == "auto":
         target = np.dtype(np.int32) if source_dtype.kind == "i" else np.dtype(np.float32)
     else:
-        try:
-            target = np.dtype(dtype)
-        except TypeError as exc:
-            raise TypeError(f"dtype: {dtype!r} is not a valid numpy dtype or 'auto'.") from exc
-        if target.kind not in "iuf":
-            raise TypeError(
-                f"dtype: {dtype!r} is not supported; use 'auto', None, or an integer or "
-                "floating-point dtype."
-            )
+        _validation.check_dtype(dtype)
+        target = np.dtype(dtype)
     return None if target == source_dtype else target
 
 
 # --------------------------------------------------------------------------- checks
 def _n_volumes(img) -> int:
     return 1 if len(img.shape) == 3 else int(img.shape[3])
-
-
-def check_filter_parameters(low_pass, high_pass, t_r, clean_kwargs) -> None:
-    """Fail early (before loading data) on filter settings ``clean`` would reject."""
-    filter_type = clean_kwargs.get("filter", "butterworth")
-    if filter_type not in ("butterworth", "cosine", False):
-        raise ValueError(
-            f"clean__filter: filter method {filter_type!r} not implemented; "
-            "use 'butterworth', 'cosine' or False."
-        )
-    for name, value in (("low_pass", low_pass), ("high_pass", high_pass), ("t_r", t_r)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Real)):
-            raise TypeError(f"{name} must be a number or None, got {value!r}.")
-    filtering = low_pass is not None or high_pass is not None
-    if filter_type == "butterworth" and filtering and t_r is None:
-        raise ValueError(
-            "Repetition time (t_r) must be specified for butterworth filtering "
-            f"(low_pass={low_pass}, high_pass={high_pass}); set t_r."
-        )
-    if filter_type == "cosine" and (t_r is None or high_pass is None):
-        raise ValueError(
-            "Repetition time (t_r) and low cutoff frequency (high_pass) must be specified "
-            "for cosine filtering (clean__filter='cosine')."
-        )
-
-
-def check_standardize(standardize) -> None:
-    """Reject unknown ``standardize`` values with a message naming the argument."""
-    if not any(
-        standardize is value or (isinstance(value, str) and standardize == value)
-        for value in STANDARDIZE_VALUES
-    ) and not isinstance(standardize, (bool, np.bool_)):
-        raise ValueError(
-            f"standardize: {standardize!r} is no valid standardize strategy; use one of "
-            "'zscore_sample', 'zscore', 'psc', True, False or None."
-        )
-
-
-def _confound_items(confounds):
-    if confounds is None:
-        return []
-    if isinstance(confounds, (list, tuple)):
-        return list(confounds)
-    return [confounds]
-
-
-def check_confounds(confounds, n_volumes: int) -> None:
-    """Check the number of rows and finiteness of confounds before any heavy work."""
-    for index, item in enumerate(_confound_items(confounds)):
-        name = "confounds" if not isinstance(confounds, (list, tuple)) else f"confounds[{index}]"
-        # load_confounds_array names a confounds file itself.
-        array = signal.load_confounds_array(item, n_volumes, name=name)
-        array = np.asarray(array)
-        if array.shape[0] != n_volumes:
-            raise ValueError(
-                f"{name} has {array.shape[0]} rows but the image has {n_volumes} volumes."
-            )
-        if not np.all(np.isfinite(array)):
-            rows = np.unique(np.nonzero(~np.isfinite(array.reshape(array.shape[0], -1)))[0])
-            raise ValueError(
-                f"{name} contains NaN or infinite values (rows {rows[:10].tolist()}); fill "
-                "them (e.g. the first row of fMRIPrep's derivative columns) before cleaning."
-            )
-
-
-def normalize_sample_mask(sample_mask):
-    """A flat list of indices or booleans becomes an array; other values pass through.
-
-    nilearn reads a list as one sample mask per run; a flat list of numbers is
-    unambiguous, so it is accepted as a single mask.
-    """
-    if (
-        isinstance(sample_mask, (list, tuple))
-        and len(sample_mask) > 0
-        and all(np.ndim(item) == 0 for item in sample_mask)
-    ):
-        return np.asarray(sample_mask)
-    return sample_mask
-
-
-def check_sample_mask(sample_mask, n_volumes: int, runs=None) -> None:
-    """Check ``sample_mask`` (range, duplicates, boolean length) before any heavy work.
-
-    Parameters
-    ----------
-    sample_mask : array, list of arrays or None
-        Volumes to keep: integer indices or booleans; with ``runs``, a list
-        with one mask per run (indices local to the run).
-    n_volumes : int
-        Number of volumes of the signal.
-    runs : array, optional
-        Run label of each volume.
-    """
-    if sample_mask is None:
-        return
-    sample_mask = normalize_sample_mask(sample_mask)
-    if isinstance(sample_mask, np.ndarray):
-        masks = [sample_mask]
-    elif isinstance(sample_mask, (list, tuple)):
-        masks = list(sample_mask)
-    else:
-        raise TypeError(
-            "sample_mask must be an array of indices or booleans (or a list with one per "
-            f"run), got {type(sample_mask).__name__}."
-        )
-    if runs is None:
-        lengths = [n_volumes]
-    else:
-        runs = np.asarray(runs)
-        if runs.shape[0] != n_volumes:
-            raise ValueError(
-                f"runs: the length of the run vector ({runs.shape[0]}) does not match the "
-                f"number of volumes ({n_volumes})."
-            )
-        lengths = [int(np.sum(runs == label)) for label in np.unique(runs)]
-    if len(masks) != len(lengths):
-        raise ValueError(
-            f"sample_mask: {len(masks)} sample mask(s) given for {len(lengths)} run(s); "
-            "give one sample mask per run."
-        )
-    for index, (mask, length) in enumerate(zip(masks, lengths, strict=True)):
-        name = "sample_mask" if len(masks) == 1 else f"sample_mask[{index}]"
-        _check_one_sample_mask(mask, length, name)
-
-
-def _check_one_sample_mask(mask, n_volumes: int, name: str) -> None:
-    array = np.asarray(mask)
-    if array.ndim != 1:
-        raise SampleMaskError(f"{name} must be 1D, got an array of shape {array.shape}.")
-    if array.dtype == bool:
-        if array.shape[0] != n_volumes:
-            raise SampleMaskError(
-                f"{name} is a boolean mask of length {array.shape[0]} but the signal has "
-                f"{n_volumes} volumes."
-            )
-        if not array.any():
-            raise SampleMaskError(f"{name} removes every volume.")
-        return
-    if array.size == 0:
-        raise SampleMaskError(f"{name} is empty: it removes every volume.")
-    if array.dtype.kind not in "iu":
-        if array.dtype.kind == "f" and np.all(np.mod(array, 1) == 0):
-            array = array.astype(np.int64)
-        else:
-            raise SampleMaskError(
-                f"{name} must hold integer indices or booleans, got dtype {array.dtype}."
-            )
-    if array.min() < 0 or array.max() >= n_volumes:
-        bad = array[(array < 0) | (array >= n_volumes)]
-        raise SampleMaskError(
-            f"{name} contains invalid index {bad[:10].tolist()}: the signal has {n_volumes} "
-            f"volumes (valid indices 0..{n_volumes - 1})."
-        )
-    if np.unique(array).size != array.size:
-        values, counts = np.unique(array, return_counts=True)
-        raise SampleMaskError(
-            f"{name} contains duplicated indices {values[counts > 1][:10].tolist()}."
-        )
 
 
 # --------------------------------------------------------------------------- extraction
@@ -517,33 +299,15 @@ def _tsnr(mean, std) -> np.ndarray:
     return out.astype(np.float32)
 
 
-def _kept_volumes(sample_mask, n_volumes, runs):
+def _kept_volumes(run_rows, masks):
     """Indices (over all volumes) of the volumes kept, or None when all are kept.
 
-    With ``runs``, ``sample_mask`` may hold one mask per run, with indices local to
-    the run; runs are taken in the order of their sorted labels, as ``clean`` does.
+    Runs come in the order of their sorted labels, as ``clean`` stacks them.
     """
-
-    def as_indices(mask):
-        array = np.asarray(mask)
-        return np.flatnonzero(array) if array.dtype == bool else array.astype(np.int64)
-
-    sample_mask = normalize_sample_mask(sample_mask)
-    if sample_mask is None:
-        return None
-    per_run = isinstance(sample_mask, (list, tuple))
-    if runs is None or not per_run:
-        if per_run:
-            if len(sample_mask) != 1:
-                return None
-            sample_mask = sample_mask[0]
-        return as_indices(sample_mask)
-    runs = np.asarray(runs)
-    rows = [np.flatnonzero(runs == label) for label in np.unique(runs)]
-    if len(rows) != len(sample_mask):
+    if all(mask is None for mask in masks):
         return None
     return np.concatenate(
-        [run_rows[as_indices(mask)] for run_rows, mask in zip(rows, sample_mask, strict=True)]
+        [rows if mask is None else rows[mask] for rows, mask in zip(run_rows, masks, strict=True)]
     )
 
 
@@ -712,9 +476,24 @@ def filter_and_extract(
         Float32 for float32/integer input (float64 for float64 or scaled
         integer data with ``dtype=None``).
     """
-    clean_kwargs = dict(clean_kwargs or {})
-    check_standardize(standardize)
-    check_filter_parameters(low_pass, high_pass, t_r, clean_kwargs)
+    # The door check of every face, repeated here for callers of this function alone.
+    checked = _validation.check_parameters(
+        {
+            "smoothing_fwhm": smoothing_fwhm,
+            "standardize": standardize,
+            "standardize_confounds": standardize_confounds,
+            "detrend": detrend,
+            "high_variance_confounds": high_variance_confounds,
+            "low_pass": low_pass,
+            "high_pass": high_pass,
+            "t_r": t_r,
+            "target_affine": target_affine,
+            "target_shape": target_shape,
+            "dtype": dtype,
+            "clean_args": clean_kwargs,
+        }
+    )
+    clean_kwargs = checked["clean_args"] or {}
 
     log(f"Loading data from {describe(imgs)}", verbose, log_name)
     img, raw_img, ndim = load_img(imgs, dtype=dtype)
@@ -726,15 +505,10 @@ def filter_and_extract(
         mask_img = prepare_mask_img(mask_img, target_affine, target_shape)
     mask, _ = masking.load_mask_img(mask_img)
 
-    # Cheap checks before the expensive steps.
-    check_confounds(confounds, n_volumes)
-    sample_mask = normalize_sample_mask(sample_mask)
-    check_sample_mask(sample_mask, n_volumes, runs)
-    if runs is not None and np.asarray(runs).shape[0] != n_volumes:
-        raise ValueError(
-            f"runs: the length of the run vector ({np.asarray(runs).shape[0]}) does not match "
-            f"the number of volumes ({n_volumes})."
-        )
+    # The checks clean() makes on these, made before the expensive steps.
+    _, run_rows, masks, confounds = signal.check_clean_inputs(
+        n_volumes, runs=runs, sample_mask=sample_mask, confounds=confounds
+    )
 
     all_confounds = confounds
     if high_variance_confounds:
@@ -742,7 +516,7 @@ def filter_and_extract(
             raise DimensionError(3, 4, "imgs (high_variance_confounds needs 4D images)")
         log("Computing high variance confounds", verbose, log_name)
         hv = image.high_variance_confounds(raw_img)
-        all_confounds = [hv, *_confound_items(confounds)]
+        all_confounds = hv if confounds is None else [hv, confounds]
     del raw_img
 
     if not check_same_fov(img, mask_img):
@@ -800,7 +574,7 @@ def filter_and_extract(
             .round()
             .astype(np.int64)
         )
-        kept = _kept_volumes(sample_mask, n_volumes, runs)
+        kept = _kept_volumes(run_rows, masks)
         # Over the kept volumes only, like the tSNR after cleaning: censored volumes
         # (non-steady state, motion spikes) would otherwise make the gain look larger.
         mean_before, std_before = _column_stats(signals, rows=kept)

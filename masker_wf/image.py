@@ -32,11 +32,16 @@ from scipy.ndimage import affine_transform, binary_dilation, gaussian_filter1d
 
 from ._exceptions import BoundingBoxError, DimensionError
 from ._niimg import (
+    _expand_path,
     _is_list_like,
     check_niimg,
     check_niimg_4d,
+    concat_along_time,
     describe,
     get_data,
+    load_img_and_mask,
+    masked_dtype,
+    masked_values,
     new_img_like,
     voxel_sizes,
 )
@@ -895,8 +900,6 @@ def concat_imgs(
     """
     del memory, memory_level, verbose
     if isinstance(niimgs, (str, os.PathLike)):
-        from ._niimg import _expand_path
-
         niimgs = _expand_path(niimgs)
     items = list(niimgs) if _is_list_like(niimgs) else [niimgs]
     if not items:
@@ -924,16 +927,9 @@ def concat_imgs(
                 )
             img = resample_to_img(img, loaded[0])
         loaded.append(img)
-    lengths = [img.shape[3] if item_ndim == 4 else 1 for img in loaded]
     if dtype is None:
         dtype = get_data(loaded[0]).dtype
-    data = np.empty((*loaded[0].shape[:3], sum(lengths)), dtype=dtype, order="F")
-    start = 0
-    for img, length in zip(loaded, lengths, strict=True):
-        block = get_data(img)
-        data[..., start : start + length] = block if block.ndim == 4 else block[..., np.newaxis]
-        start += length
-    return new_img_like(loaded[0], data, loaded[0].affine, copy_header=True)
+    return concat_along_time(loaded, name="niimgs", dtype=dtype)
 
 
 # --------------------------------------------------------------------------------------
@@ -964,11 +960,13 @@ def high_variance_confounds(imgs, n_confounds=5, percentile=2.0, detrend=True, m
     numpy.ndarray, shape (n_volumes, n_confounds)
         Unit-norm time courses (their sign is arbitrary).
     """
-    from .masking import apply_mask
     from .signal import high_variance_confounds as signal_hvc
 
     if mask_img is not None:
-        series = apply_mask(imgs, mask_img)
+        # What masking.apply_mask does without smoothing; masking imports this module.
+        img, mask = load_img_and_mask(imgs, mask_img)
+        data = get_data(img)
+        series = masked_values(data, mask, masked_dtype("f", data.dtype), ensure_finite=True)
     else:
         img = check_niimg_4d(imgs, name="imgs")
         data = get_data(img)

@@ -44,12 +44,18 @@ from joblib import Memory
 from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
 from sklearn.exceptions import NotFittedError
 
-from . import _pipeline
+from . import _pipeline, _spec, _validation
 from ._niimg import check_niimg, describe
 
 __all__ = ["NiftiMasker"]
 
 _CLEAN_PREFIX = "clean__"
+# Parameters the door check validates (the others configure the estimator itself).
+_CHECKED = tuple(
+    p.name
+    for p in _spec.for_face("estimator")
+    if p.name not in ("mask_img", "runs", "memory", "memory_level", "verbose", "reports", "cmap")
+)
 
 
 def _as_memory(memory):
@@ -292,42 +298,20 @@ class NiftiMasker(
         return memory.cache(function, ignore=list(ignore))
 
     def _clean_args(self) -> dict:
-        """Keyword arguments for ``clean`` (``clean_args`` + ``clean__*``)."""
-        args = {}
-        if self.clean_args is not None:
-            if not isinstance(self.clean_args, dict):
-                raise TypeError(
-                    f"clean_args must be a dict, got {type(self.clean_args).__name__}."
-                )
-            args.update(self.clean_args)
-        ignored = []
-        for key, value in getattr(self, "clean_kwargs", {}).items():
-            if key.startswith(_CLEAN_PREFIX):
-                args[key[len(_CLEAN_PREFIX) :]] = value
-            else:
-                ignored.append(key)
-        if ignored:
-            warnings.warn(
-                f"NiftiMasker: keyword arguments {sorted(ignored)} are ignored; only "
-                "'clean__' prefixed arguments are passed on (to signal.clean).",
-                UserWarning,
-                stacklevel=3,
-            )
-        return args
+        """Keyword arguments for ``clean`` (``clean_args`` + ``clean__*``), checked."""
+        args = _validation.check_clean_args(self.clean_args)
+        args.update(
+            _validation.split_clean_kwargs(getattr(self, "clean_kwargs", {}), type(self).__name__)
+        )
+        return _validation.check_clean_args(args, name="clean_args and clean__ arguments")
 
-    def _check_params(self) -> None:
-        _pipeline.check_standardize(self.standardize)
-        if self.mask_args is not None and not isinstance(self.mask_args, dict):
-            raise TypeError(f"mask_args must be a dict, got {type(self.mask_args).__name__}.")
-        if self.target_shape is not None and self.target_affine is None:
-            raise ValueError(
-                "target_shape is specified but target_affine is not: give target_affine too."
-            )
-        if self.target_shape is not None and len(self.target_shape) != 3:
-            raise ValueError(
-                f"target_shape must have 3 elements (a 3D grid), got {self.target_shape!r}."
-            )
+    def _check_params(self) -> dict:
+        """The door check: the one validator, before any image is read; checked params."""
+        params = {name: getattr(self, name) for name in _CHECKED}
+        params["clean_args"] = self._clean_args()
+        checked = _validation.check_parameters(params)
         self._memory()  # type check
+        return checked
 
     # ------------------------------------------------------------------ fit
     def fit(self, imgs=None, y=None):
@@ -344,8 +328,8 @@ class NiftiMasker(
         -------
         self
         """
-        self._check_params()
-        self.clean_args_ = self._clean_args()
+        checked = self._check_params()
+        self.clean_args_ = checked["clean_args"]
         if imgs is not None:
             self._log(f"Loading data from {_describe_imgs(imgs)}", "fit")
         if self.mask_img is None:
@@ -355,9 +339,8 @@ class NiftiMasker(
                     "mask is passed to mask_img."
                 )
             self._log("Computing the mask", "fit")
-            compute = _pipeline.mask_strategy_function(self.mask_strategy)
-            mask_args = self.mask_args if self.mask_args is not None else {}
-            _pipeline.check_mask_args(self.mask_strategy, mask_args)
+            compute = _pipeline.mask_strategy_function(checked["mask_strategy"])
+            mask_args = checked["mask_args"] or {}
             mask_img = self._cache(compute)(
                 _pipeline.mask_input(imgs), verbose=max(0, int(self.verbose) - 1), **mask_args
             )
@@ -383,9 +366,7 @@ class NiftiMasker(
 
     # ------------------------------------------------------------------ transform
     def _wrap_output(self, signals, imgs):
-        from sklearn.utils._set_output import _get_output_config
-
-        container = _get_output_config("transform", self)["dense"]
+        container = _output_container(self)
         if container == "default":
             return signals
         columns = self.get_feature_names_out()
@@ -545,6 +526,14 @@ class NiftiMasker(
         if self.mask_img is None:
             self.fit(imgs, y)
         else:
+            if y is not None:
+                warnings.warn(
+                    f"[{type(self).__name__}.fit] Generation of a mask has been requested "
+                    "(y != None) while a mask has been provided at masker creation. Given mask "
+                    "will be used.",
+                    UserWarning,
+                    stacklevel=2,
+                )
             self.fit(None, y)
             if self.reports and self._report is not None:
                 self._report["fit_imgs"] = imgs
@@ -657,6 +646,18 @@ class NiftiMasker(
 # ``set_output`` is offered, but transform/fit_transform wrap their output themselves:
 # scikit-learn's automatic wrapper would require the images as a positional ``X``.
 NiftiMasker._sklearn_auto_wrap_output_keys = {"transform"}
+
+
+def _output_container(estimator) -> str:
+    """The container ``set_output`` asked for: the estimator's, else scikit-learn's global.
+
+    ``set_output`` stores its choice in ``_sklearn_output_config`` (scikit-learn's
+    documented contract for custom wrappers); the global default is public config.
+    """
+    from sklearn import get_config
+
+    config = getattr(estimator, "_sklearn_output_config", {}) or {}
+    return config.get("transform", get_config()["transform_output"])
 
 
 def _describe_imgs(imgs) -> str:

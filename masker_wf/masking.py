@@ -32,6 +32,10 @@ from ._niimg import (
     check_same_fov,
     describe,
     get_data,
+    load_img_and_mask,
+    load_mask_img,
+    masked_dtype,
+    masked_values,
     new_img_like,
 )
 from .image import _compute_mean, _smoothing_dtype, resample_to_img, smooth_masked
@@ -52,65 +56,8 @@ __all__ = [
 
 
 # --------------------------------------------------------------------------------------
-# Loading and checking
+# Checking (load_mask_img lives in _niimg, which image.py may import; re-exported here)
 # --------------------------------------------------------------------------------------
-
-
-def load_mask_img(mask_img, allow_empty=False):
-    """Load a binary mask and check that it can be read as true/false.
-
-    Parameters
-    ----------
-    mask_img : Niimg-like object
-        3D image (or 4D with a single volume) holding 0 for background and
-        one other value for the mask. NaN/inf are read as 0 (with a warning).
-    allow_empty : bool, default=False
-        Accept a mask that is 0 everywhere.
-
-    Returns
-    -------
-    mask : numpy.ndarray of bool, shape (x, y, z)
-    affine : (4, 4) numpy.ndarray
-
-    Raises
-    ------
-    ValueError
-        Empty mask (unless ``allow_empty``), two values of which none is 0, or
-        more than two values.
-    masker_wf._exceptions.DimensionError
-        The image is not 3D.
-    """
-    img = check_niimg_3d(mask_img, name="mask_img")
-    data = get_data(img)
-    if data.dtype.kind in "fc":
-        finite = np.isfinite(data)
-        if not finite.all():
-            warnings.warn(
-                f"Non-finite values detected in mask_img {describe(mask_img)}. These values "
-                "will be replaced with zeros.",
-                stacklevel=2,
-            )
-            data = np.where(finite, data, 0)
-    values = np.unique(data)
-    if len(values) == 1:
-        if values[0] == 0 and not allow_empty:
-            raise ValueError(
-                "The mask is invalid as it is empty: it masks all data. "
-                f"mask_img {describe(mask_img)} is 0 in every voxel."
-            )
-    elif len(values) == 2:
-        if 0 not in values:
-            raise ValueError(
-                "Background of the mask must be represented with 0. "
-                f"Given mask contains: {values}. (mask_img {describe(mask_img)})"
-            )
-    else:
-        shown = values if len(values) <= 10 else f"{values[:10]} ... ({len(values)} values)"
-        raise ValueError(
-            f"Given mask is not made of 2 values: {shown}. Cannot interpret as true or false. "
-            f"(mask_img {describe(mask_img)}; binarize it, e.g. with data > 0)"
-        )
-    return data.astype(bool), img.affine
 
 
 def largest_connected_component(volume):
@@ -608,21 +555,6 @@ def intersect_masks(mask_imgs, threshold=0.5, connected=True):
 # --------------------------------------------------------------------------------------
 
 
-def _masked_values(data, mask, dtype, ensure_finite):
-    """``data[mask].T`` in ``dtype`` ((t, n_voxels), or (n_voxels,) for 3D), no 4D copy."""
-    if data.ndim == 3:
-        values = data[mask]
-    else:
-        values = data[mask].T
-    values = values.astype(dtype, copy=False)
-    if ensure_finite and values.dtype.kind in "fc":
-        bad = ~np.isfinite(values)
-        if bad.any():
-            values = values.copy() if np.shares_memory(values, data) else values
-            values[bad] = 0
-    return values
-
-
 def apply_mask(imgs, mask_img, dtype="f", smoothing_fwhm=None, ensure_finite=True):
     """Extract the signals of the voxels in a mask.
 
@@ -652,30 +584,16 @@ def apply_mask(imgs, mask_img, dtype="f", smoothing_fwhm=None, ensure_finite=Tru
     ValueError
         Invalid mask, or mask and image grids differ.
     """
-    mask, mask_affine = load_mask_img(mask_img)
-    img = check_niimg(imgs, name="imgs")
-    if not np.allclose(mask_affine, img.affine):
-        raise ValueError(
-            f"Mask affine:\n{mask_affine}\n is different from img affine:\n{img.affine}\n"
-            f"(mask_img {describe(mask_img)}, imgs {describe(imgs)}; resample one onto the "
-            "other first)"
-        )
-    if mask.shape != img.shape[:3]:
-        raise ValueError(
-            f"Mask shape: {mask.shape} is different from img shape:{img.shape[:3]} "
-            f"(mask_img {describe(mask_img)}, imgs {describe(imgs)})"
-        )
+    img, mask = load_img_and_mask(imgs, mask_img)
     data = get_data(img)
-    if isinstance(dtype, str) and dtype == "f":
-        dtype = data.dtype if data.dtype.kind == "f" else np.dtype(np.float32)
-    dtype = np.dtype(dtype)
+    dtype = masked_dtype(dtype, data.dtype)
     if smoothing_fwhm is not None:
         smoothed = smooth_masked(
             data, img.affine, smoothing_fwhm, mask, dtype=_smoothing_dtype(dtype)
         )
         smoothed = smoothed.astype(dtype, copy=False)
         return smoothed[0] if data.ndim == 3 else smoothed
-    return _masked_values(data, mask, dtype, ensure_finite)
+    return masked_values(data, mask, dtype, ensure_finite)
 
 
 def unmask(X, mask_img, order="F"):

@@ -45,7 +45,8 @@ from scipy import linalg
 from scipy import signal as sp_signal
 from scipy.interpolate import CubicSpline
 
-from masker_wf._exceptions import AllVolumesRemovedError
+from masker_wf import _validation
+from masker_wf._exceptions import SampleMaskError  # noqa: F401  (re-exported)
 
 try:  # installed with scikit-learn; only used to pin BLAS to one thread per worker
     from threadpoolctl import threadpool_limits
@@ -84,10 +85,6 @@ class ZscoreDeprecationWarning(DeprecationWarning, FutureWarning):
     """
 
 
-class SampleMaskError(ValueError, IndexError):
-    """A ``sample_mask`` index is out of range; also an IndexError, as in nilearn 0.11.1."""
-
-
 # --------------------------------------------------------------------------- validation helpers
 
 
@@ -95,20 +92,7 @@ def _is_number(value):
     return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
 
 
-def _check_standardize(standardize, name="standardize"):
-    """Return the canonical strategy ('zscore_sample', 'zscore', 'psc' or None)."""
-    if standardize is None or standardize is False or standardize is np.False_:
-        return None
-    if standardize is True or standardize is np.True_:
-        return "zscore"
-    if isinstance(standardize, str) and standardize in ("zscore_sample", "zscore", "psc"):
-        return standardize
-    if isinstance(standardize, numbers.Integral) and standardize in (0, 1):
-        return "zscore" if standardize else None
-    raise ValueError(
-        f"{name}={standardize!r} is not a valid standardization strategy; use one of "
-        "'zscore_sample', 'zscore', 'psc', True, False or None."
-    )
+_check_standardize = _validation.check_standardize
 
 
 def _warn_zscore(stacklevel=3):
@@ -374,18 +358,11 @@ def _butterworth_sos(sampling_rate, low_pass, high_pass, order):
     """Second-order sections of the filter, or None when nothing is to be filtered."""
     if low_pass is None and high_pass is None:
         return None
-    for label, value in (("low_pass", low_pass), ("high_pass", high_pass)):
-        if value is not None and not _is_number(value):
-            raise TypeError(f"{label} must be a number (Hz) or None; got {value!r}.")
+    _validation.check_band(low_pass, high_pass)
     if not _is_number(sampling_rate) or not sampling_rate > 0:
         raise ValueError(f"sampling_rate must be a positive number (Hz); got {sampling_rate!r}.")
     if not isinstance(order, numbers.Integral) or order < 1:
         raise ValueError(f"butterworth order must be a positive integer; got {order!r}.")
-    if low_pass is not None and high_pass is not None and high_pass >= low_pass:
-        raise ValueError(
-            f"high_pass ({high_pass} Hz) must be lower than low_pass ({low_pass} Hz) for a "
-            "band-pass filter."
-        )
     nyquist = sampling_rate * 0.5
     cutoffs = []
     if high_pass is not None:
@@ -603,77 +580,6 @@ def standardize_signal(signals, detrend=False, standardize="zscore"):
 # --------------------------------------------------------------------------- sample masks/runs
 
 
-def _as_index_mask(mask, n_volumes, label):
-    """Validate one run's sample_mask; return sorted unique int indices."""
-    array = np.asarray(mask)
-    if array.ndim != 1:
-        raise ValueError(f"{label} must be 1D; got shape {array.shape}.")
-    if array.size == 0:
-        raise AllVolumesRemovedError(
-            f"{label} is empty: it removes all {n_volumes} volumes, nothing is left to clean."
-        )
-    if array.dtype == bool:
-        if array.size != n_volumes:
-            raise ValueError(
-                f"{label} is a boolean mask of length {array.size} but the run has "
-                f"{n_volumes} volumes."
-            )
-        indices = np.flatnonzero(array)
-        if indices.size == 0:
-            raise AllVolumesRemovedError(
-                f"{label} marks no volume as kept: all {n_volumes} volumes would be removed."
-            )
-        return indices
-    if array.dtype.kind not in "iu":
-        raise TypeError(
-            f"{label} must hold integer indices of kept volumes or booleans; got dtype "
-            f"{array.dtype}."
-        )
-    indices = array.astype(np.int64)
-    if indices.min() < 0:
-        raise ValueError(f"{label} contains negative indices: {indices[indices < 0]}.")
-    if indices.max() >= n_volumes:
-        raise SampleMaskError(
-            f"{label} contains indices out of range {indices[indices >= n_volumes]}; the run "
-            f"has {n_volumes} volumes (valid indices 0..{n_volumes - 1})."
-        )
-    steps = np.diff(indices)
-    if np.any(steps == 0):
-        duplicated = np.unique(indices[1:][steps == 0])
-        raise ValueError(f"{label} contains duplicated indices: {duplicated}.")
-    if np.any(steps < 0):
-        raise ValueError(f"{label} indices must be in increasing order.")
-    return indices
-
-
-def _sample_masks_per_run(sample_mask, run_lengths):
-    """One validated index array per run (or None)."""
-    if sample_mask is None:
-        return [None] * len(run_lengths)
-    if isinstance(sample_mask, np.ndarray) or (
-        isinstance(sample_mask, (list, tuple))
-        and all(isinstance(item, (numbers.Integral, np.bool_)) for item in sample_mask)
-    ):
-        masks = [sample_mask]
-    elif isinstance(sample_mask, (list, tuple)):
-        masks = list(sample_mask)
-    else:
-        raise TypeError(
-            "sample_mask must be an array of kept-volume indices or booleans, or a list with "
-            f"one such array per run; got {type(sample_mask).__name__}."
-        )
-    if len(masks) != len(run_lengths):
-        raise ValueError(
-            f"sample_mask holds {len(masks)} mask(s) but the signals form {len(run_lengths)} "
-            "run(s): give one mask per run (a list, in sorted run-label order)."
-        )
-    many = len(run_lengths) > 1
-    return [
-        _as_index_mask(mask, n, f"sample_mask[{i}]" if many else "sample_mask")
-        for i, (mask, n) in enumerate(zip(masks, run_lengths, strict=True))
-    ]
-
-
 # --------------------------------------------------------------------------- per-run plan
 
 
@@ -792,14 +698,6 @@ def _make_plan(
 
     if confounds is not None:
         selected = confounds[rows_in]
-        if not np.all(np.isfinite(selected)):
-            bad_rows = np.flatnonzero(~np.all(np.isfinite(selected), axis=1))
-            original = np.arange(n_volumes)[rows_in][bad_rows]
-            raise ValueError(
-                f"confounds contain NaN or infinite values in volume(s) {original.tolist()} "
-                f"of {where} that are kept; fill them (e.g. with 0 or the column mean) or "
-                "remove those volumes with sample_mask."
-            )
         series = np.empty((n_span, selected.shape[1]))
         if interp_rows is not None:
             series[kept_local] = selected
@@ -884,42 +782,51 @@ def _warn_few_degrees_of_freedom(n_out, n_confounds, detrend, where):
 # --------------------------------------------------------------------------- clean
 
 
-def _check_filter(filter, low_pass, high_pass, t_r):
-    """Return 'butterworth', 'cosine' or None, after nilearn 0.11.1's checks."""
-    for label, value in (("low_pass", low_pass), ("high_pass", high_pass)):
-        if value is not None and not _is_number(value):
-            raise TypeError(f"{label} must be a number (Hz) or None; got {value!r}.")
-    if filter is None or filter is False or (isinstance(filter, str) and filter == ""):
-        if low_pass is not None or high_pass is not None:
-            warnings.warn(
-                "A cut-off frequency was given with filter=False: no filtering is done.",
-                stacklevel=3,
+def check_clean_inputs(n_volumes, runs=None, sample_mask=None, confounds=None):
+    """Check the data-dependent inputs of :func:`clean` before any computation.
+
+    The in-memory pipeline calls this before smoothing (so a bad ``sample_mask`` fails in
+    milliseconds), and :func:`clean` calls it again: one check, one message.
+
+    Parameters
+    ----------
+    n_volumes : int
+        Number of time points of the signals.
+    runs, sample_mask, confounds
+        As :func:`clean` takes them.
+
+    Returns
+    -------
+    run_labels : list
+        Sorted run labels (``[None]`` without ``runs``).
+    run_rows : list of numpy.ndarray
+        Rows of each run.
+    masks : list of numpy.ndarray or None
+        Kept volumes of each run (indices local to the run).
+    confounds : numpy.ndarray or None
+        The confounds as a float64 array.
+    """
+    if isinstance(confounds, Path):
+        confounds = str(confounds)
+    confounds = load_confounds_array(confounds, n_volumes)
+    if runs is None:
+        run_labels = [None]
+        run_rows = [np.arange(n_volumes)]
+    else:
+        runs = np.asarray(runs)
+        if runs.ndim != 1 or runs.shape[0] != n_volumes:
+            raise ValueError(
+                f"runs must be a 1D array with one label per time point ({n_volumes}); got "
+                f"shape {runs.shape}."
             )
-        return None
-    if not isinstance(filter, str) or filter not in ("butterworth", "cosine"):
-        raise ValueError(
-            f"filter={filter!r} is not implemented; use 'butterworth', 'cosine' or False."
-        )
-    if filter == "butterworth" and low_pass is None and high_pass is None:
-        return None
-    if filter == "cosine" and (high_pass is None or not _is_number(t_r)):
-        raise ValueError(
-            "filter='cosine' needs both the repetition time t_r (s) and the high_pass cut-off "
-            f"(Hz); got t_r={t_r!r}, high_pass={high_pass!r}."
-        )
-    if t_r is None:
-        raise ValueError(
-            "The repetition time t_r (seconds) must be given for Butterworth filtering "
-            f"(low_pass={low_pass!r}, high_pass={high_pass!r})."
-        )
-    if not _is_number(t_r) or not t_r > 0:
-        raise ValueError(f"t_r must be a positive number of seconds; got {t_r!r}.")
-    if filter == "cosine" and low_pass is not None:
-        warnings.warn(
-            "low_pass is ignored with filter='cosine', which only high-pass filters.",
-            stacklevel=3,
-        )
-    return filter
+        run_labels = list(np.unique(runs))
+        run_rows = [np.flatnonzero(runs == label) for label in run_labels]
+    masks = _validation.check_sample_mask(sample_mask, [rows.size for rows in run_rows])
+    if confounds is not None:
+        for label, rows, kept in zip(run_labels, run_rows, masks, strict=True):
+            where = "signals" if label is None else f"run {label}"
+            _validation.check_confounds_finite(confounds[rows], kept, where)
+    return run_labels, run_rows, masks, confounds
 
 
 def clean(
@@ -1027,7 +934,7 @@ def clean(
             "the confounds are already centered, the signals will not be cleaned correctly.",
             stacklevel=2,
         )
-    filter_type = _check_filter(filter, low_pass, high_pass, t_r)
+    filter_type = _validation.check_filter(filter, low_pass, high_pass, t_r)
     strategy = _check_standardize(standardize)
     if not isinstance(ensure_finite, (bool, np.bool_)):
         raise ValueError(f"ensure_finite must be True or False; got {ensure_finite!r}.")
@@ -1039,21 +946,9 @@ def clean(
 
     signals = _as_signals(signals)
     n_volumes, n_features = signals.shape
-    confounds = load_confounds_array(confounds, n_volumes)
-
-    if runs is None:
-        run_labels = [None]
-        run_rows = [np.arange(n_volumes)]
-    else:
-        runs = np.asarray(runs)
-        if runs.ndim != 1 or runs.shape[0] != n_volumes:
-            raise ValueError(
-                f"runs must be a 1D array with one label per time point ({n_volumes}); got "
-                f"shape {runs.shape}."
-            )
-        run_labels = list(np.unique(runs))
-        run_rows = [np.flatnonzero(runs == label) for label in run_labels]
-    masks = _sample_masks_per_run(sample_mask, [rows.size for rows in run_rows])
+    run_labels, run_rows, masks, confounds = check_clean_inputs(
+        n_volumes, runs=runs, sample_mask=sample_mask, confounds=confounds
+    )
 
     plans = []
     for label, rows, kept in zip(run_labels, run_rows, masks, strict=True):

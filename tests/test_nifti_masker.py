@@ -201,8 +201,9 @@ def test_clean_args_and_kwargs_merge(synthetic_bold):
         clean__filter="butterworth",
     ).fit()
     assert both.clean_args_ == {"butterworth__order": 3, "filter": "butterworth"}
-    with pytest.warns(UserWarning, match="ignored"):
-        NiftiMasker(mask_img=mask, not_clean=1).fit()
+    # nilearn 0.11.1 ignores such keywords silently; an option that does nothing is refused.
+    with pytest.raises(TypeError, match=r"unsupported keyword argument\(s\) \['auto_resample'\]"):
+        NiftiMasker(mask_img=mask, auto_resample=True).fit()
 
 
 def test_parity_runs():
@@ -655,9 +656,11 @@ def test_error_unknown_standardize(synthetic_bold):
 
 def test_error_bad_dtype(synthetic_bold):
     bold, mask = synthetic_bold
-    masker = NiftiMasker(mask_img=mask, dtype="not-a-dtype").fit()
+    # Refused at the door (fit), before any image is read.
     with pytest.raises(TypeError, match="dtype"):
-        masker.transform(bold)
+        NiftiMasker(mask_img=mask, dtype="not-a-dtype").fit()
+    with pytest.raises(TypeError, match="dtype"):
+        NiftiMasker(mask_img=mask, dtype="not-a-dtype").fit_transform(bold)
 
 
 def test_error_target_fov_without_data(synthetic_bold):

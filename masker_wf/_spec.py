@@ -1,0 +1,327 @@
+"""The masker's parameters, declared once.
+
+Every face of masker-wf (the estimator, the Pydra tasks and workflow, the nipype
+sub-workflow, the command line, its config file and the provenance record) takes its
+parameter names, defaults, allowed values and documentation from :data:`PARAMETERS`.
+Faces whose signature must be spelled out in Python (the estimator, whose signature
+scikit-learn and nilearn users read; Pydra tasks, which Pydra builds from a function
+signature) are checked against this table by ``tests/test_spec.py``; the rest (CLI
+flags, nipype traits, docstrings) are generated from it.
+
+Adding a parameter is one entry here, then the faces the test names.
+
+This module is part of the core: it imports nothing beyond the standard library.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "FACES",
+    "MASK_STRATEGIES",
+    "PARAMETERS",
+    "STANDARDIZE_VALUES",
+    "Parameter",
+    "by_name",
+    "defaults",
+    "fill_doc",
+    "for_face",
+]
+
+#: Where a parameter can appear.
+#: ``estimator``: ``NiftiMasker.__init__``; ``workflow``: ``MaskerWorkflow`` inputs;
+#: ``ComputeMask``/``Resample``/``CleanSignals``: Pydra task (and nipype interface) inputs;
+#: ``nipype``: ``init_masker_wf`` keywords; ``cli``: BIDS App flags and config-file keys;
+#: ``provenance``: recorded in each run's provenance ``Parameters``.
+FACES = (
+    "estimator",
+    "workflow",
+    "ComputeMask",
+    "Resample",
+    "CleanSignals",
+    "nipype",
+    "cli",
+    "provenance",
+)
+
+MASK_STRATEGIES = ("background", "epi", "whole-brain-template", "gm-template", "wm-template")
+#: ``"template"``: deprecated alias of ``"whole-brain-template"`` (warns).
+DEPRECATED_MASK_STRATEGIES = {"template": "whole-brain-template"}
+STANDARDIZE_VALUES = ("zscore_sample", "zscore", "psc", True, False, None)
+DTYPE_VALUES = (None, "auto", "float32", "float64")
+
+_PROCESSING = frozenset({"estimator", "workflow", "nipype", "cli", "provenance"})
+
+
+@dataclass(frozen=True)
+class Parameter:
+    """One masker parameter.
+
+    Attributes
+    ----------
+    name : str
+        nilearn's name.
+    default : object
+        Default value (the same on every face).
+    type : str
+        numpydoc type text.
+    doc : str
+        One-line description (units included).
+    faces : frozenset of str
+        Faces (see :data:`FACES`) exposing the parameter under ``name``.
+    choices : tuple, optional
+        Allowed values, when they are a closed set.
+    unit : str, optional
+        ``"mm"``, ``"Hz"``, ``"s"``...
+    cli_metavar : str, optional
+        Metavar of the command-line flag.
+    """
+
+    name: str
+    default: Any
+    type: str
+    doc: str
+    faces: frozenset = field(default_factory=frozenset)
+    choices: tuple | None = None
+    unit: str | None = None
+    cli_metavar: str | None = None
+
+    @property
+    def flag(self) -> str:
+        """The command-line flag (``--smoothing-fwhm``)."""
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def docstring(self) -> str:
+        """numpydoc entry: ``name : type, default=...`` then the indented description."""
+        default = ", optional" if self.default is None else f", default={self.default!r}"
+        return f"{self.name} : {self.type}{default}\n    {self.doc}"
+
+
+def _p(name, default, type_, doc, faces, **extra) -> Parameter:
+    return Parameter(name, default, type_, doc, frozenset(faces), **extra)
+
+
+_CLEAN = {"CleanSignals"}
+_GRID = {"ComputeMask", "Resample", "CleanSignals"}
+
+#: The parameters, in nilearn 0.11.1's ``NiftiMasker`` order.
+PARAMETERS: tuple[Parameter, ...] = (
+    _p(
+        "mask_img",
+        None,
+        "Niimg-like",
+        "Brain mask of the voxels to extract; computed with mask_strategy when None "
+        "(the workflow and tasks take it as mask_file, the App as --mask-img).",
+        {"estimator", "cli"},
+    ),
+    _p(
+        "runs",
+        None,
+        "array of int",
+        "Run label of each volume; runs are cleaned independently.",
+        {"estimator", "workflow"} | _CLEAN,
+    ),
+    _p(
+        "smoothing_fwhm",
+        None,
+        "float or sequence of 3 floats",
+        "Full width at half maximum (mm) of the Gaussian kernel applied before masking.",
+        _PROCESSING | _CLEAN,
+        unit="mm",
+        cli_metavar="MM",
+    ),
+    _p(
+        "standardize",
+        False,
+        "{'zscore_sample', 'zscore', 'psc', True, False, None}",
+        "Standardization of each signal after cleaning: 'zscore_sample' (ddof=1), 'zscore' "
+        "or True (ddof=0, deprecated), 'psc' (percent signal change), False/None: none.",
+        _PROCESSING | _CLEAN,
+        choices=STANDARDIZE_VALUES,
+    ),
+    _p(
+        "standardize_confounds",
+        True,
+        "bool",
+        "z-score the confounds before regressing them out.",
+        _PROCESSING | _CLEAN,
+    ),
+    _p(
+        "detrend",
+        False,
+        "bool",
+        "Remove a linear trend from each signal (and from the confounds).",
+        _PROCESSING | _CLEAN,
+    ),
+    _p(
+        "high_variance_confounds",
+        False,
+        "bool",
+        "Add the 5 highest-variance voxel time series of the raw images as confounds.",
+        _PROCESSING | _CLEAN,
+    ),
+    _p(
+        "low_pass",
+        None,
+        "float",
+        "Low-pass cut-off frequency (Hz) of the Butterworth filter; needs t_r.",
+        _PROCESSING | _CLEAN,
+        unit="Hz",
+        cli_metavar="HZ",
+    ),
+    _p(
+        "high_pass",
+        None,
+        "float",
+        "High-pass cut-off frequency (Hz) of the Butterworth or cosine filter; needs t_r.",
+        _PROCESSING | _CLEAN,
+        unit="Hz",
+        cli_metavar="HZ",
+    ),
+    _p(
+        "t_r",
+        None,
+        "float",
+        "Repetition time (s); needed by the temporal filters (the App reads it from the "
+        "BOLD sidecar when not given).",
+        _PROCESSING | _CLEAN,
+        unit="s",
+        cli_metavar="S",
+    ),
+    _p(
+        "target_affine",
+        None,
+        "(3, 3) or (4, 4) array",
+        "Affine of the grid the mask and images are resampled to.",
+        _PROCESSING | _GRID,
+        cli_metavar="JSON",
+    ),
+    _p(
+        "target_shape",
+        None,
+        "tuple of 3 ints",
+        "Shape of the grid the mask and images are resampled to (needs target_affine).",
+        _PROCESSING | _GRID,
+        cli_metavar="N",
+    ),
+    _p(
+        "mask_strategy",
+        "background",
+        "{'background', 'epi', 'whole-brain-template', 'gm-template', 'wm-template'}",
+        "How the mask is computed when none is given ('template': deprecated alias of "
+        "'whole-brain-template').",
+        _PROCESSING | {"ComputeMask"},
+        choices=MASK_STRATEGIES,
+    ),
+    _p(
+        "mask_args",
+        None,
+        "dict",
+        "Keyword arguments of the mask-computing function of mask_strategy.",
+        _PROCESSING | {"ComputeMask"},
+        cli_metavar="JSON",
+    ),
+    _p(
+        "dtype",
+        None,
+        "{None, 'auto'} or dtype",
+        "Data type the images are converted to before processing ('auto': float32, int32 "
+        "for signed integers).",
+        _PROCESSING | {"Resample", "CleanSignals"},
+        choices=DTYPE_VALUES,
+    ),
+    _p(
+        "memory_level",
+        1,
+        "int",
+        "Caching aggressiveness: 0 none, >= 1 the mask computation and transform results.",
+        {"estimator"},
+    ),
+    _p(
+        "memory",
+        None,
+        "None, str, pathlib.Path or joblib.Memory",
+        "Cache location of the estimator (the workflow caches with Pydra instead).",
+        {"estimator"},
+    ),
+    _p("verbose", 0, "int", "Verbosity of progress messages.", {"estimator"}),
+    _p(
+        "reports",
+        True,
+        "bool",
+        "Keep what generate_report needs (the App: write HTML reports).",
+        {"estimator", "cli"},
+    ),
+    _p(
+        "cmap",
+        "CMRmap_r",
+        "str",
+        "Colormap of the report's background image (accepted for compatibility).",
+        {"estimator"},
+    ),
+    _p(
+        "clean_args",
+        None,
+        "dict",
+        "Extra keyword arguments of masker_wf.signal.clean (filter, ensure_finite, "
+        "extrapolate, butterworth__order, butterworth__padtype, butterworth__padlen).",
+        _PROCESSING | _CLEAN,
+        cli_metavar="JSON",
+    ),
+)
+
+_BY_NAME = {parameter.name: parameter for parameter in PARAMETERS}
+
+
+def by_name(name: str) -> Parameter:
+    """The :class:`Parameter` called ``name``."""
+    return _BY_NAME[name]
+
+
+def for_face(face: str) -> tuple[Parameter, ...]:
+    """The parameters a face exposes, in spec order.
+
+    Parameters
+    ----------
+    face : str
+        One of :data:`FACES`.
+
+    Returns
+    -------
+    tuple of Parameter
+    """
+    if face not in FACES:
+        raise ValueError(f"Unknown face {face!r}; faces are {FACES}.")
+    return tuple(p for p in PARAMETERS if face in p.faces)
+
+
+def defaults(face: str) -> dict:
+    """``{name: default}`` of the parameters of ``face``."""
+    return {p.name: p.default for p in for_face(face)}
+
+
+_FILL = re.compile(r"^(?P<indent>[ \t]*)%\((?P<name>\w+)\)s[ \t]*$", re.M)
+
+
+def fill_doc(obj):
+    """Replace lines ``%(name)s`` in ``obj.__doc__`` by the parameter's numpydoc entry.
+
+    The entry is re-indented to the placeholder's indentation, so one text serves
+    every docstring (nilearn's ``fill_doc`` idea). Unknown names are left as they are.
+    """
+    doc = obj.__doc__
+    if doc:
+
+        def entry(match):
+            parameter = _BY_NAME.get(match["name"])
+            if parameter is None:
+                return match[0]
+            indent = match["indent"]
+            return "\n".join(indent + line for line in parameter.docstring.splitlines())
+
+        obj.__doc__ = _FILL.sub(entry, doc)
+    return obj
