@@ -13,7 +13,8 @@ class DimensionError(TypeError, ValueError):
         self.file_dimension = file_dimension
         self.required_dimension = required_dimension
         self.name = name
-        what = f"{name!r}" if name else "Input data"
+        # ``name`` is ready to print: an argument name and the image's description.
+        what = name if name else "Input data"
         super().__init__(
             f"{what} has incompatible dimensionality: expected a {required_dimension}D image "
             f"and got a {file_dimension}D image."

@@ -442,8 +442,10 @@ def read_sample_mask(sample_mask) -> np.ndarray | None:
 
     Returns
     -------
-    numpy.ndarray of int or None
-        Sorted-as-given indices of the kept volumes, or ``None``.
+    numpy.ndarray or None
+        A file's content as kept-volume indices (whole numbers parsed from text become
+        integers; a boolean column becomes indices); values given in memory as an array,
+        unchanged (see :func:`masker_wf._validation.check_sample_mask`); or ``None``.
     """
     if sample_mask is None:
         return None
@@ -465,7 +467,10 @@ def read_sample_mask(sample_mask) -> np.ndarray | None:
             )
         return _as_sample_mask(values, f"file '{path}'")
     if isinstance(sample_mask, (list, tuple, np.ndarray)):
-        return _as_sample_mask(sample_mask, "argument")
+        # Values given in memory are checked by the one validator (at data time, where the
+        # number of volumes is known), exactly as the estimator checks them: converting
+        # float indices here would let through what every other face refuses.
+        return np.asarray(sample_mask)
     raise TypeError(
         "sample_mask must be None, a file path, a list or a 1D array, "
         f"got {type(sample_mask).__name__}."

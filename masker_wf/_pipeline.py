@@ -513,7 +513,9 @@ def filter_and_extract(
     all_confounds = confounds
     if high_variance_confounds:
         if ndim == 3:
-            raise DimensionError(3, 4, "imgs (high_variance_confounds needs 4D images)")
+            raise DimensionError(
+                3, 4, f"imgs {describe(imgs)} (high_variance_confounds needs 4D images)"
+            )
         log("Computing high variance confounds", verbose, log_name)
         hv = image.high_variance_confounds(raw_img)
         all_confounds = hv if confounds is None else [hv, confounds]
@@ -552,7 +554,7 @@ def filter_and_extract(
     if report is not None:
         # The report shows three planes of the mean image: average just those planes
         # instead of a second pass over the whole run.
-        from .reports.figures import orthogonal_planes, slice_centre
+        from ._qc import orthogonal_planes, slice_centre
 
         report["mean_planes"] = [
             plane.mean(axis=-1, dtype=np.float64).astype(np.float32)

@@ -99,51 +99,27 @@ class NiftiMasker(
 
     Parameters
     ----------
-    mask_img : Niimg-like, optional
-        Mask of the voxels to extract. Computed at ``fit`` with
-        ``mask_strategy`` when None.
-    runs : array, optional
-        Run label of each volume; runs are cleaned independently.
-    smoothing_fwhm : float or sequence of 3 floats, optional
-        Gaussian smoothing FWHM (mm), applied before masking.
-    standardize : {"zscore_sample", "zscore", "psc", True, False, None}, default=False
-        Standardization of the signals after cleaning.
-    standardize_confounds : bool, default=True
-        z-score the confounds before regressing them out.
-    detrend : bool, default=False
-        Linear detrending.
-    high_variance_confounds : bool, default=False
-        Add 5 high-variance confounds computed on the raw images.
-    low_pass, high_pass : float, optional
-        Butterworth cutoff frequencies (Hz); need ``t_r``.
-    t_r : float, optional
-        Repetition time (s).
-    target_affine : (3, 3) or (4, 4) array, optional
-        Resample the mask and the images to this affine.
-    target_shape : tuple of 3 ints, optional
-        Resample the mask and the images to this shape (needs ``target_affine``).
-    mask_strategy : {"background", "epi", "whole-brain-template", "gm-template", \
-"wm-template"}, default="background"
-        How the mask is computed when ``mask_img`` is None (``"template"`` is a
-        deprecated alias of ``"whole-brain-template"``).
-    mask_args : dict, optional
-        Keyword arguments of the mask-computing function.
-    dtype : {None, "auto"} or dtype, optional
-        Data type the images are converted to before processing.
-    memory_level : int, default=1
-        Caching aggressiveness: 0 none, >= 1 mask computation and
-        ``transform`` results.
-    memory : None, str, pathlib.Path or joblib.Memory, optional
-        Cache location.
-    verbose : int, default=0
-        Progress messages.
-    reports : bool, default=True
-        Keep what ``generate_report`` needs.
-    cmap : str, default="CMRmap_r"
-        Colormap of the report's background image (accepted for compatibility).
-    clean_args : dict, optional
-        Extra keyword arguments of :func:`masker_wf.signal.clean` (nilearn
-        >= 0.12 spelling); merged with the ``clean__*`` keyword arguments.
+    %(mask_img)s
+    %(runs)s
+    %(smoothing_fwhm)s
+    %(standardize)s
+    %(standardize_confounds)s
+    %(detrend)s
+    %(high_variance_confounds)s
+    %(low_pass)s
+    %(high_pass)s
+    %(t_r)s
+    %(target_affine)s
+    %(target_shape)s
+    %(mask_strategy)s
+    %(mask_args)s
+    %(dtype)s
+    %(memory_level)s
+    %(memory)s
+    %(verbose)s
+    %(reports)s
+    %(cmap)s
+    %(clean_args)s
     **kwargs
         ``clean__<name>=value`` is passed to ``clean`` as ``<name>=value``
         (e.g. ``clean__filter="cosine"``, ``clean__butterworth__order=3``).
@@ -642,6 +618,8 @@ class NiftiMasker(
             warnings=notes,
         )
 
+
+_spec.fill_doc(NiftiMasker)
 
 # ``set_output`` is offered, but transform/fit_transform wrap their output themselves:
 # scikit-learn's automatic wrapper would require the images as a positional ``X``.

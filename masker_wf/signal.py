@@ -62,7 +62,6 @@ __all__ = [
 ]
 
 STANDARDIZE_STRATEGIES = ("zscore_sample", "zscore", "psc", True, False, None)
-FILTERS = ("butterworth", "cosine", False, None)
 BUTTERWORTH_KWARGS = ("order", "padtype", "padlen", "copy")
 
 _EPS64 = np.finfo(np.float64).eps

@@ -114,12 +114,11 @@ def test_load_signals_errors_name_the_file(tmp_path):
 def test_read_sample_mask_from_values():
     assert read_sample_mask(None) is None
     np.testing.assert_array_equal(read_sample_mask([0, 2, 5]), [0, 2, 5])
-    np.testing.assert_array_equal(read_sample_mask(np.array([True, False, True])), [0, 2])
-    assert read_sample_mask(np.array([1.0, 3.0])).dtype.kind == "i"
-    with pytest.raises(ValueError, match="integer"):
-        read_sample_mask([0.5, 1.0])
-    with pytest.raises(ValueError, match="1D"):
-        read_sample_mask(np.zeros((3, 3), dtype=int))
+    # Values given in memory reach the validator unchanged (it refuses float indices on
+    # every face alike); only a file's text is parsed into integers here.
+    kept = read_sample_mask(np.array([True, False, True]))
+    assert kept.dtype == bool
+    assert read_sample_mask(np.array([1.0, 3.0])).dtype.kind == "f"
     with pytest.raises(TypeError, match="sample_mask"):
         read_sample_mask(3)
 

@@ -1,4 +1,6 @@
-"""Write BIDS-Derivatives safely: names, sidecars, BIDS URIs, dataset_description.json.
+"""Write BIDS-Derivatives safely: files, sidecars, BIDS URIs, dataset_description.json.
+
+Output names come from :mod:`masker_wf.bids.naming` (re-exported here for existing callers).
 
 Every file is written to a temporary name in its final directory and renamed into place
 (``os.replace``), so readers never see a partial file and parallel participant jobs sharing
@@ -16,13 +18,16 @@ import numpy as np
 
 from .._io import atomic_output
 from .._version import __version__
+from .naming import RUN_OUTPUTS, derivative_name, resolution_label
 
 __all__ = [
     "BIDSIGNORE",
+    "RUN_OUTPUTS",
     "bids_uri",
     "copy_atomic",
     "derivative_name",
-    "source_entities",
+    "relative_link",
+    "resolution_label",
     "write_bidsignore",
     "write_dataset_description",
     "write_json",
@@ -44,9 +49,6 @@ BIDSIGNORE = (
     "group",
     "logs",
 )
-
-_IMAGE_EXT = (".nii.gz", ".nii")
-
 
 def _json_default(value):
     if isinstance(value, np.integer):
@@ -83,76 +85,6 @@ def copy_atomic(source, destination) -> Path:
     with atomic_output(destination) as tmp:
         shutil.copyfile(source, tmp)
     return destination
-
-
-def source_entities(bold_file) -> tuple[str, str]:
-    """Split a BIDS file name into (entities without ``desc``, suffix).
-
-    ``sub-01_task-rest_run-01_space-MNI_desc-preproc_bold.nii.gz`` →
-    ``("sub-01_task-rest_run-01_space-MNI", "bold")``. The entity strings are copied from the
-    name (never rebuilt) so zero padding and order are preserved.
-    """
-    name = Path(bold_file).name
-    for ext in _IMAGE_EXT:
-        if name.endswith(ext):
-            name = name[: -len(ext)]
-            break
-    else:
-        name = name.split(".")[0]
-    parts = name.split("_")
-    suffix = parts[-1]
-    kept = [p for p in parts[:-1] if not p.startswith("desc-")]
-    return "_".join(kept), suffix
-
-
-def derivative_name(bold_file, desc: str, suffix: str, extension: str, res=None) -> str:
-    """Output file name: the source entities, ``desc-<desc>``, ``_<suffix><extension>``.
-
-    ``res`` (a label) replaces the source's ``res-`` entity, or is inserted where BIDS orders
-    it (after ``space``, before ``den``/``label``/``desc``): outputs resampled to another
-    grid must not share the name of the input-grid outputs.
-    """
-    prefix, _ = source_entities(bold_file)
-    if res is not None:
-        parts = [p for p in prefix.split("_") if not p.startswith("res-")]
-        where = next(
-            (i for i, p in enumerate(parts) if p.split("-", 1)[0] in ("den", "label")),
-            len(parts),
-        )
-        parts.insert(where, f"res-{res}")
-        prefix = "_".join(parts)
-    return f"{prefix}_desc-{desc}_{suffix}{extension}"
-
-
-def resolution_label(zooms) -> str:
-    """BIDS ``res`` label of a voxel size: ``(4, 4, 4)`` → ``4mm``, ``2.5`` → ``2p5mm``,
-    anisotropic ``3x3x4mm`` (alphanumeric, as BIDS labels must be)."""
-    sizes = [f"{float(z):.4g}".replace(".", "p") for z in list(zooms)[:3]]
-    return (sizes[0] if len(set(sizes)) == 1 else "x".join(sizes)) + "mm"
-
-
-#: (suffix, extension) of every per-run file the App names (stale ones are removed).
-RUN_OUTPUTS = (
-    ("bold", ".nii.gz"),
-    ("bold", ".json"),
-    ("mask", ".nii.gz"),
-    ("mask", ".json"),
-    ("signals", ".npy"),
-    ("signals", ".json"),
-    ("timeseries", ".tsv"),
-    ("timeseries", ".json"),
-    ("outliers", ".tsv"),
-    ("outliers", ".json"),
-    ("provenance", ".json"),
-)
-
-
-def subject_dir(out_dir, entities: dict) -> Path:
-    """``out/sub-<l>[/ses-<l>]/func``."""
-    path = Path(out_dir) / f"sub-{entities['subject']}"
-    if entities.get("session"):
-        path = path / f"ses-{entities['session']}"
-    return path / "func"
 
 
 def bids_uri(path, dataset_links: dict) -> str:

@@ -12,6 +12,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .naming import run_name
+
 __all__ = [
     "BIDSInputError",
     "RunInputs",
@@ -84,11 +86,7 @@ class RunInputs:
     @property
     def name(self) -> str:
         """File name of the BOLD without extension (identifies the run in messages)."""
-        name = self.bold_file.name
-        for ext in _IMAGE_EXT:
-            if name.endswith(ext):
-                return name[: -len(ext)]
-        return name
+        return run_name(self.bold_file)
 
 
 def strip_sub(label: str) -> str:
@@ -260,10 +258,6 @@ def build_layout(
         raise BIDSInputError(f"pybids could not index '{root}': {exc}", 16) from exc
 
 
-def _entity_str(value) -> str:
-    return str(value)
-
-
 def collect_runs(
     layout,
     participants,
@@ -320,12 +314,8 @@ def collect_runs(
 
     runs = []
     for bold in sorted(files, key=lambda f: f.path):
-        entities = {k: _entity_str(v) for k, v in bold.get_entities().items()}
-        # Rebuild run labels from the file name, keeping the zero padding (pybids gives ints).
-        for part in Path(bold.path).name.split("_")[:-1]:
-            key, _, value = part.partition("-")
-            if key == "run":
-                entities["run"] = value
+        # pybids keeps the zero padding of run labels (PaddedInt) when cast to str.
+        entities = {k: str(v) for k, v in bold.get_entities().items()}
         metadata = dict(bold.get_metadata())
         mask = confounds = raw_file = None
         if derivatives_mode:

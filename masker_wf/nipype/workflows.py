@@ -94,62 +94,15 @@ def _as_list_shape(target_shape, target_affine):
 
 def _describe(params, smooth_as_node):
     """The methods paragraph (``__desc__``) naming every step and its parameters."""
-    p = params
+    from ..reports.methods import methods_paragraph
+
+    # The graph is built before any input is known: the mask, confounds and sample mask
+    # are described as optional inputs.
     sentences = [
-        f"BOLD signals were extracted and denoised with masker-wf {__version__} (a nipype "
-        "workflow reproducing nilearn's *NiftiMasker*).",
-        "A provided brain mask was used; when none was provided, a mask was computed "
-        f"from the BOLD series with the '{p['mask_strategy']}' strategy"
-        + (f" (arguments: {p['mask_args']})" if p["mask_args"] else "")
-        + ".",
+        methods_paragraph(params, {"masker-wf": __version__}, inputs_known=False),
+        "The steps ran as a nipype workflow; cleaned signals were saved as a (volumes x "
+        "voxels) array and put back into a 4D image.",
     ]
-    if p["target_affine"] is not None:
-        linear = np.asarray(p["target_affine"])[:3, :3]
-        voxel = " x ".join(f"{size:g}" for size in np.sqrt((linear**2).sum(axis=0)))
-        shape = p["target_shape"]
-        grid = f"{voxel} mm voxels" + (f", {' x '.join(map(str, shape))} grid" if shape else "")
-        sentences.append(
-            f"Images were resampled to a target grid ({grid}) with third-order spline "
-            "interpolation (nearest neighbour for the mask)."
-        )
-    if p["smoothing_fwhm"] is not None:
-        sentences.append(
-            f"The BOLD series were smoothed with a Gaussian kernel of {p['smoothing_fwhm']} mm "
-            "FWHM."
-        )
-    steps = []
-    if p["high_variance_confounds"]:
-        steps.append("the 5 highest-variance voxel time series were added to the confounds")
-    if p["detrend"]:
-        steps.append("signals were linearly detrended")
-    low, high = p["low_pass"], p["high_pass"]
-    if low is not None or high is not None:
-        band = " and ".join(
-            f"{kind} {value} Hz"
-            for kind, value in (("high-pass", high), ("low-pass", low))
-            if value is not None
-        )
-        steps.append(f"a Butterworth filter ({band}) was applied")
-    steps.append(
-        "confounds, when provided, were "
-        + ("z-scored and " if p["standardize_confounds"] else "")
-        + "regressed out"
-    )
-    if p["standardize"]:
-        kind = p["standardize"] if isinstance(p["standardize"], str) else "zscore"
-        steps.append(f"signals were standardized ('{kind}')")
-    censoring = (
-        "interpolated before filtering and then removed"
-        if low is not None or high is not None
-        else "removed"
-    )
-    sentences.append(
-        "Within the mask, " + "; ".join(steps) + ". Censored volumes (sample mask), when "
-        f"provided, were {censoring}."
-    )
-    sentences.append(
-        "Cleaned signals were saved as a (volumes x voxels) array and put back into a 4D image."
-    )
     if smooth_as_node:
         sentences.append("Smoothing ran as a separate workflow step.")
     return " ".join(sentences) + "\n"

@@ -1,5 +1,9 @@
 """HTML reports for masker-wf: per run (``NiftiMasker.generate_report``, the BIDS App's
-per-run page) and per subject (links every run, carries the methods paragraph)."""
+per-run page) and per subject (links every run, carries the methods paragraph).
+
+The package depends on the core only (:mod:`masker_wf._qc` computes the numbers shown,
+:mod:`masker_wf.reports.methods` writes the methods paragraph); matplotlib is imported
+when a figure is drawn."""
 
 from __future__ import annotations
 
@@ -8,8 +12,10 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from .._qc import temporal_snr
 from . import figures
 from .html import HTMLReport, figure, section, table, warnings_block
+from .methods import methods_paragraph
 
 __all__ = [
     "HTMLReport",
@@ -18,29 +24,6 @@ __all__ = [
     "methods_paragraph",
     "temporal_snr",
 ]
-
-
-def temporal_snr(signals: np.ndarray, noise_std: np.ndarray | None = None) -> np.ndarray:
-    """Temporal SNR of each column of ``signals``: ``|mean| / std`` over time.
-
-    Parameters
-    ----------
-    signals : (n_volumes, n_voxels) array
-        Signals in their original units (not standardized).
-    noise_std : (n_voxels,) array, optional
-        Standard deviation to divide by instead of that of ``signals`` (for
-        instance the residual noise after cleaning).
-
-    Returns
-    -------
-    (n_voxels,) float32 array, 0 where the standard deviation is 0.
-    """
-    mean = np.abs(signals.mean(axis=0, dtype=np.float64))
-    std = signals.std(axis=0, dtype=np.float64) if noise_std is None else noise_std
-    std = np.asarray(std, dtype=np.float64)
-    out = np.zeros_like(mean)
-    np.divide(mean, std, out=out, where=std > 0)
-    return out.astype(np.float32)
 
 
 def _to_volume(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -183,71 +166,3 @@ def build_subject_report(
         section("Methods", f"<div class='methods'><p>{_html.escape(methods)}</p></div>", "methods")
     )
     return HTMLReport("".join(parts), title=f"sub-{subject}")
-
-
-def methods_paragraph(parameters: Mapping, versions: Mapping) -> str:
-    """A methods paragraph ready to paste into a paper.
-
-    Parameters
-    ----------
-    parameters : mapping
-        NiftiMasker parameters (``smoothing_fwhm``, ``detrend``, ``low_pass``...),
-        plus optionally ``confounds`` (list of column names), ``denoise_strategy``
-        and ``n_volumes_censored``.
-    versions : mapping
-        Software name -> version (masker-wf, numpy, scipy, nibabel...).
-    """
-    p = dict(parameters)
-    software = ", ".join(f"{name} {version}" for name, version in versions.items())
-    sentences = [f"BOLD time series were cleaned with masker-wf ({software})."]
-    if p.get("mask_file") or p.get("mask_img"):
-        sentences.append("Signals were extracted within the provided brain mask.")
-    else:
-        strategy = p.get("mask_strategy", "background")
-        sentences.append(f"A brain mask was computed with the '{strategy}' strategy.")
-    if p.get("smoothing_fwhm"):
-        sentences.append(
-            f"Images were smoothed with a Gaussian kernel of {p['smoothing_fwhm']} mm FWHM."
-        )
-    steps = []
-    if p.get("detrend"):
-        steps.append("linear detrending")
-    low, high = p.get("low_pass"), p.get("high_pass")
-    filter_type = (p.get("clean_args") or {}).get("filter", "butterworth")
-    butterworth = filter_type == "butterworth" and bool(low or high)
-    if filter_type == "cosine" and high:
-        steps.append(f"cosine high-pass filtering ({high} Hz, discrete cosine regressors)")
-    elif butterworth and low and high:
-        steps.append(f"Butterworth band-pass filtering ({high}-{low} Hz)")
-    elif butterworth and low:
-        steps.append(f"Butterworth low-pass filtering ({low} Hz)")
-    elif butterworth:
-        steps.append(f"Butterworth high-pass filtering ({high} Hz)")
-    confounds = p.get("confounds")
-    if confounds:
-        strategy = p.get("denoise_strategy")
-        described = f" ({strategy} strategy)" if strategy else ""
-        steps.append(
-            f"regression of {len(confounds)} confounds{described}: {', '.join(confounds)}, "
-            + (
-                "projected out orthogonally to the filtered data"
-                if butterworth or filter_type == "cosine"
-                else "regressed out"
-            )
-        )
-    if p.get("n_volumes_censored"):
-        # Censored volumes are only interpolated when a Butterworth filter runs.
-        how = "interpolated by cubic splines before filtering, then removed"
-        n_censored = p["n_volumes_censored"]
-        steps.append(
-            f"censoring of {n_censored} volume{'s' if n_censored != 1 else ''}"
-            + (f" ({how})" if butterworth else " (removed before confound regression)")
-        )
-    standardize = p.get("standardize")
-    if standardize:
-        steps.append(f"standardization ('{standardize}')")
-    if steps:
-        sentences.append("Cleaning comprised, in this order: " + "; ".join(steps) + ".")
-    if p.get("t_r"):
-        sentences.append(f"The repetition time was {p['t_r']} s.")
-    return " ".join(sentences)

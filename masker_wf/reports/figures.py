@@ -15,6 +15,19 @@ import threading
 
 import numpy as np
 
+from .._qc import orthogonal_planes, slice_centre
+
+__all__ = [
+    "carpet_figure",
+    "figure_to_data_uri",
+    "framewise_displacement_figure",
+    "mask_overlay_figure",
+    "orthogonal_planes",
+    "preload_matplotlib",
+    "slice_centre",
+    "tsnr_figure",
+]
+
 _DPI = 72
 MAX_CARPET_ROWS = 800
 
@@ -54,23 +67,6 @@ def figure_to_data_uri(figure) -> str:
     figure.savefig(buffer, format="png", dpi=_DPI, facecolor="white")
     plt.close(figure)
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
-def slice_centre(mask: np.ndarray) -> tuple[int, int, int]:
-    """Voxel where the three orthogonal views of a report cut: the mask's centroid."""
-    if mask is not None and mask.any():
-        return tuple(int(np.rint(c)) for c in np.argwhere(mask).mean(axis=0))
-    return tuple(s // 2 for s in mask.shape)
-
-
-def orthogonal_planes(volume, centre) -> list[np.ndarray]:
-    """The sagittal, coronal and axial planes of ``volume`` through ``centre``.
-
-    ``volume`` may be 4D (an array or a memory map): the planes then keep the time
-    axis, so that a temporal mean of the three planes costs three planes, not the run.
-    """
-    x, y, z = centre
-    return [volume[x, :, :], volume[:, y, :], volume[:, :, z]]
 
 
 def _orthogonal_slices(volume, centre) -> list[np.ndarray]:
