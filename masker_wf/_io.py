@@ -5,6 +5,10 @@ directory, which is renamed over the destination only once it is complete.
 A crash or an exception therefore never leaves a truncated output that a cache
 (Pydra's, nipype's, or a user's ``make``) could mistake for a finished one.
 
+Compressed outputs (``.nii.gz``) are written with python-isal's threaded gzip writer
+(:func:`gzip_writer`): ordinary single-member gzip files that any reader opens, whose
+bytes do not depend on the number of threads.
+
 Signals file format
 -------------------
 Signals are stored as NumPy ``.npy`` files (format version 1.0 or 2.0, as
@@ -17,22 +21,33 @@ in R) opens them, and they can be memory-mapped with ``mmap_mode="r"``.
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
+from ._threads import default_n_threads
+
 __all__ = [
     "atomic_output",
+    "check_compress_level",
+    "gzip_writer",
+    "is_gzipped",
+    "json_text",
     "load_qc",
     "load_signals",
+    "output_error",
     "read_sample_mask",
     "save_img",
     "save_qc",
     "save_signals",
+    "write_file",
+    "write_text_file",
 ]
 
 # Suffixes nibabel needs to see on the temporary name to pick the right format.
@@ -94,7 +109,7 @@ def atomic_output(path) -> Iterator[Path]:
         raise
 
 
-def save_img(img, path) -> Path:
+def save_img(img, path, *, compress_level=1, n_threads=None) -> Path:
     """Write a nibabel image atomically; the format follows the suffix.
 
     Parameters
@@ -103,6 +118,10 @@ def save_img(img, path) -> Path:
         Image to write.
     path : str or os.PathLike
         Destination ending in ``.nii`` (uncompressed, fastest) or ``.nii.gz``.
+    compress_level : int, default=1
+        isal compression level (0 to 3) of a ``.nii.gz``.
+    n_threads : int, optional
+        Compression threads; default :func:`masker_wf._threads.default_n_threads`.
 
     Returns
     -------
@@ -114,68 +133,79 @@ def save_img(img, path) -> Path:
         raise ValueError(f"Image output path must end with .nii or .nii.gz, got '{path}'.")
     with atomic_output(path) as tmp:
         if path.name.lower().endswith(".gz"):
-            with open(tmp, "wb") as stream, ParallelGzipWriter(stream) as writer:
-                img.to_file_map(img.make_file_map({"image": writer, "header": writer}))
+            with (
+                open(tmp, "wb") as raw,
+                gzip_writer(raw, compress_level=compress_level, n_threads=n_threads) as gz,
+            ):
+                stream = _ForwardStream(gz)
+                img.to_file_map(img.make_file_map({"image": stream, "header": stream}))
         else:
             img.to_filename(tmp)
     return path
 
 
-class ParallelGzipWriter(io.RawIOBase):
-    """Write-only file object that gzips what it receives on several threads.
+#: isal's compression levels (0: fastest ... 3: smallest); 1 is close to zlib's level 1,
+#: nibabel's default for ``.nii.gz``.
+COMPRESS_LEVELS = (0, 1, 2, 3)
+_GZIP_MAGIC = b"\x1f\x8b"
+# Block size of the threaded compressor. The compressed bytes depend on it (each block is
+# deflated with the previous block as dictionary), not on the number of threads: fixed, so
+# that the same image gives the same file on every machine.
+_GZIP_BLOCK_BYTES = 1024**2
+_COPY_CHUNK_BYTES = 8 * 1024**2
 
-    The data are cut into blocks compressed independently (zlib releases the GIL)
-    and joined with sync flushes into one standard deflate stream, as ``pigz``
-    does: the result is an ordinary single-member ``.gz`` that any reader opens.
-    A 1.2 GB BOLD run takes about half the time of ``gzip`` level 1 on two cores;
-    the price is a slightly larger file (no shared dictionary between blocks).
+
+def check_compress_level(compress_level) -> int:
+    """Refuse a compression level isal does not have (ValueError naming the value)."""
+    if isinstance(compress_level, bool) or compress_level not in COMPRESS_LEVELS:
+        raise ValueError(
+            f"compress_level must be one of {COMPRESS_LEVELS} (isal levels), "
+            f"got {compress_level!r}."
+        )
+    return int(compress_level)
+
+
+def gzip_writer(stream, *, compress_level=1, n_threads=None):
+    """A file object that gzips what it is given into ``stream``, on several threads.
+
+    python-isal's threaded writer (``isal.igzip_threaded``): an ordinary single-member
+    ``.gz`` that any gzip reader opens, with a zero modification time in its header, and
+    the same bytes whatever the number of threads.
 
     Parameters
     ----------
     stream : binary file object
-        Destination, open for writing (not closed by this object).
-    level : int, default=1
-        zlib compression level (nibabel's default for ``.nii.gz``).
-    block_bytes : int, default=16 MiB
-        Size of the independently compressed blocks.
-    n_threads : int, default=2
-        Compression threads.
+        Destination, open for writing (not closed when the writer is).
+    compress_level : {0, 1, 2, 3}, default=1
+        isal compression level.
+    n_threads : int, optional
+        Compression threads; default :func:`masker_wf._threads.default_n_threads`.
+
+    Returns
+    -------
+    io.BufferedWriter
+        Write-only and not seekable; closing it writes the gzip trailer.
+    """
+    from isal import igzip_threaded
+
+    check_compress_level(compress_level)
+    threads = default_n_threads() if n_threads is None else max(1, int(n_threads))
+    return igzip_threaded.open(
+        stream, "wb", compresslevel=compress_level, threads=threads, block_size=_GZIP_BLOCK_BYTES
+    )
+
+
+class _ForwardStream(io.RawIOBase):
+    """Write-only stream that knows its position and seeks forward by writing zeros.
+
+    nibabel seeks to the start of the header and to the data offset while writing an
+    image; a gzip writer cannot seek, but those seeks never go backwards.
     """
 
-    def __init__(self, stream, level=1, block_bytes=16 * 1024**2, n_threads=2):
+    def __init__(self, sink):
         super().__init__()
-        import zlib
-        from concurrent.futures import ThreadPoolExecutor
-
-        self._zlib = zlib
-        self._stream = stream
-        self._level = level
-        self._block_bytes = block_bytes
-        self._pool = ThreadPoolExecutor(n_threads)
-        # One more thread chains the CRC-32 over the blocks, in order.
-        self._crc_pool = ThreadPoolExecutor(1)
-        self._max_pending = 2 * n_threads
-        self._pending = []
-        self._buffer = bytearray()
-        self._crc = 0
-        self._size = 0
-        # gzip header: magic, deflate, no flags, no mtime (reproducible), no extra flags, Unix.
-        stream.write(b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03")
-
-    def _compress(self, block: bytes, last: bool) -> bytes:
-        compressor = self._zlib.compressobj(self._level, self._zlib.DEFLATED, -15)
-        flush = self._zlib.Z_FINISH if last else self._zlib.Z_SYNC_FLUSH
-        return compressor.compress(block) + compressor.flush(flush)
-
-    def _update_crc(self, block: bytes) -> None:
-        self._crc = self._zlib.crc32(block, self._crc)
-
-    def _submit(self, block: bytes, last: bool = False) -> None:
-        self._crc_pool.submit(self._update_crc, block)
-        self._size += len(block)
-        self._pending.append(self._pool.submit(self._compress, block, last))
-        while len(self._pending) > (0 if last else self._max_pending):
-            self._stream.write(self._pending.pop(0).result())
+        self._sink = sink
+        self._position = 0
 
     def writable(self) -> bool:
         return True
@@ -184,59 +214,188 @@ class ParallelGzipWriter(io.RawIOBase):
         return False
 
     def write(self, data) -> int:
-        """Append ``data`` (any bytes-like object) to the uncompressed stream."""
-        view = memoryview(data).cast("B")
-        if view.nbytes >= self._block_bytes // 4:
-            # nibabel writes the data a slab at a time: compress large writes as they
-            # come, without copying them into the buffer.
-            if self._buffer:
-                self._submit(bytes(self._buffer))
-                self._buffer.clear()
-            self._submit(data if isinstance(data, bytes) else view.tobytes())
-            return view.nbytes
-        self._buffer += view
-        while len(self._buffer) >= self._block_bytes:
-            self._submit(bytes(self._buffer[: self._block_bytes]))
-            del self._buffer[: self._block_bytes]
-        return view.nbytes
+        """Write ``data`` (any bytes-like object) to the sink."""
+        size = memoryview(data).nbytes
+        self._sink.write(data)
+        self._position += size
+        return size
 
     def tell(self) -> int:
         """Position in the uncompressed stream."""
-        return self._size + len(self._buffer)
+        return self._position
 
     def seek(self, offset: int, whence: int = 0) -> int:
-        """Only forward moves are possible: they write zeros (as gzip files do)."""
-        target = offset if whence == 0 else self.tell() + offset
-        if whence not in (0, 1) or target < self.tell():
-            raise OSError("ParallelGzipWriter can only seek forward.")
-        self.write(bytes(target - self.tell()))
+        """Move forward (writing zeros); moving backwards is an error."""
+        target = offset if whence == 0 else self._position + offset
+        if whence not in (0, 1) or target < self._position:
+            raise OSError("a gzip stream can only seek forward.")
+        if target > self._position:
+            self.write(bytes(target - self._position))
         return target
 
-    def flush(self) -> None:
-        """Nothing to do: blocks are written when compressed; see :meth:`close`."""
 
-    def close(self) -> None:
-        """Compress what is left and write the gzip trailer (CRC-32 and size)."""
-        if self._pool is None:
-            super().close()
-            return
-        self._submit(bytes(self._buffer), last=True)
-        self._buffer.clear()
-        self._crc_pool.shutdown()
-        self._stream.write(self._crc.to_bytes(4, "little"))
-        self._stream.write((self._size & 0xFFFFFFFF).to_bytes(4, "little"))
-        self._pool.shutdown()
-        self._pool = None
-        super().close()
+def output_error(path, exc: BaseException) -> OSError:
+    """An OSError naming the output ``path``, for a failure while writing it.
 
-    def __exit__(self, exc_type, exc, traceback):
-        if exc_type is None:
-            self.close()
-        else:  # the output is discarded by atomic_output: just stop the threads
-            self._pool.shutdown(cancel_futures=True)
-            self._crc_pool.shutdown(cancel_futures=True)
-            self._pool = None
-            super().close()
+    Keeps the errno of ``exc`` (so the class is ``PermissionError``, ``FileNotFoundError``,
+    ``NotADirectoryError``... as for the original error) and says where the original
+    failure happened when that was another path (the directory, the temporary file).
+    """
+    path = os.fspath(path)
+    number = getattr(exc, "errno", None)
+    reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+    where = getattr(exc, "filename", None)
+    # Name the directory at fault (missing, or a file); not our own temporary file.
+    if where is not None and Path(path).is_relative_to(where) and os.fspath(where) != path:
+        reason += f" (at '{os.fspath(where)}')"
+    if number is None:
+        error = OSError(f"Cannot write output '{path}': {reason}")
+    else:
+        # OSError(errno, strerror, filename) builds the errno's subclass and names the file.
+        error = OSError(number, f"Cannot write output: {reason}", path)
+    error.output_file = path
+    return error
+
+
+def _check_output_directory(path: Path) -> None:
+    """Refuse, naming ``path``, a destination whose directory is missing or not a directory."""
+    parent = path.parent if str(path.parent) else Path(".")
+    try:
+        is_directory = stat.S_ISDIR(os.stat(parent).st_mode)
+    except OSError as exc:
+        raise output_error(path, exc) from exc
+    if not is_directory:
+        cause = NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), os.fspath(parent))
+        raise output_error(path, cause)
+
+
+def _open_for_writing(path):
+    # A seam for tests that simulate a full disk.
+    return open(path, "wb")
+
+
+def _write_atomically(path: Path, fill) -> Path:
+    """Run ``fill(stream)`` on a temporary file next to ``path``, then rename it to ``path``.
+
+    Any OSError that is not already tagged as coming from an input (the directory, the
+    temporary file, the rename, a write, a full disk) is re-raised naming ``path``; on
+    failure nothing is left at ``path`` (its previous content stays) nor next to it.
+    """
+    _check_output_directory(path)
+    try:
+        with atomic_output(path) as tmp, _open_for_writing(tmp) as stream:
+            fill(stream)
+    except OSError as exc:
+        if getattr(exc, "output_file", None) is not None or getattr(exc, "input_file", None):
+            raise
+        raise output_error(path, exc) from exc
+    return path
+
+
+def _read(reader, size: int, source) -> bytes:
+    try:
+        return reader.read(size)
+    except OSError as exc:
+        error = OSError(exc.errno, exc.strerror or str(exc), os.fspath(source))
+        error.input_file = os.fspath(source)
+        raise error from exc
+
+
+def _pump(reader, writer, source) -> None:
+    while chunk := _read(reader, _COPY_CHUNK_BYTES, source):
+        writer.write(chunk)
+
+
+def is_gzipped(path) -> bool:
+    """Whether the file at ``path`` starts with the gzip magic number."""
+    with open(path, "rb") as stream:
+        return stream.read(2) == _GZIP_MAGIC
+
+
+def write_file(in_file, out_file, *, compress_level=1, n_threads=None) -> Path:
+    """Copy a file to ``out_file`` atomically, (de)compressing it as the names require.
+
+    A destination ending in ``.gz`` gets gzipped data: the input is copied as it is when
+    it is already gzipped, compressed with python-isal otherwise. A gzipped input written
+    to a destination without ``.gz`` is decompressed. Everything else is copied.
+
+    Parameters
+    ----------
+    in_file : str or os.PathLike
+        The file to write.
+    out_file : str or os.PathLike
+        Destination; its directory must exist.
+    compress_level : {0, 1, 2, 3}, default=1
+        isal compression level, when compressing.
+    n_threads : int, optional
+        Compression threads; default :func:`masker_wf._threads.default_n_threads`.
+
+    Returns
+    -------
+    pathlib.Path
+        ``out_file``.
+
+    Raises
+    ------
+    OSError
+        Naming ``in_file`` when it cannot be read, naming ``out_file`` for any failure on
+        the output side (missing directory, a file in the way, permissions, full disk).
+    """
+    from isal import igzip
+
+    source, out_file = Path(in_file), Path(out_file)
+    check_compress_level(compress_level)
+    compress = out_file.name.lower().endswith(".gz")
+    with open(source, "rb") as raw_input:
+        gzipped = raw_input.read(2) == _GZIP_MAGIC
+        raw_input.seek(0)
+
+        def fill(stream):
+            if compress and not gzipped:
+                with gzip_writer(stream, compress_level=compress_level, n_threads=n_threads) as gz:
+                    _pump(raw_input, gz, source)
+            elif gzipped and not compress:
+                with igzip.open(raw_input, "rb") as decompressed:
+                    _pump(decompressed, stream, source)
+            else:
+                _pump(raw_input, stream, source)
+
+        return _write_atomically(out_file, fill)
+
+
+def json_text(content, *, what="JSON content") -> str:
+    """``content`` as JSON text (2-space indent; numpy values, paths, sets accepted).
+
+    Raises
+    ------
+    TypeError, ValueError
+        ``content`` holds a value JSON cannot represent (NaN and infinities included:
+        they are not valid JSON).
+    """
+    import json
+
+    try:
+        return json.dumps(content, indent=2, default=_json_default, allow_nan=False) + "\n"
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(f"{what} cannot be written as JSON: {exc}") from exc
+
+
+def _json_default(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, (set, frozenset, tuple)):
+        return list(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def write_text_file(path, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically; output failures name ``path``."""
+    data = text.encode("utf-8")
+    return _write_atomically(Path(path), lambda stream: stream.write(data))
 
 
 def save_signals(signals, path) -> Path:

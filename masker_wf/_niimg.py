@@ -4,6 +4,10 @@ A Niimg-like object is what nilearn users pass around: a path (``str`` or
 ``pathlib.Path``, globs allowed), a nibabel spatial image, or a list of those
 (concatenated along time). Everything here returns nibabel images and never
 converts data to float64 behind the caller's back.
+
+The lowest layer of the core with :mod:`masker_wf._exceptions`: ``image`` and
+``masking`` both import it (binary masks are loaded and read here, see
+:func:`load_mask_img`), and it imports neither.
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ import warnings
 
 import numpy as np
 
-from . import _spec, _validation, image, masking, signal
+from . import _qc, _spec, _validation, image, masking, signal
 from ._exceptions import DimensionError
 from ._niimg import (
     check_niimg,
@@ -42,10 +42,10 @@ __all__ = ["compute_mask_img", "filter_and_extract", "prepare_mask_img", "resolv
 
 MASK_STRATEGIES = _spec.MASK_STRATEGIES
 STANDARDIZE_VALUES = _spec.STANDARDIZE_VALUES
+# The parameters filter_and_extract takes under their spec names (clean_args is
+# clean_kwargs here).
+_CHECKED = tuple(p for p in _spec.for_face("CleanSignals") if p.name != "clean_args")
 
-# Voxels per chunk when reducing (n_volumes, n_voxels) arrays column-wise for the report
-# statistics: a chunk of a few MB stays in cache.
-_COLUMN_CHUNK = 2048
 # Number of voxels kept for the carpet plots of the report.
 _REPORT_VOXELS = 2000
 
@@ -271,34 +271,6 @@ def _smooth_and_extract(data, affine, fwhm, mask):
     return image.smooth_masked(data, affine, fwhm, mask)
 
 
-def _column_stats(signals: np.ndarray, rows=None) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and (population) standard deviation over time of each column.
-
-    Computed by cache-sized column chunks in the signals' precision (means
-    accumulated in float64): for the report only, so cheap beats exact. ``rows``
-    restricts the statistics to these time points (the volumes kept).
-    """
-    n_rows, n_columns = signals.shape
-    if rows is not None:
-        n_rows = len(rows)
-    mean = np.empty(n_columns)
-    std = np.empty(n_columns)
-    for start in range(0, n_columns, _COLUMN_CHUNK):
-        stop = min(start + _COLUMN_CHUNK, n_columns)
-        chunk = signals[:, start:stop] if rows is None else signals[rows, start:stop]
-        chunk_mean = chunk.mean(axis=0, dtype=np.float64)
-        centred = chunk - chunk_mean.astype(chunk.dtype)
-        mean[start:stop] = chunk_mean
-        std[start:stop] = np.sqrt(np.einsum("ij,ij->j", centred, centred) / max(n_rows, 1))
-    return mean, std
-
-
-def _tsnr(mean, std) -> np.ndarray:
-    out = np.zeros_like(mean)
-    np.divide(np.abs(mean), std, out=out, where=std > 0)
-    return out.astype(np.float32)
-
-
 def _kept_volumes(run_rows, masks):
     """Indices (over all volumes) of the volumes kept, or None when all are kept.
 
@@ -477,21 +449,9 @@ def filter_and_extract(
         integer data with ``dtype=None``).
     """
     # The door check of every face, repeated here for callers of this function alone.
+    given = locals()
     checked = _validation.check_parameters(
-        {
-            "smoothing_fwhm": smoothing_fwhm,
-            "standardize": standardize,
-            "standardize_confounds": standardize_confounds,
-            "detrend": detrend,
-            "high_variance_confounds": high_variance_confounds,
-            "low_pass": low_pass,
-            "high_pass": high_pass,
-            "t_r": t_r,
-            "target_affine": target_affine,
-            "target_shape": target_shape,
-            "dtype": dtype,
-            "clean_args": clean_kwargs,
-        }
+        {p.name: given[p.name] for p in _CHECKED} | {"clean_args": clean_kwargs}
     )
     clean_kwargs = checked["clean_args"] or {}
 
@@ -554,12 +514,7 @@ def filter_and_extract(
     if report is not None:
         # The report shows three planes of the mean image: average just those planes
         # instead of a second pass over the whole run.
-        from ._qc import orthogonal_planes, slice_centre
-
-        report["mean_planes"] = [
-            plane.mean(axis=-1, dtype=np.float64).astype(np.float32)
-            for plane in orthogonal_planes(data, slice_centre(mask))
-        ]
+        report["mean_planes"] = _qc.mean_planes(data, mask)
     if smoothing_fwhm is not None:
         log("Smoothing images", verbose, log_name)
         log("Extracting region signals", verbose, log_name)
@@ -579,10 +534,10 @@ def filter_and_extract(
         kept = _kept_volumes(run_rows, masks)
         # Over the kept volumes only, like the tSNR after cleaning: censored volumes
         # (non-steady state, motion spikes) would otherwise make the gain look larger.
-        mean_before, std_before = _column_stats(signals, rows=kept)
+        mean_before, std_before = _qc.column_stats(signals, rows=kept)
         report["signals_before"] = signals[:, voxels].copy()
         # A single volume has no temporal SNR.
-        report["tsnr_before"] = _tsnr(mean_before, std_before) if n_volumes > 1 else None
+        report["tsnr_before"] = _qc.tsnr(mean_before, std_before) if n_volumes > 1 else None
         report["kept_volumes"] = kept
 
     log("Cleaning extracted signals", verbose, log_name)
@@ -607,5 +562,5 @@ def filter_and_extract(
         report["signals_after"] = cleaned[:, voxels].copy()
         report["standardized"] = bool(standardize)
         # Mean of the input over the noise left after cleaning (before any standardization).
-        report["tsnr_after"] = _tsnr(mean_before, noise_std) if n_volumes > 1 else None
+        report["tsnr_after"] = _qc.tsnr(mean_before, noise_std) if n_volumes > 1 else None
     return cleaned

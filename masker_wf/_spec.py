@@ -50,6 +50,24 @@ FACES = (
 MASK_STRATEGIES = ("background", "epi", "whole-brain-template", "gm-template", "wm-template")
 #: ``"template"``: deprecated alias of ``"whole-brain-template"`` (warns).
 DEPRECATED_MASK_STRATEGIES = {"template": "whole-brain-template"}
+#: Options ``mask_args`` may set, per strategy: the keyword arguments of the strategy's
+#: mask function in :mod:`masker_wf.masking` (checked against their signatures by a test).
+MASK_ARGS = {
+    "background": ("border_size", "connected", "opening", "target_affine", "target_shape"),
+    "epi": (
+        "connected",
+        "ensure_finite",
+        "exclude_zeros",
+        "lower_cutoff",
+        "opening",
+        "target_affine",
+        "target_shape",
+        "upper_cutoff",
+    ),
+    "whole-brain-template": ("connected", "opening", "threshold"),
+    "gm-template": ("connected", "opening", "threshold"),
+    "wm-template": ("connected", "opening", "threshold"),
+}
 STANDARDIZE_VALUES = ("zscore_sample", "zscore", "psc", True, False, None)
 DTYPE_VALUES = (None, "auto", "float32", "float64")
 

@@ -12,47 +12,87 @@ Guarantees shared by every step:
   output is written;
 - the output is written atomically (:func:`masker_wf._io.atomic_output`):
   on failure nothing is left at ``out_file``;
-- any failure raises :class:`StepError` (a ``ValueError``) naming the step and
-  the input file, with the original exception chained as ``__cause__``.
+- a bad input or parameter (a ``ValueError`` or ``TypeError`` raised by the
+  validator or the core, e.g. :class:`~masker_wf._exceptions.DimensionError`) is
+  re-raised as the same object, with the same message as the estimator gives,
+  carrying the attributes ``step`` and ``file`` (the input at fault, else the
+  step's main input); any other failure raises :class:`StepError` (a
+  ``ValueError`` with ``step``, ``file`` and ``reason``), the original exception
+  chained as ``__cause__``.
+
+Errors across processes
+-----------------------
+The faces that run steps in other processes (Pydra's ``cf`` worker, nipype's
+MultiProc) report failures to their caller as text. So that the caller gets the
+exception object itself, the Pydra tasks and nipype interfaces run the steps through
+:func:`call_step`, which pickles a failure into ``_masker_error.pkl`` in the task's
+working directory; :func:`load_error` reads it back.
 """
 
 from __future__ import annotations
 
 import functools
+import multiprocessing
 import os
+import pickle
 from pathlib import Path
 
 import numpy as np
 
+from . import _io, _validation
+from ._exceptions import DimensionError, SampleMaskError
 from ._io import atomic_output, load_signals, read_sample_mask, save_img, save_qc, save_signals
 from ._niimg import get_data
 
-__all__ = ["StepError", "clean_signals", "compute_mask", "resample", "smooth", "unmask"]
+__all__ = [
+    "ERROR_FILE",
+    "StepError",
+    "call_step",
+    "clean_signals",
+    "compute_mask",
+    "load_error",
+    "record_error",
+    "resample",
+    "sidecar_path",
+    "smooth",
+    "unmask",
+    "write_derivative",
+]
+
+#: Name of the file :func:`call_step` pickles a failure into, in the working directory.
+ERROR_FILE = "_masker_error.pkl"
 
 
 class StepError(ValueError):
-    """A file-based step failed.
+    """A file-based step failed for a reason other than a bad input or parameter.
 
     Parameters
     ----------
     step : str
         Name of the step (``"compute_mask"``, ``"clean_signals"``, ...).
-    input_file : str or os.PathLike or list
-        The input file the step was working on (the main one when several).
+    file : str or os.PathLike or list
+        The input file the step was working on (the main one when several); also
+        available as ``input_file``.
     reason : str
         What went wrong.
     """
 
-    def __init__(self, step, input_file, reason):
+    def __init__(self, step, file, reason):
         self.step = step
-        self.input_file = input_file
+        self.file = file
         self.reason = reason
-        message = f"masker step '{step}' failed on input file {_name(input_file)}: {reason}"
+        message = f"masker step '{step}' failed on input file {_name(file)}: {reason}"
         super().__init__(message)
 
+    @property
+    def input_file(self):
+        """The input file the step was working on (same as ``file``)."""
+        return self.file
+
     def __reduce__(self):
-        # Keep the exception picklable across process pools (Pydra's cf worker).
-        return (type(self), (self.step, self.input_file, self.reason))
+        # Keep the exception picklable across process pools (Pydra's cf worker); notes
+        # and other attributes travel as the state.
+        return (type(self), (self.step, self.file, self.reason), self.__dict__)
 
 
 def _name(files) -> str:
@@ -61,8 +101,34 @@ def _name(files) -> str:
     return f"'{os.fspath(files)}'" if files is not None else "<none>"
 
 
-def _step(name: str, input_arg: str):
-    """Turn any exception raised by a step into a StepError naming the step and its input."""
+def _file_value(files):
+    if isinstance(files, (list, tuple)):
+        return [_file_value(f) for f in files]
+    return None if files is None else os.fspath(files)
+
+
+def _locate(exc: BaseException, step: str, file) -> BaseException:
+    """Set ``exc.step`` and ``exc.file`` unless already set; note them for tracebacks.
+
+    The note shows in formatted tracebacks (Pydra's and nipype's crash reports) but
+    leaves ``str(exc)``, the message every face shares, unchanged.
+    """
+    if getattr(exc, "step", None) is None:
+        exc.step = step
+    if getattr(exc, "file", None) is None:
+        exc.file = _file_value(file)
+        exc.add_note(f"(masker step '{exc.step}', input file {_name(exc.file)})")
+    return exc
+
+
+def _step(name: str, input_arg: str, keep: tuple = ()):
+    """Give the exceptions of a step its name and input file.
+
+    ValueError and TypeError (bad inputs or parameters, found by the validator or the
+    core), and the classes in ``keep``, are re-raised as the same object with ``step`` and
+    ``file`` set; anything else becomes a StepError naming the step and its input.
+    """
+    passed = (ValueError, TypeError, *keep)
 
     def decorate(function):
         @functools.wraps(function)
@@ -70,7 +136,8 @@ def _step(name: str, input_arg: str):
             input_file = kwargs.get(input_arg, args[0] if args else None)
             try:
                 return function(*args, **kwargs)
-            except StepError:
+            except passed as exc:
+                _locate(exc, name, input_file)
                 raise
             except Exception as exc:
                 raise StepError(name, input_file, f"{type(exc).__name__}: {exc}") from exc
@@ -80,11 +147,138 @@ def _step(name: str, input_arg: str):
     return decorate
 
 
+def _portable(exc: BaseException) -> dict:
+    """What :func:`record_error` pickles: the exception, or its class, args and attributes.
+
+    Exceptions whose ``__init__`` takes other arguments than their message (such as
+    DimensionError) pickle but do not unpickle; they are rebuilt from their parts instead.
+    """
+    try:
+        data = pickle.dumps(exc)
+        clone = pickle.loads(data)
+        if type(clone) is type(exc) and clone.args == exc.args:
+            return {"exception": data}
+    except Exception:
+        pass
+    state = {}
+    for key, value in vars(exc).items():
+        try:
+            pickle.dumps(value)
+        except Exception:
+            continue
+        state[key] = value
+    try:
+        pickle.loads(pickle.dumps(type(exc)))
+        return {"parts": pickle.dumps((type(exc), exc.args, state))}
+    except Exception:  # a class pickle cannot find by name (defined in a function...)
+        error = StepError(
+            getattr(exc, "step", None), getattr(exc, "file", None), f"{type(exc).__name__}: {exc}"
+        )
+        return {"exception": pickle.dumps(error)}
+
+
+def record_error(exc: BaseException, directory) -> Path:
+    """Pickle ``exc`` into ``directory/_masker_error.pkl`` (atomically) for another process.
+
+    Parameters
+    ----------
+    exc : BaseException
+        The failure of a step.
+    directory : str or os.PathLike
+        The task's or node's working directory.
+
+    Returns
+    -------
+    pathlib.Path
+        The file written.
+    """
+    path = Path(directory) / ERROR_FILE
+    with atomic_output(path) as tmp:
+        tmp.write_bytes(pickle.dumps(_portable(exc)))
+    return path
+
+
+def load_error(directory) -> BaseException | None:
+    """The exception :func:`record_error` left in ``directory``, or None.
+
+    Parameters
+    ----------
+    directory : str or os.PathLike
+        A task's or node's working directory.
+
+    Returns
+    -------
+    BaseException or None
+        Same class, message and attributes (``step``, ``file``...) as the original; None
+        when there is no readable error file.
+    """
+    path = Path(directory) / ERROR_FILE
+    try:
+        payload = pickle.loads(path.read_bytes())
+        if "exception" in payload:
+            return pickle.loads(payload["exception"])
+        cls, args, state = pickle.loads(payload["parts"])
+        # Neither __init__ nor a custom __reduce__: restore what the object held.
+        exc = cls.__new__(cls, *args)
+        exc.args = args
+        exc.__dict__.update(state)
+        return exc
+    except (OSError, EOFError, pickle.UnpicklingError, AttributeError, ImportError, TypeError):
+        return None
+
+
+def _transportable(exc: BaseException) -> BaseException:
+    """``exc`` if it survives pickling, else a StepError saying the same."""
+    try:
+        clone = pickle.loads(pickle.dumps(exc))
+        if type(clone) is type(exc):
+            return exc
+    except Exception:
+        pass
+    return StepError(getattr(exc, "step", None), getattr(exc, "file", None), str(exc))
+
+
+def call_step(step, directory, *args, **kwargs):
+    """Run ``step(*args, **kwargs)``; on failure, record the exception in ``directory``.
+
+    Used by the Pydra tasks and the nipype interfaces, whose working directory is
+    ``directory``, so that the runners (:func:`masker_wf.workflow.run_masker_workflow`,
+    :func:`masker_wf.nipype.run_masker_wf`) can re-raise the exception object itself
+    after a worker process reported it as text. A stale error file is removed first.
+
+    Returns
+    -------
+    object
+        What the step returns.
+
+    Raises
+    ------
+    Exception
+        The step's exception, the same object; in a worker process, an exception that
+        could not be unpickled by the parent (a multiprocessing pool would break on it) is
+        raised as a StepError instead (the recorded file keeps the original).
+    """
+    directory = Path(directory)
+    (directory / ERROR_FILE).unlink(missing_ok=True)
+    try:
+        return step(*args, **kwargs)
+    except Exception as exc:
+        record_error(exc, directory)
+        if multiprocessing.parent_process() is None:
+            raise
+        transported = _transportable(exc)
+        if transported is exc:
+            raise
+        raise transported from exc
+
+
 def _check_input(step: str, path, what: str, ndim=None, read_data=False):
     """Fail early, before any output exists, when an input image is missing or unreadable.
 
-    ``read_data`` also reads the data (for small images such as masks), so that a
-    truncated file is blamed on itself rather than on the step's main input.
+    ``ndim`` is only given where the core does not check the dimensionality itself; the
+    check is the validator's (a DimensionError, as the core raises). ``read_data`` also
+    reads the data (for small images such as masks), so that a truncated file is blamed
+    on itself rather than on the step's main input.
     """
     import nibabel as nib
 
@@ -97,10 +291,12 @@ def _check_input(step: str, path, what: str, ndim=None, read_data=False):
         img = nib.load(path)
     except Exception as exc:
         raise StepError(step, path, f"{what} cannot be read as an image: {exc}") from exc
-    shape = img.shape
-    if ndim is not None and len(shape) not in ndim:
-        expected = " or ".join(map(str, ndim))
-        raise StepError(step, path, f"{what} must be a {expected}D image, got shape {shape}.")
+    if ndim is not None:
+        try:
+            _validation.check_img_ndim(img.shape, ndim, name=f"{what} '{path}'")
+        except (TypeError, ValueError) as exc:
+            _locate(exc, step, path)
+            raise
     if read_data:
         try:
             get_data(img)
@@ -169,7 +365,7 @@ def compute_mask(
     if not files:
         raise StepError("compute_mask", bold_files, "no BOLD file given.")
     for path in files:
-        _check_input("compute_mask", path, "BOLD image", ndim=(3, 4))
+        _check_input("compute_mask", path, "BOLD image")
     out_file = _check_output("compute_mask", bold_files, out_file)
     imgs = os.fspath(files[0]) if len(files) == 1 else [os.fspath(f) for f in files]
     mask_img = compute_mask_img(
@@ -291,7 +487,7 @@ def clean_signals(
     t_r=None,
     runs=None,
     dtype=None,
-    clean_kwargs=None,
+    clean_args=None,
     qc_file=None,
 ) -> Path:
     """Extract the masked, (smoothed,) cleaned time series of a BOLD image to ``.npy``.
@@ -320,9 +516,9 @@ def clean_signals(
     target_affine, target_shape : optional
         Grid the BOLD is resampled to (continuous interpolation) before extraction.
     high_variance_confounds, detrend, standardize, standardize_confounds, low_pass, \
-high_pass, t_r, runs, dtype, clean_kwargs
-        As in ``NiftiMasker`` / :func:`masker_wf.signal.clean` (``low_pass`` and
-        ``high_pass`` in Hz, ``t_r`` in seconds).
+high_pass, t_r, runs, dtype, clean_args
+        As in ``NiftiMasker`` (``low_pass`` and ``high_pass`` in Hz, ``t_r`` in seconds;
+        ``clean_args``: extra arguments of :func:`masker_wf.signal.clean`).
     qc_file : path, optional
         Also write the report data gathered on the way (tSNR before/after, a
         sample of voxels for the carpet plots, the mean image's planes) to this
@@ -336,15 +532,17 @@ high_pass, t_r, runs, dtype, clean_kwargs
     """
     from ._pipeline import filter_and_extract
 
-    _check_input("clean_signals", bold_file, "BOLD image", ndim=(3, 4))
-    _check_input("clean_signals", mask_file, "mask image", ndim=(3, 4), read_data=True)
+    bold_img = _check_input("clean_signals", bold_file, "BOLD image")
+    _check_input("clean_signals", mask_file, "mask image", read_data=True)
     if confounds_file is not None and not Path(confounds_file).is_file():
         raise StepError("clean_signals", confounds_file, "confounds file does not exist.")
+    # Sample-mask errors are the sample-mask file's when it is one.
+    mask_source = sample_mask if isinstance(sample_mask, (str, os.PathLike)) else bold_file
     try:
         kept = read_sample_mask(sample_mask)
     except (TypeError, ValueError) as exc:
-        source = sample_mask if isinstance(sample_mask, (str, os.PathLike)) else bold_file
-        raise StepError("clean_signals", source, str(exc)) from exc
+        _locate(exc, "clean_signals", mask_source)
+        raise
     out_file = _check_output("clean_signals", bold_file, out_file)
     if out_file.suffix.lower() != ".npy":
         raise StepError("clean_signals", bold_file, f"out_file must end with .npy: '{out_file}'.")
@@ -352,26 +550,35 @@ high_pass, t_r, runs, dtype, clean_kwargs
         raise StepError("clean_signals", bold_file, f"qc_file must end with .npz: '{qc_file}'.")
     confounds = _read_confounds(confounds_file)
     report = None if qc_file is None else {}
-    signals = filter_and_extract(
-        os.fspath(bold_file),
-        os.fspath(mask_file),
-        smoothing_fwhm=smoothing_fwhm,
-        target_affine=_as_affine(target_affine),
-        target_shape=_as_shape(target_shape),
-        dtype=dtype,
-        high_variance_confounds=high_variance_confounds,
-        confounds=confounds,
-        sample_mask=kept,
-        runs=None if runs is None else np.asarray(runs),
-        detrend=detrend,
-        standardize=standardize,
-        standardize_confounds=standardize_confounds,
-        low_pass=low_pass,
-        high_pass=high_pass,
-        t_r=t_r,
-        clean_kwargs=dict(clean_kwargs) if clean_kwargs else None,
-        report=report,
-    )
+    try:
+        signals = filter_and_extract(
+            os.fspath(bold_file),
+            os.fspath(mask_file),
+            smoothing_fwhm=smoothing_fwhm,
+            target_affine=_as_affine(target_affine),
+            target_shape=_as_shape(target_shape),
+            dtype=dtype,
+            high_variance_confounds=high_variance_confounds,
+            confounds=confounds,
+            sample_mask=kept,
+            runs=None if runs is None else np.asarray(runs),
+            detrend=detrend,
+            standardize=standardize,
+            standardize_confounds=standardize_confounds,
+            low_pass=low_pass,
+            high_pass=high_pass,
+            t_r=t_r,
+            clean_kwargs=dict(clean_args) if clean_args else None,
+            report=report,
+        )
+    except SampleMaskError as exc:
+        _locate(exc, "clean_signals", mask_source)
+        raise
+    except DimensionError as exc:
+        # The core checks both images; a BOLD of a valid dimensionality leaves the mask.
+        at_fault = bold_file if len(bold_img.shape) not in (3, 4) else mask_file
+        _locate(exc, "clean_signals", at_fault)
+        raise
     if qc_file is not None:
         save_qc(report, qc_file)
     return save_signals(signals, out_file)
@@ -412,7 +619,7 @@ def unmask(signals_file, mask_file, out_file) -> Path:
     from .masking import load_mask_img
 
     signals = load_signals(signals_file)
-    _check_input("unmask", mask_file, "mask image", ndim=(3, 4), read_data=True)
+    _check_input("unmask", mask_file, "mask image", read_data=True)
     # Read the mask file once; every chunk below reuses the in-memory image.
     mask_img = nib.load(os.fspath(mask_file))
     mask_img = nib.Nifti1Image(np.asanyarray(mask_img.dataobj), mask_img.affine, mask_img.header)
@@ -460,3 +667,66 @@ def _save_unmasked_nii(signals, mask_img, out_file, volumes_per_chunk=16) -> Pat
             flat = np.asanyarray(img.dataobj).ravel(order="F")
             stream.write(memoryview(flat).cast("B"))
     return Path(out_file)
+
+
+def sidecar_path(out_file) -> Path:
+    """The JSON sidecar of a derivative: ``x_bold.nii.gz`` → ``x_bold.json``."""
+    out_file = Path(out_file)
+    name = out_file.name
+    if name.lower().endswith(".gz"):
+        name = name[:-3]
+    return out_file.with_name(Path(name).stem + ".json")
+
+
+@_step("write_derivative", "in_file", keep=(OSError,))
+def write_derivative(in_file, out_file, *, sidecar=None, compress_level=1, n_threads=None) -> Path:
+    """Write a file (an image or any other) to its final derivative path, atomically.
+
+    The data are staged under a temporary name in the destination directory and renamed
+    into place, so that a reader, a rerun or a crash never sees a partial file. A
+    destination ending in ``.gz`` (``.nii.gz``) is compressed with python-isal (ordinary
+    single-member gzip, any reader opens it) when ``in_file`` is uncompressed, copied when
+    it is already gzipped; a gzipped input to an uncompressed destination is decompressed.
+    The JSON sidecar, when given, is written next to the data once the data are in place
+    (same stem, ``.json``), also atomically.
+
+    Parameters
+    ----------
+    in_file : str or os.PathLike
+        The file to write (an image in the task's cache directory, for instance).
+    out_file : str or os.PathLike
+        Destination. Its directory must exist (the caller creates the derivative tree).
+    sidecar : dict, optional
+        Content of the JSON sidecar; checked to be valid JSON before anything is written.
+    compress_level : {0, 1, 2, 3}, default=1
+        isal compression level when compressing.
+    n_threads : int, optional
+        Compression threads; default :func:`masker_wf._threads.default_n_threads` (it does
+        not change the bytes written).
+
+    Returns
+    -------
+    pathlib.Path
+        ``out_file``.
+
+    Raises
+    ------
+    OSError
+        On the output side (directory missing, a file in the way, no permission, disk
+        full), an OSError of the errno's class (``FileNotFoundError``,
+        ``NotADirectoryError``, ``PermissionError``...) whose message and ``filename`` name
+        ``out_file``; nothing is left at ``out_file`` (a previous file there is kept) and
+        no temporary file remains. An unreadable ``in_file`` raises the OSError naming it.
+    ValueError, TypeError
+        A bad ``compress_level`` or a sidecar that is not valid JSON (before any write).
+    """
+    out_file = Path(out_file)
+    _io.check_compress_level(compress_level)
+    json_file = None if sidecar is None else sidecar_path(out_file)
+    if json_file == out_file:
+        raise ValueError(f"out_file '{out_file}' is a .json file: its sidecar would replace it.")
+    text = None if sidecar is None else _io.json_text(sidecar, what=f"sidecar of '{out_file}'")
+    _io.write_file(in_file, out_file, compress_level=compress_level, n_threads=n_threads)
+    if text is not None:
+        _io.write_text_file(json_file, text)
+    return out_file

@@ -8,13 +8,11 @@ nilearn's users catch them: ``ValueError`` for bad values, ``TypeError`` for bad
 (a ``TypeError`` as in nilearn's transform, and a ``ValueError`` as in its mask
 functions), ``IndexError`` for out-of-range ``sample_mask`` indices.
 
-Part of the core: imports numpy and the spec only (the mask functions' options are read
-lazily from :mod:`masker_wf.masking`).
+Part of the core, below the core ops: imports numpy and the spec only.
 """
 
 from __future__ import annotations
 
-import inspect
 import numbers
 import warnings
 from collections.abc import Mapping
@@ -237,21 +235,9 @@ def check_mask_strategy(mask_strategy, *, stacklevel=3) -> str:
     return mask_strategy
 
 
-# Arguments of the mask functions that are not options (the images, caching, logging, and
-# the template kind that the strategy itself sets).
-_MASK_FIXED = {"imgs", "data_imgs", "epi_img", "target_img", "verbose", "memory", "mask_type"}
-
-
 def mask_args_options(mask_strategy) -> list[str]:
     """Names ``mask_args`` may hold for a mask strategy (its mask function's options)."""
-    from . import masking  # lazy: masking imports the core loaders, this module must not
-
-    strategy = check_mask_strategy(mask_strategy, stacklevel=4)
-    function = {
-        "background": masking.compute_background_mask,
-        "epi": masking.compute_epi_mask,
-    }.get(strategy, masking.compute_brain_mask)
-    return sorted(set(inspect.signature(function).parameters) - _MASK_FIXED)
+    return sorted(_spec.MASK_ARGS[check_mask_strategy(mask_strategy, stacklevel=4)])
 
 
 def check_mask_args(mask_strategy, mask_args) -> dict:

@@ -17,7 +17,7 @@ Deliberate differences from nilearn 0.11.1:
   or silently skips); a malformed ``target_affine`` raises ValueError rather than
   ``LinAlgError``.
 * ``memory``/``n_jobs``/``verbose`` are accepted and ignored (no disk cache);
-  per-volume loops run in 2 threads.
+  per-volume loops run in ``masker_wf._threads.default_n_threads()`` threads.
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ from ._niimg import (
     new_img_like,
     voxel_sizes,
 )
+from ._threads import default_n_threads
 
 __all__ = [
     "concat_imgs",
@@ -65,8 +66,8 @@ _INTERPOLATION_ORDERS = {"continuous": 3, "linear": 1, "nearest": 0}
 _FWHM_PER_SIGMA = np.sqrt(8 * np.log(2))
 # scipy's gaussian_filter1d default: the kernel is cut at 4 standard deviations.
 _TRUNCATE = 4.0
-# Workers for the per-volume loops: scipy.ndimage releases the GIL while filtering.
-_N_THREADS = 2
+# Workers for the per-volume loops (scipy.ndimage releases the GIL while filtering):
+# default_n_threads(), read at call time.
 
 
 # --------------------------------------------------------------------------------------
@@ -387,7 +388,7 @@ def resample_img(
 
         # Volumes are independent and scipy.ndimage releases the GIL while interpolating.
         if len(jobs) > 1:
-            with ThreadPoolExecutor(max_workers=_N_THREADS) as pool:
+            with ThreadPoolExecutor(max_workers=default_n_threads()) as pool:
                 for _ in pool.map(run, jobs):
                     pass
         else:
@@ -711,7 +712,7 @@ def smooth_masked(data4d, affine, fwhm, mask, *, dtype=None, ensure_finite=True,
                     values[bad] = 0
             out[t] = values
 
-    n_threads = max(1, int(n_jobs or _N_THREADS))
+    n_threads = max(1, int(n_jobs or default_n_threads()))
     chunk = max(1, min(16, -(-n_volumes // (2 * n_threads))))
     chunks = [range(i, min(i + chunk, n_volumes)) for i in range(0, n_volumes, chunk)]
     if n_threads == 1 or len(chunks) == 1:

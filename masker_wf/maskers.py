@@ -161,27 +161,10 @@ class NiftiMasker(
         clean_args=None,
         **kwargs,
     ):
-        self.mask_img = mask_img
-        self.runs = runs
-        self.smoothing_fwhm = smoothing_fwhm
-        self.standardize = standardize
-        self.standardize_confounds = standardize_confounds
-        self.detrend = detrend
-        self.high_variance_confounds = high_variance_confounds
-        self.low_pass = low_pass
-        self.high_pass = high_pass
-        self.t_r = t_r
-        self.target_affine = target_affine
-        self.target_shape = target_shape
-        self.mask_strategy = mask_strategy
-        self.mask_args = mask_args
-        self.dtype = dtype
-        self.memory_level = memory_level
-        self.memory = memory
-        self.verbose = verbose
-        self.reports = reports
-        self.cmap = cmap
-        self.clean_args = clean_args
+        # scikit-learn reads the parameters back from these attributes by name.
+        given = locals()
+        for parameter in _spec.for_face("estimator"):
+            setattr(self, parameter.name, given[parameter.name])
         # nilearn's name for the ``**kwargs``; kept as given (never rewritten).
         self.clean_kwargs = dict(kwargs)
 

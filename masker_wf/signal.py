@@ -47,6 +47,7 @@ from scipy.interpolate import CubicSpline
 
 from masker_wf import _validation
 from masker_wf._exceptions import SampleMaskError  # noqa: F401  (re-exported)
+from masker_wf._threads import default_n_threads
 
 try:  # installed with scikit-learn; only used to pin BLAS to one thread per worker
     from threadpoolctl import threadpool_limits
@@ -71,8 +72,7 @@ _CHUNK_BYTES = 8 * 2**20
 # The precomputed operator costs 2 * n_out * n_in flops per column; above this many kept
 # volumes, direct filtering (linear in n) is cheaper.
 _OPERATOR_MAX_VOLUMES = 1000
-# Worker threads over column chunks (the machine budget is 2 cores).
-_N_THREADS = 2
+# Worker threads over column chunks: default_n_threads(), read at call time.
 _NA_TOKENS = {"", "n/a", "na", "nan", "NaN", "NA", "N/A", "null", "None"}
 
 
@@ -1004,17 +1004,17 @@ def clean(
 
 
 def _run_chunks(function, chunks):
-    """Run ``function`` on each column chunk, on ``_N_THREADS`` threads when worthwhile.
+    """Run ``function`` on each column chunk, on ``default_n_threads()`` threads when worthwhile.
 
     numpy and BLAS release the GIL, so two Python threads with single-threaded BLAS keep both
     cores busy on the conversions and reductions too, and avoid the spin-waiting of a
     multi-threaded BLAS on a loaded machine. Chunks write disjoint columns.
     """
-    if _N_THREADS < 2 or len(chunks) < 2:
+    if (n_threads := default_n_threads()) < 2 or len(chunks) < 2:
         for cols in chunks:
             function(cols)
         return
-    with _single_threaded_blas(), ThreadPoolExecutor(_N_THREADS) as pool:
+    with _single_threaded_blas(), ThreadPoolExecutor(n_threads) as pool:
         for future in [pool.submit(function, cols) for cols in chunks]:
             future.result()
 

@@ -5,34 +5,50 @@ its output file inside the task's own cache directory (Pydra runs the function
 there) and returns it. Inputs and outputs are ``fileformats`` types, so that
 Pydra hashes file *contents* and caches every step:
 
-========================  ====================================================
-task                      inputs → output
-========================  ====================================================
-:class:`ComputeMask`      BOLD image(s) → ``mask_file`` (NIfTI, uint8)
-:class:`Resample`         image (+ target grid or reference) → ``out_file``
-:class:`Smooth`           image + FWHM (mm) → ``out_file``
-:class:`CleanSignals`     BOLD + mask (+ confounds, sample mask, cleaning) →
-                          ``signals_file`` (``.npy``, see :mod:`masker_wf._io`)
-:class:`Unmask`           signals + mask → ``out_file`` (4D NIfTI)
-========================  ====================================================
+=========================  ===================================================
+task                       inputs → output
+=========================  ===================================================
+:class:`ComputeMask`       BOLD image(s) → ``mask_file`` (NIfTI, uint8)
+:class:`Resample`          image (+ target grid or reference) → ``out_file``
+:class:`Smooth`            image + FWHM (mm) → ``out_file``
+:class:`CleanSignals`      BOLD + mask (+ confounds, sample mask, cleaning) →
+                           ``signals_file`` (``.npy``, see :mod:`masker_wf._io`)
+                           and ``qc_file``
+:class:`Unmask`            signals + mask → ``out_file`` (4D NIfTI)
+:class:`DerivativesSink`   any file → ``out_file`` at its final (derivative)
+                           path, atomically, gzipped for ``.gz``, with a sidecar
+=========================  ===================================================
 
 Images are accepted as uncompressed ``.nii`` (:class:`fileformats.medimage.Nifti1`)
 or gzipped ``.nii.gz`` (:class:`fileformats.medimage.NiftiGz`). Outputs are
 written as ``.nii`` unless ``out_suffix=".nii.gz"``: uncompressed files are much
 faster to write, read and hash (gzip dominates the cost of a 1 GB image).
 
+Masker parameters have the names, defaults, allowed values and documentation of
+:mod:`masker_wf._spec`. A failing step raises its exception (see
+:mod:`masker_wf._steps`: the validator's ValueError/TypeError as the estimator raises
+it, with ``step`` and ``file`` set, or a StepError) and leaves it pickled in the task's
+cache directory, where :func:`masker_wf.workflow.run_masker_workflow` finds it when a
+worker process reported the failure as text.
+
 File hashing
 ------------
 Pydra identifies a file input by a hash of its whole content, memoised per
-(path, mtime) in ``$PYDRA_HASH_CACHE``. Its stock hash reads the file in 8 KiB
-pieces through one BLAKE2b stream: about 2 s for a 1.3 GB BOLD run, as long as
-the whole cleaning. For the file types of these tasks (``Nifti1``, ``NiftiGz``
-and the generic ``BinaryFile`` of the signals, exact types only) this module
-registers with Pydra a hash that still covers every byte but splits the file
-into 64 MiB segments hashed with SHA-256 on two threads over a memory map
-(about 0.4 s for the same file). The hash values differ from stock Pydra's,
-so a cache built without ``masker_wf.tasks`` imported is not reused (it is
-recomputed, never wrongly reused).
+(path, mtime) in its hash cache. Its stock hash reads the file in 8 KiB pieces
+through one BLAKE2b stream: about 2 s for a 1.3 GB BOLD run, as long as the whole
+cleaning. :func:`use_segmented_hash` registers with Pydra, for the file types of
+these tasks (``Nifti1``, ``NiftiGz`` and the generic ``BinaryFile`` of the signals,
+exact types only), a hash that still covers every byte but splits the file into
+64 MiB segments hashed with SHA-256 on several threads over a memory map (about
+0.4 s for the same file).
+
+It is opt-in, because Pydra's serializer registry is process-wide: once registered,
+every Pydra task of the process, not only these ones, hashes those types this way,
+so its cache keys change (a cache built with the other hash is recomputed, never
+wrongly reused). Importing this module registers nothing. fileformats would keep
+the change to this project's tasks if they used format classes of their own, but it
+refuses format classes defined outside its ``fileformats`` namespace (it raises
+``FormatDefinitionError`` when one is instantiated).
 """
 
 import hashlib
@@ -47,11 +63,15 @@ from fileformats.medimage import Nifti1, NiftiGz
 from pydra.compose import python
 from pydra.utils.hash import CacheKey, bytes_repr_fileset, register_serializer
 
-from . import _steps
+from . import _spec, _steps
+from ._io import COMPRESS_LEVELS
+from ._threads import default_n_threads
 
 __all__ = [
+    "MASK_STRATEGY_VALUES",
     "CleanSignals",
     "ComputeMask",
+    "DerivativesSink",
     "NiftiImage",
     "QCData",
     "Resample",
@@ -59,6 +79,8 @@ __all__ = [
     "Smooth",
     "TextTable",
     "Unmask",
+    "segmented_hash_enabled",
+    "use_segmented_hash",
 ]
 
 #: A NIfTI-1 image, uncompressed (``.nii``) or gzipped (``.nii.gz``).
@@ -70,18 +92,22 @@ TextTable = File
 
 #: Masked time series: a NumPy ``.npy`` array ``(n_volumes, n_voxels)``, C order, with
 #: the dtype of the data (float32 for float32 BOLD); see :mod:`masker_wf._io`.
-#: fileformats only accepts format classes defined in its own namespace and it has
-#: no ``.npy`` format, so the type is the generic binary file.
+#: fileformats has no ``.npy`` format (and no format class can be defined outside its
+#: namespace), so the type is the generic binary file.
 Signals = BinaryFile
 
 #: Report data of one extraction: a NumPy ``.npz`` archive (see :func:`masker_wf._io.save_qc`).
 QCData = BinaryFile
 
+#: Values the ``mask_strategy`` inputs accept (the spec's).
+MASK_STRATEGY_VALUES = _spec.by_name("mask_strategy").choices
 
+
+# ------------------------------------------------------------------------------ hashing
 _HASH_SEGMENT_BYTES = 64 * 1024**2
-_HASH_THREADS = 2
-# Exact types only: other formats (Nifti2, DICOM...) keep Pydra's own hash.
+# Exact types only: other formats (Nifti2, DICOM...) and subclasses keep Pydra's own hash.
 _SEGMENT_HASHED_TYPES = (Nifti1, NiftiGz, BinaryFile)
+_registered = False
 
 
 def _segment_digests(path: Path) -> bytes:
@@ -89,7 +115,7 @@ def _segment_digests(path: Path) -> bytes:
 
     The segments are fixed by the file size, not by the number of threads, so the
     result is the same on every machine. hashlib releases the GIL on large buffers,
-    so two threads hash two segments at once.
+    so the threads hash several segments at once.
     """
     size = path.stat().st_size
     if size == 0:
@@ -104,9 +130,10 @@ def _segment_digests(path: Path) -> bytes:
                 return hashlib.sha256(segment).digest()
 
         starts = range(0, size, _HASH_SEGMENT_BYTES)
-        if len(starts) == 1:
-            return digest(0)
-        with ThreadPoolExecutor(_HASH_THREADS) as pool:
+        n_threads = min(len(starts), default_n_threads())
+        if n_threads == 1:
+            return b"".join(map(digest, starts))
+        with ThreadPoolExecutor(n_threads) as pool:
             return b"".join(pool.map(digest, starts))
 
 
@@ -135,10 +162,30 @@ def _bytes_repr_segmented(fileset, cache) -> ty.Iterator[bytes | tuple]:
         yield _segment_digests(Path(path))
 
 
-for _type in _SEGMENT_HASHED_TYPES:
-    register_serializer(_type)(_bytes_repr_segmented)
+def use_segmented_hash() -> None:
+    """Hash ``Nifti1``, ``NiftiGz`` and ``BinaryFile`` inputs by SHA-256 segments, in Pydra.
+
+    Opt-in and process-wide: from this call on, every Pydra task of this process (not only
+    masker-wf's) hashes files of exactly these types with the segmented hash, so their
+    cache keys differ from stock Pydra's (caches are recomputed, never wrongly reused).
+    Idempotent. Process-pool workers forked afterwards inherit it; with another start
+    method, call it in each worker (as :func:`masker_wf.workflow.run_masker_workflow`
+    does with ``segmented_hash=True``), or the parent's and the workers' hashes differ.
+    """
+    global _registered
+    if _registered:
+        return
+    for file_type in _SEGMENT_HASHED_TYPES:
+        register_serializer(file_type)(_bytes_repr_segmented)
+    _registered = True
 
 
+def segmented_hash_enabled() -> bool:
+    """Whether :func:`use_segmented_hash` was called in this process."""
+    return _registered
+
+
+# -------------------------------------------------------------------------------- tasks
 def _image_name(stem: str, out_suffix: str) -> str:
     if out_suffix not in (".nii", ".nii.gz"):
         raise ValueError(f"out_suffix must be '.nii' or '.nii.gz', got {out_suffix!r}.")
@@ -151,10 +198,25 @@ def _affine(target_affine):
     return None if target_affine is None else [list(map(float, row)) for row in target_affine]
 
 
+def _run(step, *args, **kwargs):
+    # Pydra makes the task's cache directory the working directory: the failure is
+    # recorded there for run_masker_workflow.
+    return _steps.call_step(step, os.getcwd(), *args, **kwargs)
+
+
+def _choices(values) -> python.arg:
+    # Explicit fields only add the allowed values: Pydra takes the type and the default
+    # from the signature, the help from the (spec-filled) docstring. Only for values of
+    # one type: Pydra sorts them when it hashes the task class.
+    return python.arg(allowed_values=values)
+
+
 # The task functions are module-level functions reachable by name (``_clean_signals``,
 # not the task class ``CleanSignals``) so that cloudpickle sends them to the cf
 # worker's processes by reference: a function pickled by value loses its source,
-# its Pydra hash changes, and the cache misses.
+# its Pydra hash changes, and the cache misses. fill_doc puts the spec's entries in
+# the docstrings before python.define reads the help texts from them.
+@_spec.fill_doc
 def _compute_mask(
     bold_files: list[NiftiImage],
     mask_strategy: str = "background",
@@ -169,14 +231,10 @@ def _compute_mask(
     ----------
     bold_files : list of NIfTI
         4D BOLD image, or 3D images concatenated along time.
-    mask_strategy : str
-        NiftiMasker mask strategy ("background", "epi", "whole-brain-template", ...).
-    mask_args : dict, optional
-        Extra arguments of the mask computing function.
-    target_affine : list of lists of float, optional
-        (3, 3) or (4, 4) affine of the grid the mask is resampled to.
-    target_shape : list of int, optional
-        Shape of the grid the mask is resampled to.
+    %(mask_strategy)s
+    %(mask_args)s
+    %(target_affine)s
+    %(target_shape)s
     out_suffix : str
         ".nii" (default, fast) or ".nii.gz".
 
@@ -185,7 +243,8 @@ def _compute_mask(
     mask_file : NIfTI
         Binary mask (uint8).
     """
-    return _steps.compute_mask(
+    return _run(
+        _steps.compute_mask,
         [str(f) for f in bold_files],
         _image_name("mask", out_suffix),
         mask_strategy=mask_strategy,
@@ -195,9 +254,15 @@ def _compute_mask(
     )
 
 
-ComputeMask = python.define(_compute_mask, outputs=["mask_file"], name="ComputeMask")
+ComputeMask = python.define(
+    _compute_mask,
+    inputs={"mask_strategy": _choices(MASK_STRATEGY_VALUES)},
+    outputs=["mask_file"],
+    name="ComputeMask",
+)
 
 
+@_spec.fill_doc
 def _resample(
     in_file: NiftiImage,
     target_affine: list[list[float]] | None = None,
@@ -213,16 +278,13 @@ def _resample(
     ----------
     in_file : NIfTI
         3D or 4D image.
-    target_affine : list of lists of float, optional
-        (3, 3) or (4, 4) target affine.
-    target_shape : list of int, optional
-        Target shape.
+    %(target_affine)s
+    %(target_shape)s
     reference_file : NIfTI, optional
         Image whose grid is the target (instead of target_affine/target_shape).
     interpolation : str
         "continuous", "linear" or "nearest" (masks).
-    dtype : str, optional
-        Cast the data to this dtype before resampling, as NiftiMasker(dtype=...).
+    %(dtype)s
     out_suffix : str
         ".nii" (default, fast) or ".nii.gz".
 
@@ -231,7 +293,8 @@ def _resample(
     out_file : NIfTI
         The resampled image.
     """
-    return _steps.resample(
+    return _run(
+        _steps.resample,
         str(in_file),
         _image_name("resampled", out_suffix),
         target_affine=_affine(target_affine),
@@ -242,7 +305,12 @@ def _resample(
     )
 
 
-Resample = python.define(_resample, outputs=["out_file"], name="Resample")
+Resample = python.define(
+    _resample,
+    inputs={"interpolation": _choices(("continuous", "linear", "nearest"))},
+    outputs=["out_file"],
+    name="Resample",
+)
 
 
 def _smooth(
@@ -266,12 +334,13 @@ def _smooth(
     out_file : NIfTI
         The smoothed image.
     """
-    return _steps.smooth(str(in_file), _image_name("smoothed", out_suffix), fwhm=fwhm)
+    return _run(_steps.smooth, str(in_file), _image_name("smoothed", out_suffix), fwhm=fwhm)
 
 
 Smooth = python.define(_smooth, outputs=["out_file"], name="Smooth")
 
 
+@_spec.fill_doc
 def _clean_signals(
     bold_file: NiftiImage,
     mask_file: NiftiImage,
@@ -289,7 +358,7 @@ def _clean_signals(
     t_r: float | None = None,
     runs: list[int] | None = None,
     dtype: str | None = None,
-    clean_kwargs: dict | None = None,
+    clean_args: dict | None = None,
 ) -> tuple[Signals, QCData]:
     """Masked, smoothed, cleaned signals (see :func:`masker_wf._steps.clean_signals`).
 
@@ -303,32 +372,19 @@ def _clean_signals(
         Confounds table (.tsv/.csv with header, or .npy).
     sample_mask : list of int or File, optional
         Indices of the kept volumes, or a file holding them.
-    smoothing_fwhm : float, optional
-        Smoothing kernel FWHM in mm (applied here, on the mask bounding box only).
-    target_affine : list of lists of float, optional
-        Grid the BOLD is resampled to before extraction.
-    target_shape : list of int, optional
-        Shape of that grid.
-    high_variance_confounds : bool
-        Add high-variance confounds, as NiftiMasker.
-    detrend : bool
-        Remove linear trends.
-    standardize : bool or str
-        False, "zscore_sample", "zscore", "psc" or True.
-    standardize_confounds : bool
-        Standardize the confounds before regression.
-    low_pass : float, optional
-        Low cut-off frequency in Hz.
-    high_pass : float, optional
-        High cut-off frequency in Hz.
-    t_r : float, optional
-        Repetition time in seconds.
-    runs : list of int, optional
-        Run label of each volume.
-    dtype : str, optional
-        Data type of the extracted signals (NiftiMasker's dtype).
-    clean_kwargs : dict, optional
-        Extra arguments of masker_wf.signal.clean (butterworth__order, ...).
+    %(smoothing_fwhm)s
+    %(target_affine)s
+    %(target_shape)s
+    %(high_variance_confounds)s
+    %(detrend)s
+    %(standardize)s
+    %(standardize_confounds)s
+    %(low_pass)s
+    %(high_pass)s
+    %(t_r)s
+    %(runs)s
+    %(dtype)s
+    %(clean_args)s
 
     Returns
     -------
@@ -339,7 +395,8 @@ def _clean_signals(
         image planes), gathered during the same pass over the data.
     """
     qc_file = os.path.abspath("qc.npz")
-    signals_file = _steps.clean_signals(
+    signals_file = _run(
+        _steps.clean_signals,
         str(bold_file),
         str(mask_file),
         os.path.abspath("signals.npy"),
@@ -358,11 +415,13 @@ def _clean_signals(
         t_r=t_r,
         runs=runs,
         dtype=dtype,
-        clean_kwargs=clean_kwargs,
+        clean_args=clean_args,
     )
     return signals_file, qc_file
 
 
+# No allowed values for standardize: Pydra hashes a task class with its fields' allowed
+# values sorted, and the spec's mix strings, booleans and None (the step validates it).
 CleanSignals = python.define(
     _clean_signals, outputs=["signals_file", "qc_file"], name="CleanSignals"
 )
@@ -396,7 +455,58 @@ def _unmask(
         4D image (3D for 1D signals) on the mask's grid.
     """
     out_file = _image_name("cleaned_bold", out_suffix)
-    return _steps.unmask(str(signals_file), str(mask_file), out_file)
+    return _run(_steps.unmask, str(signals_file), str(mask_file), out_file)
 
 
 Unmask = python.define(_unmask, outputs=["out_file"], name="Unmask")
+
+
+def _derivatives_sink(
+    in_file: File,
+    out_file: str,
+    sidecar: dict | None = None,
+    compress_level: int = 1,
+) -> File:
+    """Write a file to its final derivative path (see :func:`masker_wf._steps.write_derivative`).
+
+    Parameters
+    ----------
+    in_file : File
+        The file to write (any format; an image, signals, a table...).
+    out_file : str
+        Absolute destination path; its directory must exist. A ``.gz`` destination is
+        gzipped (python-isal) unless ``in_file`` already is.
+    sidecar : dict, optional
+        JSON sidecar written next to the data (same stem, ``.json``) after them.
+    compress_level : int
+        isal compression level, 0 (fastest) to 3 (smallest); 1 by default.
+
+    Returns
+    -------
+    out_file : File
+        The destination, complete (written to a temporary name, then renamed).
+
+    Notes
+    -----
+    Pydra caches this task like any other: run again with the same inputs and cache,
+    it does not rewrite a destination deleted or edited since (use a new cache, or
+    ``rerun=True``).
+    """
+    if not os.path.isabs(out_file):
+        # Pydra runs the task in its cache directory: a relative path would land there.
+        raise ValueError(f"out_file must be an absolute path, got '{out_file}'.")
+    return _run(
+        _steps.write_derivative,
+        str(in_file),
+        out_file,
+        sidecar=sidecar,
+        compress_level=compress_level,
+    )
+
+
+DerivativesSink = python.define(
+    _derivatives_sink,
+    inputs={"compress_level": _choices(COMPRESS_LEVELS)},
+    outputs=["out_file"],
+    name="DerivativesSink",
+)

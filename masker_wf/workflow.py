@@ -20,9 +20,15 @@ several seconds), so it is only worth it when that image is wanted.
 
 Caching: each node's cache key is the hash of its inputs, file *contents*
 included, so changing a cleaning parameter (``low_pass``...) re-runs
-``CleanSignals`` and ``Unmask`` but reuses the mask. File hashes are memoised in
-``$PYDRA_HASH_CACHE`` keyed on path and mtime; :func:`run_masker_workflow`
-keeps it in ``<cache_root>/hashes`` so that re-runs do not re-read the BOLD.
+``CleanSignals`` and ``Unmask`` but reuses the mask. Pydra memoises file hashes
+in its hash cache keyed on path and mtime; :func:`run_masker_workflow` keeps it
+in ``<cache_root>/hashes`` (or ``hash_cache``) so that re-runs do not re-read the
+BOLD, and ``segmented_hash=True`` opts in to the faster file hash of
+:func:`masker_wf.tasks.use_segmented_hash`.
+
+Errors: a failing node's exception reaches the caller of
+:func:`run_masker_workflow` as the object the step raised (class, message,
+``step`` and ``file``), with both workers; see :mod:`masker_wf._steps`.
 
 Disk use: the cache root holds, per run, the mask, the signals
 (``n_kept_volumes * n_voxels * 4`` bytes), the cleaned BOLD (uncompressed,
@@ -64,16 +70,19 @@ or, with Pydra's own API::
     print(result.outputs.signals_file, result.outputs.cleaned_bold_file)
 """
 
+import contextlib
+import functools
 import os
-import re
 import typing as ty
 from pathlib import Path
 
 import numpy as np
 from pydra.compose import workflow
 
-from ._steps import StepError
+from . import _spec
+from ._steps import load_error
 from .tasks import (
+    MASK_STRATEGY_VALUES,
     CleanSignals,
     ComputeMask,
     NiftiImage,
@@ -83,11 +92,13 @@ from .tasks import (
     Smooth,
     TextTable,
     Unmask,
+    use_segmented_hash,
 )
 
 __all__ = ["MaskerWorkflow", "run_masker_workflow"]
 
 
+@_spec.fill_doc
 def _masker_workflow(
     bold_file: NiftiImage,
     mask_file: NiftiImage | None = None,
@@ -124,36 +135,21 @@ def _masker_workflow(
         Confounds table (.tsv/.csv with a header, or .npy).
     sample_mask : list of int or File, optional
         Indices of the volumes kept (scrubbing), or a file holding them.
-    runs : list of int, optional
-        Run label of each volume; runs are cleaned separately.
-    smoothing_fwhm : float, optional
-        Gaussian smoothing FWHM in mm.
-    standardize : bool or str
-        False, "zscore_sample", "zscore", "psc" or True.
-    standardize_confounds : bool
-        Standardize the confounds before regression.
-    detrend : bool
-        Remove linear trends.
-    high_variance_confounds : bool
-        Add high-variance confounds.
-    low_pass : float, optional
-        Low cut-off frequency in Hz.
-    high_pass : float, optional
-        High cut-off frequency in Hz.
-    t_r : float, optional
-        Repetition time in seconds.
-    target_affine : list of lists of float, optional
-        Affine of the grid the data are resampled to.
-    target_shape : list of int, optional
-        Shape of the grid the data are resampled to.
-    mask_strategy : str
-        How to compute the mask when ``mask_file`` is not given.
-    mask_args : dict, optional
-        Extra arguments of the mask computation.
-    dtype : str, optional
-        Data type the BOLD is converted to ("auto", "float32", ...).
-    clean_args : dict, optional
-        Extra arguments of the signal cleaning (butterworth__order, ...).
+    %(runs)s
+    %(smoothing_fwhm)s
+    %(standardize)s
+    %(standardize_confounds)s
+    %(detrend)s
+    %(high_variance_confounds)s
+    %(low_pass)s
+    %(high_pass)s
+    %(t_r)s
+    %(target_affine)s
+    %(target_shape)s
+    %(mask_strategy)s
+    %(mask_args)s
+    %(dtype)s
+    %(clean_args)s
     out_suffix : str
         ".nii" (default, fastest) or ".nii.gz" for the image outputs.
     smooth_as_task : bool
@@ -245,7 +241,7 @@ def _masker_workflow(
             t_r=t_r,
             runs=runs,
             dtype=dtype,
-            clean_kwargs=clean_args,
+            clean_args=clean_args,
         ),
         name="clean_signals",
     )
@@ -261,6 +257,8 @@ def _masker_workflow(
 # reference (see masker_wf.tasks): a stable hash keeps the cache hits.
 MaskerWorkflow = workflow.define(
     _masker_workflow,
+    # Not standardize: see CleanSignals in masker_wf.tasks.
+    inputs={"mask_strategy": workflow.arg(allowed_values=MASK_STRATEGY_VALUES)},
     outputs=["mask_file", "signals_file", "cleaned_bold_file", "qc_file"],
     name="MaskerWorkflow",
 )
@@ -285,20 +283,69 @@ def _existing_file(name: str, path) -> Path:
     return path
 
 
-_STEP_ERROR = re.compile(
-    r"StepError: masker step '(?P<step>[^']*)' failed on input file "
-    r"'(?P<file>[^']*)': (?P<reason>.*?)(?:\n\n|\Z)",
-    re.S,
-)
+@contextlib.contextmanager
+def _environment(name: str, value: str):
+    """Set an environment variable for the duration of a block, then restore it."""
+    previous = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = previous
 
 
-def _step_error_in(text: str) -> StepError | None:
-    """The last StepError quoted in a Pydra error message, rebuilt."""
-    matches = list(_STEP_ERROR.finditer(text))
-    if not matches:
-        return None
-    found = matches[-1]
-    return StepError(found["step"], found["file"], found["reason"].strip())
+def _record_node_dirs(found: list, job, result) -> None:
+    """``post_run_task`` hook of the workflow job: its nodes' job directories, in order.
+
+    Called (in this process) when the workflow job ends, failed or not; the execution
+    graph then holds every job the workflow created, whichever worker ran them.
+    """
+    graph = getattr(job, "return_values", {}).get("exec_graph")
+    if graph is None:
+        return
+    for node in graph.sorted_nodes:
+        try:
+            jobs = list(node.tasks)
+        except RuntimeError:  # a node never started (upstream failure)
+            continue
+        found.extend(Path(node_job.cache_dir) for node_job in jobs)
+
+
+def _step_error(exc: BaseException, node_dirs: list[Path]) -> BaseException | None:
+    """The exception a step raised, behind the one Pydra raised, or None.
+
+    The in-process worker lets the step's own exception through; the process-pool
+    worker reports it as text, so it is read back from the file the task left in its
+    cache directory (Pydra empties a job's directory before running it, so a file there
+    comes from this run).
+    """
+    if getattr(exc, "step", None) is not None:
+        return exc
+    for directory in node_dirs:
+        error = load_error(directory)
+        if error is not None:
+            return error
+    return None
+
+
+def _cf_worker(n_procs: int | None):
+    """Pydra's process-pool worker whose processes all use the segmented file hash.
+
+    Forked processes inherit it; an initializer also covers the spawn and forkserver
+    start methods, whose processes would otherwise hash inputs differently from this
+    one (Pydra then refuses the results).
+    """
+    from concurrent.futures import ProcessPoolExecutor
+
+    from pydra.workers.cf import ConcurrentFuturesWorker
+
+    worker = ConcurrentFuturesWorker(**({"n_procs": n_procs} if n_procs else {}))
+    worker.pool.shutdown()  # created without workers, replaced before any job
+    worker.pool = ProcessPoolExecutor(worker.n_procs, initializer=use_segmented_hash)
+    return worker
 
 
 def run_masker_workflow(
@@ -307,6 +354,8 @@ def run_masker_workflow(
     cache_root,
     worker: str = "debug",
     n_procs: int | None = None,
+    hash_cache=None,
+    segmented_hash: bool = False,
     **params: ty.Any,
 ) -> dict[str, Path]:
     """Build and run :class:`MaskerWorkflow`; return its output paths.
@@ -323,6 +372,13 @@ def run_masker_workflow(
         process, ``"cf"`` in a process pool.
     n_procs : int, optional
         Number of processes of the ``"cf"`` worker.
+    hash_cache : str or os.PathLike, optional
+        Where Pydra memoises file hashes (by path and modification time), so that each
+        input is read once, not at every run; default ``<cache_root>/hashes``.
+    segmented_hash : bool, default=False
+        Hash file inputs with :func:`masker_wf.tasks.use_segmented_hash` (about 5 times
+        faster on a large BOLD). It is process-wide: every later Pydra task of this
+        process hashes NIfTI and binary files that way too.
     **params
         Inputs of :class:`MaskerWorkflow` (``mask_file``, ``confounds_file``,
         ``sample_mask``, ``smoothing_fwhm``, ``t_r``...). NumPy arrays are accepted
@@ -335,18 +391,21 @@ def run_masker_workflow(
         ``mask_file``, ``signals_file``, ``cleaned_bold_file`` and ``qc_file`` (report
         data, see :func:`masker_wf._io.save_qc`) as ``pathlib.Path``.
 
-    Notes
-    -----
-    Sets ``PYDRA_HASH_CACHE`` to ``<cache_root>/hashes`` unless it is already
-    set, so that each input file is hashed once (about 0.35 s per GB, see
-    :mod:`masker_wf.tasks`), not at every run.
+    Raises
+    ------
+    ValueError, TypeError
+        A bad input or parameter: the exception the step raised (the estimator's class
+        and message), with ``step`` and ``file`` attributes, whichever worker ran it.
+    masker_wf._steps.StepError
+        Any other failure of a step (``step``, ``file``, ``reason``).
     """
+    from pydra.engine.hooks import TaskHooks
     from pydra.engine.submitter import Submitter
 
     cache_root = Path(cache_root).absolute()
     cache_root.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("PYDRA_HASH_CACHE", str(cache_root / "hashes"))
-    Path(os.environ["PYDRA_HASH_CACHE"]).mkdir(parents=True, exist_ok=True)
+    hash_cache = cache_root / "hashes" if hash_cache is None else Path(hash_cache).absolute()
+    hash_cache.mkdir(parents=True, exist_ok=True)
 
     # Check the files here: Pydra's own message for a missing file is hard to read.
     bold_file = _existing_file("bold_file", bold_file)
@@ -361,20 +420,32 @@ def run_masker_workflow(
     if params.get("dtype") not in (None, "auto"):
         params["dtype"] = np.dtype(params["dtype"]).name
 
+    worker_kwargs = {}
+    if segmented_hash:
+        use_segmented_hash()
+        if worker == "cf":
+            worker = _cf_worker(n_procs)
+    elif worker == "cf" and n_procs:
+        worker_kwargs["n_procs"] = n_procs
+    node_dirs: list[Path] = []
+    hooks = TaskHooks(post_run_task=functools.partial(_record_node_dirs, node_dirs))
     task = MaskerWorkflow(bold_file=bold_file, **params)
-    worker_kwargs = {"n_procs": n_procs} if (worker == "cf" and n_procs) else {}
+    # Pydra reads its hash cache location from PYDRA_HASH_CACHE only (every hash
+    # computation creates a PersistentCache from it, here and in the cf worker's
+    # processes, which inherit the environment): set it for this call only, so that
+    # each call keeps its hashes under its own root and the caller's environment is
+    # left as it was. Not thread-safe: one call at a time per process.
     try:
-        with Submitter(cache_root=cache_root, worker=worker, **worker_kwargs) as submitter:
-            result = submitter(task, raise_errors=True)
-    except StepError:
-        raise
+        with (
+            _environment("PYDRA_HASH_CACHE", str(hash_cache)),
+            Submitter(cache_root=cache_root, worker=worker, **worker_kwargs) as submitter,
+        ):
+            result = submitter(task, hooks=hooks, raise_errors=True)
     except Exception as exc:
-        # Process-pool workers report a failed task as text: give the caller the same
-        # StepError (step, file, reason) as the in-process worker does.
-        step_error = _step_error_in(str(exc))
-        if step_error is None:
+        error = _step_error(exc, node_dirs)
+        if error is None or error is exc:
             raise
-        raise step_error from exc
+        raise error from exc
     if result.errored:
         raise RuntimeError(f"MaskerWorkflow failed; see {result.cache_dir}.")
     outputs = result.outputs

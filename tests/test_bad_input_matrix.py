@@ -54,7 +54,8 @@ CASES = {
         sample_mask=[0, 1, 2, N_VOLUMES + 3], expected=SampleMaskError, app=False
     ),
     "unknown mask_args key": Case(
-        mask=None, params={"mask_strategy": "epi", "mask_args": {"threshhold": 0.5}},
+        mask=None,
+        params={"mask_strategy": "epi", "mask_args": {"threshhold": 0.5}},
         expected=TypeError,
     ),
     "high_pass >= low_pass": Case(

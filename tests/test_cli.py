@@ -711,8 +711,15 @@ def test_stale_outputs_of_a_run_are_removed(tmp_path):
     [
         (["--output-desc", "my_desc"], "--output-desc 'my_desc' is not a valid BIDS label"),
         (["--clean-args", '{"butterworth__order": 3, "fitler": "cosine"}'], "['fitler']"),
-        (["--high-pass", "0.1", "--low-pass", "0.05"], "must be lower than --low-pass"),
-        (["--mask-args", '{"lower_cutoff": 0.3}'], "unknown keys ['lower_cutoff']"),
+        # The validator's messages (masker_wf._validation), which name spec parameters.
+        (
+            ["--high-pass", "0.1", "--low-pass", "0.05"],
+            "high_pass (0.1 Hz) must be lower than low_pass (0.05 Hz)",
+        ),
+        (
+            ["--mask-args", '{"lower_cutoff": 0.3}'],
+            "mask_args: ['lower_cutoff'] are not options of the 'background' mask strategy",
+        ),
         (["--mask-strategy", "epi", "--mask-args", '{"border_size": 1}'], "['border_size']"),
     ],
     ids=["desc", "clean-args", "band", "mask-args", "mask-args-epi"],

@@ -13,7 +13,7 @@ _NOT_PARAMETERS = {
     "ComputeMask": {"bold_files", "out_suffix"},
     "Resample": {"in_file", "reference_file", "interpolation", "out_suffix"},
     "CleanSignals": {"bold_file", "mask_file", "confounds_file", "sample_mask"},
-    "nipype": {"name", "omp_nthreads", "mem_gb", "smooth_as_task", "smooth_as_node"},
+    "nipype": {"name", "omp_nthreads", "mem_gb", "smooth_as_task", "smooth_as_node", "out_suffix"},
 }
 # Options that choose how the workflow is built, on every engine face alike.
 _ENGINE_OPTIONS = {"smooth_as_task"}
@@ -78,9 +78,7 @@ def test_init_masker_wf_keywords_are_the_spec():
     from masker_wf.nipype import init_masker_wf
 
     signature = inspect.signature(init_masker_wf)
-    _assert_same_parameters(
-        "nipype", {p.name: p.default for p in signature.parameters.values()}
-    )
+    _assert_same_parameters("nipype", {p.name: p.default for p in signature.parameters.values()})
 
 
 @pytest.mark.parametrize("face", ["ComputeMask", "Resample", "CleanSignals"])
@@ -99,3 +97,17 @@ def test_nipype_interface_inputs_are_the_spec(face):
         assert trait.desc == parameter.doc, parameter.name
         if parameter.default is not None:
             assert getattr(spec, parameter.name) == parameter.default, parameter.name
+
+
+@pytest.mark.parametrize("strategy", _spec.MASK_STRATEGIES)
+def test_mask_args_options_are_the_mask_functions_keywords(strategy):
+    from masker_wf import masking
+
+    function = {
+        "background": masking.compute_background_mask,
+        "epi": masking.compute_epi_mask,
+    }.get(strategy, masking.compute_brain_mask)
+    # The image, caching and logging arguments, and the template kind set by the strategy.
+    fixed = {"data_imgs", "epi_img", "target_img", "memory", "verbose", "mask_type"}
+    options = set(inspect.signature(function).parameters) - fixed
+    assert options == set(_spec.MASK_ARGS[strategy])

@@ -50,6 +50,7 @@ BIDSIGNORE = (
     "logs",
 )
 
+
 def _json_default(value):
     if isinstance(value, np.integer):
         return int(value)

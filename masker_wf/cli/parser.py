@@ -1,4 +1,15 @@
-"""Command line of the BIDS App: ``masker-wf bids_dir output_dir {participant,group} ...``."""
+"""Command line of the BIDS App: ``masker-wf bids_dir output_dir {participant,group} ...``.
+
+The NiftiMasker parameters' flags are generated from :mod:`masker_wf._spec` (flag, help,
+choices, default, metavar), so that the command line, the config file and the estimator
+share one set of names and texts; the App's own options (data selection, denoising
+strategy, outputs, performance, SLURM) are written out here.
+
+:func:`parse_options` turns ``argv`` (and the ``--config-file`` it names) into a plain
+dict of option values, the input of :meth:`masker_wf.app.settings.Settings.from_options`.
+Config-file values go through the same parser as the command line, so a value is typed
+the same way wherever it comes from (``space = "MNI"`` is the one-item list ``["MNI"]``).
+"""
 
 from __future__ import annotations
 
@@ -6,9 +17,61 @@ import argparse
 import json
 from pathlib import Path
 
+from .. import _spec
 from .._version import __version__
 
-__all__ = ["build_parser", "load_config_file"]
+__all__ = [
+    "CONFIG_TABLES",
+    "OptionsError",
+    "build_parser",
+    "load_config_file",
+    "option_tokens",
+    "parse_options",
+    "slurm_option_strings",
+    "spec_value",
+]
+
+POSITIONALS = ("bids_dir", "output_dir", "analysis_level")
+#: Config-file tables whose content is one option's value (a JSON object), not a group.
+CONFIG_TABLES = ("mask_args", "clean_args")
+#: Spelled-out "off" value of the spec parameters whose choices include False or None.
+OFF = "none"
+
+
+class OptionsError(ValueError):
+    """The command line or the config file is not usable; ``exit_code`` follows the BIDS spec.
+
+    64: usage error, 65: a config file that cannot be parsed, 66: a missing config file.
+    """
+
+    def __init__(self, message: str, exit_code: int = 64):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class AppParser(argparse.ArgumentParser):
+    """The App's parser: records its options, reports errors as :class:`OptionsError`.
+
+    Attributes
+    ----------
+    options : dict
+        ``dest -> argparse.Action`` of every option (not the positionals, ``--help`` or
+        ``--version``), in the order they were added.
+    option_defaults : dict
+        ``dest -> default`` of those options. The actions themselves carry no default
+        (``argparse.SUPPRESS``): a parsed namespace holds only what was given.
+    slurm_dests : tuple of str
+        The options of the SLURM group (see :func:`add_slurm_arguments`).
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.options: dict[str, argparse.Action] = {}
+        self.option_defaults: dict[str, object] = {}
+        self.slurm_dests: tuple[str, ...] = ()
+
+    def error(self, message):
+        raise OptionsError(message)
 
 
 def _json_object(text: str):
@@ -69,36 +132,68 @@ def _positive(kind):
             raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
         return value
 
+    convert.__name__ = kind.__name__  # argparse names the type in its messages
     return convert
 
 
-def _add(group, *flags, **kwargs):
+def _add(parser: AppParser, group, *flags, default=None, **kwargs):
     """Add an option under its hyphen spelling and the underscore alias BIDS Apps accept."""
-    if kwargs.get("action") is argparse.BooleanOptionalAction:
-        return group.add_argument(*flags, **kwargs)  # "--no-x_y" aliases would only confuse
-    aliases = [
-        "--" + f[2:].replace("-", "_") for f in flags if f.startswith("--") and "-" in f[2:]
-    ]
-    return group.add_argument(*flags, *[a for a in aliases if a not in flags], **kwargs)
+    if kwargs.get("action") is not argparse.BooleanOptionalAction:  # "--no-x_y" would confuse
+        aliases = [
+            "--" + f[2:].replace("-", "_") for f in flags if f.startswith("--") and "-" in f[2:]
+        ]
+        flags = (*flags, *[a for a in aliases if a not in flags])
+    action = group.add_argument(*flags, default=argparse.SUPPRESS, **kwargs)
+    parser.options[action.dest] = action
+    parser.option_defaults[action.dest] = default
+    # The help shows the real default, which the action itself does not hold.
+    if action.help and default not in (None, "") and "default" not in action.help:
+        action.help += " (default: " + str(default).replace("%", "%%") + ")"
+    return action
 
 
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Show defaults, except where the help already says what happens by default."""
+# How the spec's numpydoc type text becomes an argparse conversion.
+_SPEC_TYPES = {
+    "float": {"type": _positive(float)},
+    "float or sequence of 3 floats": {"type": _positive(float)},
+    "(3, 3) or (4, 4) array": {"type": _affine},
+    "tuple of 3 ints": {"type": int, "nargs": 3},
+    "dict": {"type": _json_object},
+    "Niimg-like": {"type": Path, "metavar": "FILE"},
+}
 
-    def _get_help_string(self, action):
-        help_text = action.help or ""
-        if "default" in help_text or action.default in (None, argparse.SUPPRESS):
-            return help_text
-        return super()._get_help_string(action)
+
+def _spec_option(parser: AppParser, group, parameter: _spec.Parameter) -> None:
+    """The flag of one spec parameter: its name, doc, default, choices and metavar."""
+    kwargs: dict = {"help": parameter.doc.replace("%", "%%"), "dest": parameter.name}
+    if parameter.type == "bool":
+        kwargs["action"] = argparse.BooleanOptionalAction
+    elif parameter.choices is not None:
+        choices = [c for c in parameter.choices if isinstance(c, str)]
+        if False in parameter.choices or None in parameter.choices:
+            choices.append(OFF)
+        kwargs["choices"] = choices
+    else:
+        kwargs.update(_SPEC_TYPES[parameter.type])
+    if parameter.cli_metavar is not None:
+        kwargs["metavar"] = parameter.cli_metavar
+    _add(parser, group, parameter.flag, default=parameter.default, **kwargs)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The App's argparse parser (the SLURM options come from ``masker_wf.cli.slurm``)."""
-    parser = argparse.ArgumentParser(
+def spec_value(name: str, value):
+    """The spec value of a masker option as parsed: :data:`OFF` becomes False or None."""
+    if value == OFF:
+        choices = _spec.by_name(name).choices or ()
+        return False if False in choices else None
+    return value
+
+
+def build_parser() -> AppParser:
+    """The App's argparse parser (see :class:`AppParser`)."""
+    parser = AppParser(
         prog="masker-wf",
         description="BIDS App: NiftiMasker-style masking and denoising of every BOLD run of a "
         "raw BIDS dataset or of fMRIPrep derivatives, with Pydra caching and provenance.",
-        formatter_class=_HelpFormatter,
     )
     parser.add_argument("bids_dir", type=Path, help="raw BIDS dataset or fMRIPrep derivatives")
     parser.add_argument("output_dir", type=Path, help="output (BIDS-Derivatives) directory")
@@ -106,29 +201,42 @@ def build_parser() -> argparse.ArgumentParser:
         "analysis_level", help="'participant' (process runs) or 'group' (summary over runs)"
     )
     parser.add_argument("--version", action="version", version=f"masker-wf {__version__}")
-    parser.add_argument(
-        "-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)"
-    )
-    parser.add_argument(
+    _add(parser, parser, "-v", "--verbose", action="count", default=0, help="more log output")
+    _add(
+        parser,
+        parser,
         "--config-file",
-        "--config_file",
         type=Path,
         help="TOML or JSON file of option values (keys are option names); the command line "
         "wins over it",
     )
+    _add_selection(parser)
+    _add_denoising(parser)
+    masker = parser.add_argument_group("NiftiMasker parameters")
+    for parameter in _spec.for_face("cli"):
+        _spec_option(parser, masker, parameter)
+    _add_app_masker_options(parser, masker)
+    _add_outputs(parser)
+    _add_performance(parser)
+    add_slurm_arguments(parser)
+    return parser
 
+
+def _add_selection(parser: AppParser) -> None:
     sel = parser.add_argument_group("Selecting data")
     _add(
+        parser,
         sel,
         "--participant-label",
         nargs="+",
         metavar="LABEL",
         help="participants to process, with or without 'sub-' (default: all)",
     )
-    _add(sel, "--session-id", nargs="+", metavar="LABEL", help="sessions to process")
-    _add(sel, "--task-id", nargs="+", metavar="LABEL", help="tasks to process")
-    _add(sel, "--run-id", nargs="+", metavar="LABEL", help="runs to process")
+    _add(parser, sel, "--session-id", nargs="+", metavar="LABEL", help="sessions to process")
+    _add(parser, sel, "--task-id", nargs="+", metavar="LABEL", help="tasks to process")
+    _add(parser, sel, "--run-id", nargs="+", metavar="LABEL", help="runs to process")
     _add(
+        parser,
         sel,
         "--space",
         nargs="+",
@@ -136,6 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="output spaces of fMRIPrep to process (default: every space found)",
     )
     _add(
+        parser,
         sel,
         "--bids-filter-file",
         type=Path,
@@ -143,6 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="JSON {'bold': {entity: value}} (null: absent, '*': any) restricting the query",
     )
     _add(
+        parser,
         sel,
         "--derivatives",
         nargs="+",
@@ -152,6 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
         "fmriprep",
     )
     _add(
+        parser,
         sel,
         "--bids-database-dir",
         type=Path,
@@ -159,16 +270,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="pybids index directory to create or reuse (indexes every subject)",
     )
 
+
+def _add_denoising(parser: AppParser) -> None:
     den = parser.add_argument_group("Denoising (nilearn load_confounds vocabulary)")
     _add(
+        parser,
         den,
         "--denoise-strategy",
         default="auto",
         choices=["auto", "none", "simple", "scrubbing", "compcor", "ica_aroma"],
         help="preset confound strategy; 'auto' is decided once for the selected runs: "
-        "'simple' when fMRIPrep confounds exist (a run without them then fails), else 'none'",
+        "'simple' when fMRIPrep confounds exist (a run without them then fails), else 'none' "
+        "(default: auto)",
     )
     _add(
+        parser,
         den,
         "--custom-strategy",
         type=Path,
@@ -176,13 +292,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="strategy JSON (load_confounds keywords, optional 'columns'); overrides the preset",
     )
     levels = ["basic", "power2", "derivatives", "full"]
-    _add(den, "--motion", choices=levels, help="motion regressors (preset default if unset)")
-    _add(den, "--wm-csf", choices=levels, help="white matter / CSF regressors")
-    _add(den, "--global-signal", choices=levels, help="add global signal regressors")
-    _add(den, "--scrub", type=int, metavar="N", help="minimum kept segment length (scrubbing)")
-    _add(den, "--fd-threshold", type=float, metavar="MM", help="framewise displacement limit")
-    _add(den, "--std-dvars-threshold", type=float, help="standardized DVARS limit")
+    _add(parser, den, "--motion", choices=levels, help="motion regressors (preset if unset)")
+    _add(parser, den, "--wm-csf", choices=levels, help="white matter / CSF regressors")
+    _add(parser, den, "--global-signal", choices=levels, help="add global signal regressors")
+    _add(parser, den, "--scrub", type=int, metavar="N", help="minimum kept segment length")
     _add(
+        parser,
+        den,
+        "--fd-threshold",
+        type=float,
+        metavar="MM",
+        help="framewise displacement limit",
+    )
+    _add(parser, den, "--std-dvars-threshold", type=float, help="standardized DVARS limit")
+    _add(
+        parser,
         den,
         "--compcor",
         choices=[
@@ -194,56 +318,28 @@ def build_parser() -> argparse.ArgumentParser:
         ],
         help="CompCor components",
     )
-    _add(den, "--n-compcor", type=_n_compcor, metavar="N|all", help="CompCor components kept")
-    _add(den, "--ica-aroma", choices=["full", "basic"], help="ICA-AROMA mode")
     _add(
+        parser,
+        den,
+        "--n-compcor",
+        type=_n_compcor,
+        metavar="N|all",
+        help="CompCor components kept",
+    )
+    _add(parser, den, "--ica-aroma", choices=["full", "basic"], help="ICA-AROMA mode")
+    _add(
+        parser,
         den,
         "--demean",
         action=argparse.BooleanOptionalAction,
-        default=None,
         help="demean the confounds over the kept volumes (default: yes)",
     )
 
-    msk = parser.add_argument_group("NiftiMasker parameters")
-    _add(msk, "--smoothing-fwhm", type=_positive(float), metavar="MM", help="smoothing FWHM")
+
+def _add_app_masker_options(parser: AppParser, msk) -> None:
+    """The App's own options about masking and grids (not NiftiMasker parameters)."""
     _add(
-        msk,
-        "--standardize",
-        default="none",
-        choices=["none", "zscore_sample", "zscore", "psc"],
-        help="signal standardization",
-    )
-    _add(
-        msk,
-        "--standardize-confounds",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="standardize confounds before regression",
-    )
-    _add(
-        msk,
-        "--detrend",
-        action=argparse.BooleanOptionalAction,
-        default=False,
-        help="remove linear trends",
-    )
-    _add(
-        msk,
-        "--high-variance-confounds",
-        action=argparse.BooleanOptionalAction,
-        default=False,
-        help="add high-variance confounds",
-    )
-    _add(msk, "--low-pass", type=_positive(float), metavar="HZ", help="low-pass cut-off")
-    _add(msk, "--high-pass", type=_positive(float), metavar="HZ", help="high-pass cut-off")
-    _add(
-        msk,
-        "--t-r",
-        type=_positive(float),
-        metavar="S",
-        help="repetition time (default: RepetitionTime of the sidecar)",
-    )
-    _add(
+        parser,
         msk,
         "--target-resolution",
         type=_positive(float),
@@ -251,70 +347,39 @@ def build_parser() -> argparse.ArgumentParser:
         help="resample to isotropic voxels of this size (outputs named res-<size>mm)",
     )
     _add(
-        msk,
-        "--target-affine",
-        type=_affine,
-        metavar="JSON",
-        help="resampling affine, 3x3 or 4x4 nested list (overrides --target-resolution)",
-    )
-    _add(
-        msk,
-        "--target-shape",
-        type=int,
-        nargs=3,
-        metavar="N",
-        help="resampling grid shape (needs a 4x4 --target-affine)",
-    )
-    _add(
-        msk,
-        "--mask-strategy",
-        default="background",
-        choices=["background", "epi", "whole-brain-template", "gm-template", "wm-template"],
-        help="mask computation when no mask is given or found",
-    )
-    _add(
-        msk,
-        "--mask-args",
-        type=_json_object,
-        metavar="JSON",
-        help="options of the --mask-strategy function (ignored for runs using fMRIPrep's mask)",
-    )
-    _add(msk, "--mask-img", type=Path, metavar="FILE", help="one mask for every run")
-    _add(
+        parser,
         msk,
         "--use-input-mask",
         action=argparse.BooleanOptionalAction,
         default=True,
         help="use fMRIPrep's desc-brain_mask when present",
     )
-    _add(msk, "--dtype", choices=["auto", "float32", "float64"], help="data type of the data")
-    _add(
-        msk,
-        "--clean-args",
-        type=_json_object,
-        metavar="JSON",
-        help="extra signal.clean options, e.g. '{\"butterworth__order\": 3}'",
-    )
 
+
+def _add_outputs(parser: AppParser) -> None:
     out = parser.add_argument_group("Outputs")
     _add(
+        parser,
         out,
         "--output-desc",
         default="denoised",
         metavar="LABEL",
         help="desc- label of the outputs (letters and digits only)",
     )
-    _add(out, "--save-signals", action="store_true", help="also write the signals .npy")
     _add(
+        parser,
         out,
-        "--reports",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="write HTML reports",
+        "--save-signals",
+        action="store_true",
+        default=False,
+        help="also write the signals .npy",
     )
 
+
+def _add_performance(parser: AppParser) -> None:
     perf = parser.add_argument_group("Performance")
     _add(
+        parser,
         perf,
         "-w",
         "--work-dir",
@@ -323,6 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="working directory (Pydra cache: re-running resumes from it)",
     )
     _add(
+        parser,
         perf,
         "--nprocs",
         "--n-cpus",
@@ -331,13 +397,105 @@ def build_parser() -> argparse.ArgumentParser:
         help="processes for Pydra's cf worker (default 1: in-process)",
     )
 
+
+def _positive_int(text):
     try:
-        from .slurm import add_slurm_arguments
-    except ImportError as exc:  # the SLURM helper module is optional at import time
-        parser.set_defaults(slurm=False, _slurm_import_error=str(exc))
-    else:
-        add_slurm_arguments(parser)
-    return parser
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def add_slurm_arguments(parser: AppParser):
+    """Add the SLURM options of the BIDS App to ``parser``, in their own group.
+
+    Returns
+    -------
+    argparse._ArgumentGroup
+        The group holding the options.
+    """
+    before = set(parser.options)
+    group = parser.add_argument_group(
+        "SLURM",
+        "Submit the participants to a SLURM cluster instead of processing them here. "
+        "Paths (dataset, output, work directory, Python environment) must be the same on the "
+        "compute nodes.",
+    )
+    _add(
+        parser,
+        group,
+        "--slurm",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="submit one SLURM job array, one task per participant, and return (or --wait); "
+        "--no-slurm overrides 'slurm' in a --config-file (the array tasks use it)",
+    )
+    _add(
+        parser,
+        group,
+        "--sbatch-args",
+        default="",
+        metavar="ARGS",
+        help="extra sbatch options for every task, as one string, e.g. "
+        "--sbatch-args='--cpus-per-task=4 --mem=8G --time=2:00:00' "
+        "(use the '=' form when the string starts with '-')",
+    )
+    _add(
+        parser,
+        group,
+        "--array-throttle",
+        type=_positive_int,
+        metavar="N",
+        help="run at most N array tasks at the same time (sbatch --array=...%%N)",
+    )
+    _add(
+        parser,
+        group,
+        "--wait",
+        action="store_true",
+        default=False,
+        help="follow the array until every task ended (squeue/scontrol, no accounting needed); "
+        "exit non-zero naming the participants whose task failed",
+    )
+    _add(
+        parser,
+        group,
+        "--slurm-worker",
+        choices=("array", "pydra"),
+        default="array",
+        help="with --slurm: 'array': one array task per participant running the App with "
+        "Pydra's local cf worker; 'pydra': run here and let Pydra's SLURM worker submit "
+        "every workflow node as its own job (exit status read with scontrol, else sacct)",
+    )
+    _add(
+        parser,
+        group,
+        "--slurm-partition",
+        metavar="NAME",
+        help="SLURM partition for the jobs (default: the cluster's default partition)",
+    )
+    _add(
+        parser,
+        group,
+        "--array-task",
+        action="store_true",
+        default=False,
+        help="set by the job array's sbatch script: this process is one task of the array "
+        "(the dataset-level files were written at submission; it never submits)",
+    )
+    parser.slurm_dests = tuple(dest for dest in parser.options if dest not in before)
+    return group
+
+
+def slurm_option_strings(parser: AppParser) -> dict[str, bool]:
+    """Every spelling of the SLURM options, and whether it takes a value."""
+    return {
+        flag: parser.options[dest].nargs != 0
+        for dest in parser.slurm_dests
+        for flag in parser.options[dest].option_strings
+    }
 
 
 def load_config_file(path) -> dict:
@@ -347,14 +505,12 @@ def load_config_file(path) -> dict:
 
     Raises
     ------
-    FileNotFoundError
-        The file does not exist.
-    ValueError
-        The content cannot be parsed.
+    OptionsError
+        The file does not exist (exit code 66), or its content cannot be parsed (65).
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"--config-file '{path}' does not exist.")
+        raise OptionsError(f"--config-file '{path}' does not exist.", 66)
     text = path.read_text(encoding="utf-8")
     try:
         if path.suffix.lower() == ".toml":
@@ -364,22 +520,96 @@ def load_config_file(path) -> dict:
         else:
             content = json.loads(text)
     except Exception as exc:
-        raise ValueError(f"--config-file '{path}' cannot be parsed: {exc}") from exc
+        raise OptionsError(f"--config-file '{path}' cannot be parsed: {exc}", 65) from exc
     if not isinstance(content, dict):
-        raise ValueError(f"--config-file '{path}' must hold a table/object.")
+        raise OptionsError(f"--config-file '{path}' must hold a table/object.", 65)
     flat = {}
 
     def walk(mapping):
         for key, value in mapping.items():
-            if isinstance(value, dict) and key not in (
-                "mask_args",
-                "clean_args",
-                "mask-args",
-                "clean-args",
-            ):
+            dest = key.replace("-", "_")
+            if isinstance(value, dict) and dest not in (*CONFIG_TABLES, "derivatives"):
                 walk(value)
             else:
-                flat[key.replace("-", "_")] = value
+                flat[dest] = value
 
     walk(content)
     return flat
+
+
+def option_tokens(parser: AppParser, dest: str, value) -> list[str]:
+    """Command-line tokens giving option ``dest`` the (config-file) ``value``.
+
+    A scalar where the option takes several values is one value; JSON-valued options take
+    a JSON text; a ``derivatives`` table ``{name: path}`` becomes ``name=path`` items.
+    """
+    action = parser.options[dest]
+    flag = next(f for f in action.option_strings if f.startswith("--"))
+    if isinstance(action, argparse.BooleanOptionalAction):
+        if not isinstance(value, bool):
+            raise OptionsError(f"{dest}: expected true or false, got {value!r}")
+        return [flag if value else "--no-" + flag[2:]]
+    if action.nargs == 0:  # store_true and count
+        if isinstance(value, bool) or action.const is not None:
+            return [flag] if value else []
+        return [flag] * int(value)
+    if dest == "derivatives" and isinstance(value, dict):
+        value = [f"{name}={path}" for name, path in value.items()]
+    if action.nargs is None:
+        return [f"{flag}={_token(value)}"]  # '=': a value may start with '-'
+    items = value if isinstance(value, list) else [value]
+    return [flag, *(_token(item) for item in items)]
+
+
+def _token(value) -> str:
+    if isinstance(value, dict | list):
+        return json.dumps(value)
+    if isinstance(value, bool):
+        return OFF if value is False else "true"
+    return str(value)
+
+
+def parse_options(argv) -> dict:
+    """All option values of the App: the command line over the config file over defaults.
+
+    Parameters
+    ----------
+    argv : list of str
+        Arguments without the program name.
+
+    Returns
+    -------
+    dict
+        ``dest -> value`` of the positionals and of every option, plus ``"_given"``: the
+        sorted dests set on the command line or in the config file.
+
+    Raises
+    ------
+    OptionsError
+        A usage error (64) or an unusable config file (65, 66).
+    SystemExit
+        ``--help`` or ``--version`` (code 0), after printing.
+    """
+    parser = build_parser()
+    given = vars(parser.parse_args(argv))
+    from_config = {}
+    if given.get("config_file") is not None:
+        config_file = given["config_file"]
+        config = load_config_file(config_file)
+        known = {*parser.options, *POSITIONALS}
+        unknown = sorted(set(config) - known)
+        if unknown:
+            raise OptionsError(f"--config-file: unknown options {unknown}")
+        tokens = [str(given[name]) for name in POSITIONALS]
+        for dest, value in config.items():
+            if dest not in POSITIONALS:
+                tokens += option_tokens(parser, dest, value)
+        try:
+            from_config = vars(parser.parse_args(tokens))
+        except OptionsError as exc:
+            raise OptionsError(f"--config-file '{config_file}': {exc}") from exc
+    options = {**parser.option_defaults, **from_config, **given}
+    options["_given"] = sorted((set(from_config) | set(given)) - set(POSITIONALS))
+    for parameter in _spec.for_face("cli"):
+        options[parameter.name] = spec_value(parameter.name, options[parameter.name])
+    return options

@@ -6,16 +6,23 @@ node's working directory, and calls the step. There is no numerical code in this
 the numbers a nipype workflow produces are the numbers the Pydra tasks and
 :class:`masker_wf.NiftiMasker` produce.
 
-Errors: a failing step raises :class:`masker_wf._steps.StepError` (a :class:`ValueError`
-naming the step, the input file and what is wrong). The interface re-raises it without the
-core's chained traceback and with the node's other input files named, and nipype puts that
-text into the exception it raises (``NodeExecutionError`` with the Linear plugin,
-``RuntimeError`` with MultiProc), whose last line is the step's message: the user reads it
-in the raised exception, not only in the crash file.
+Masker parameters have the names, defaults, allowed values and descriptions of
+:mod:`masker_wf._spec`.
+
+Errors: a bad input or parameter raises what the estimator raises (the validator's
+``ValueError``/``TypeError``, same class and message), with ``step`` and ``file`` attributes
+and a note naming the step and the node's input files; any other failure raises
+:class:`masker_wf._steps.StepError` (naming the step, the input file and what is wrong,
+without the core's chained traceback, with the node's other input files named). nipype puts
+that text into the exception it raises (``NodeExecutionError`` with the Linear plugin,
+``RuntimeError`` with MultiProc); the exception object itself is pickled into the node's
+directory (``_masker_error.pkl``), where :func:`masker_wf.nipype.run_masker_wf` finds it
+and re-raises it.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -30,19 +37,42 @@ from nipype.interfaces.base import (
 )
 from nipype.utils.filemanip import split_filename
 
-from .. import _steps
+from .. import _spec, _steps
+from .._io import COMPRESS_LEVELS
 from .._steps import StepError
 
-__all__ = ["CleanSignals", "ComputeMask", "Resample", "Smooth", "Unmask"]
+__all__ = [
+    "MASK_STRATEGY_VALUES",
+    "STANDARDIZE_VALUES",
+    "CleanSignals",
+    "ComputeMask",
+    "DerivativesSink",
+    "Resample",
+    "Smooth",
+    "Unmask",
+]
 
-MASK_STRATEGIES = (
-    "background",
-    "epi",
-    "whole-brain-template",
-    "gm-template",
-    "wm-template",
-)
-STANDARDIZE_STRATEGIES = ("zscore_sample", "zscore", "psc")
+#: ``mask_strategy`` values the interfaces accept (the spec's).
+MASK_STRATEGY_VALUES = _spec.by_name("mask_strategy").choices
+#: ``standardize`` values the interfaces accept.
+STANDARDIZE_VALUES = _spec.by_name("standardize").choices
+
+
+def _desc(name: str) -> str:
+    return _spec.by_name(name).doc
+
+
+def _enum_trait(name: str, values=None):
+    """An Enum of a spec parameter's values whose default (first value) is the spec's."""
+    default = _spec.by_name(name).default
+    values = _spec.by_name(name).choices if values is None else values
+    # ``is`` and type: True == 1 and False == 0 must not drop the booleans.
+    others = [v for v in values if not (type(v) is type(default) and v == default)]
+    return traits.Enum(default, *others, usedefault=True, desc=_desc(name))
+
+
+def _bool_trait(name: str):
+    return traits.Bool(_spec.by_name(name).default, usedefault=True, desc=_desc(name))
 
 
 def _affine_trait(**metadata):
@@ -52,19 +82,23 @@ def _affine_trait(**metadata):
         traits.List(traits.Float, minlen=3, maxlen=4),
         minlen=3,
         maxlen=4,
-        desc="target affine of the output grid (3x3 or 4x4, in mm); resample to it",
+        desc=_desc("target_affine"),
         **metadata,
     )
 
 
 def _shape_trait(**metadata):
-    return traits.List(
-        traits.Int,
-        minlen=3,
-        maxlen=3,
-        desc="target shape (3 voxel counts) of the output grid; needs target_affine",
-        **metadata,
-    )
+    return traits.List(traits.Int, minlen=3, maxlen=3, desc=_desc("target_shape"), **metadata)
+
+
+def _dtype_trait():
+    # Any integer or float numpy dtype name, or "auto": the validator decides, as for the
+    # estimator (the spec lists the usual values only).
+    return traits.Str(desc=_desc("dtype"))
+
+
+def _clean_args_trait():
+    return traits.Dict(traits.Str, traits.Any, desc=_desc("clean_args"))
 
 
 def _fwhm_trait(desc, **metadata):
@@ -100,25 +134,37 @@ def _shape(value):
     return None if value is None else tuple(int(v) for v in value)
 
 
-def _call_step(step, *args, context=None, **kwargs):
-    """Call a step; on failure re-raise its StepError without the chained core traceback.
+def _call_step(step, runtime, *args, context=None, **kwargs):
+    """Call a step in the node's directory; on failure, record the exception there.
 
     nipype puts the whole exception chain into the message of the exception it raises (and
     into the crash file); the core's internal frames bury the one line that says what is
-    wrong. The StepError already carries the cause's type and message, so it is re-raised
+    wrong. A StepError already carries the cause's type and message, so it is re-raised
     alone, with the node's other input files appended when the message does not name them
-    (a wrong confounds file is otherwise reported against the BOLD file).
+    (a wrong confounds file is otherwise reported against the BOLD file). A bad input or
+    parameter is re-raised as the same object (the estimator's class and message), the
+    other input files in a note. The exception raised is pickled into the node's directory
+    for :func:`masker_wf.nipype.run_masker_wf`.
     """
+    directory = runtime.cwd
+    (Path(directory) / _steps.ERROR_FILE).unlink(missing_ok=True)
     try:
         return str(step(*args, **kwargs))
-    except StepError as exc:
-        context = [
+    except Exception as exc:
+        others = [
             f"{name}='{value}'"
             for name, value in (context or {}).items()
             if value is not None and str(value) not in str(exc)
         ]
-        reason = exc.reason + (f" (other inputs: {', '.join(context)})" if context else "")
-        raise StepError(exc.step, exc.input_file, reason) from None
+        if isinstance(exc, StepError):
+            reason = exc.reason + (f" (other inputs: {', '.join(others)})" if others else "")
+            error = StepError(exc.step, exc.file, reason)
+            _steps.record_error(error, directory)
+            raise error from None
+        if others:
+            exc.add_note(f"(other inputs: {', '.join(others)})")
+        _steps.record_error(exc, directory)
+        raise
 
 
 def _out_file(runtime, source, suffix):
@@ -143,17 +189,8 @@ class _ComputeMaskInputSpec(BaseInterfaceInputSpec):
         "passed through (resampled with nearest-neighbour interpolation to target_affine / "
         "target_shape when those are set)",
     )
-    mask_strategy = traits.Enum(
-        *MASK_STRATEGIES,
-        usedefault=True,
-        desc="how to compute the mask when mask_file is not given (nilearn's NiftiMasker "
-        "mask_strategy)",
-    )
-    mask_args = traits.Dict(
-        traits.Str,
-        traits.Any,
-        desc="keyword arguments of the mask computation (e.g. lower_cutoff, opening)",
-    )
+    mask_strategy = _enum_trait("mask_strategy", MASK_STRATEGY_VALUES)
+    mask_args = traits.Dict(traits.Str, traits.Any, desc=_desc("mask_args"))
     target_affine = _affine_trait()
     target_shape = _shape_trait()
     out_suffix = _suffix_trait()
@@ -186,6 +223,7 @@ class ComputeMask(SimpleInterface):
             else:
                 self._results["mask_file"] = _call_step(
                     _steps.resample,
+                    runtime,
                     inputs.mask_file,
                     _out_file(runtime, inputs.mask_file, "_resampled" + inputs.out_suffix),
                     target_affine=target_affine,
@@ -196,6 +234,7 @@ class ComputeMask(SimpleInterface):
         bold_files = list(inputs.bold_file)
         self._results["mask_file"] = _call_step(
             _steps.compute_mask,
+            runtime,
             bold_files,
             _out_file(runtime, bold_files[0], "_mask" + inputs.out_suffix),
             mask_strategy=inputs.mask_strategy,
@@ -222,7 +261,7 @@ class _ResampleInputSpec(BaseInterfaceInputSpec):
         usedefault=True,
         desc="interpolation: 'continuous' (3rd-order spline), 'linear' or 'nearest'",
     )
-    dtype = traits.Str(desc="data type the input is converted to before resampling, or 'auto'")
+    dtype = _dtype_trait()
     out_suffix = _suffix_trait()
 
 
@@ -240,6 +279,7 @@ class Resample(SimpleInterface):
         inputs = self.inputs
         self._results["out_file"] = _call_step(
             _steps.resample,
+            runtime,
             inputs.in_file,
             _out_file(runtime, inputs.in_file, "_resampled" + inputs.out_suffix),
             target_affine=_affine(inputs.target_affine),
@@ -275,6 +315,7 @@ class Smooth(SimpleInterface):
         inputs = self.inputs
         self._results["out_file"] = _call_step(
             _steps.smooth,
+            runtime,
             inputs.in_file,
             _out_file(runtime, inputs.in_file, "_smoothed" + inputs.out_suffix),
             fwhm=inputs.fwhm,
@@ -299,42 +340,29 @@ class _CleanSignalsInputSpec(BaseInterfaceInputSpec):
         desc="volumes to keep (scrubbing): indices, a boolean per volume, or a file of either "
         "(.npy, .txt, .tsv)",
     )
-    smoothing_fwhm = _fwhm_trait(
-        "FWHM in mm of the Gaussian kernel applied before masking (within the mask bounding "
-        "box plus the kernel radius)"
-    )
+    smoothing_fwhm = _fwhm_trait(_desc("smoothing_fwhm"))
     target_affine = _affine_trait()
     target_shape = _shape_trait()
-    high_variance_confounds = traits.Bool(
-        False,
-        usedefault=True,
-        desc="add the 5 highest-variance voxel time series (of the input BOLD) as confounds",
-    )
-    detrend = traits.Bool(False, usedefault=True, desc="remove a linear trend per voxel")
-    standardize = traits.Either(
-        traits.Bool,
-        traits.Enum(*STANDARDIZE_STRATEGIES),
-        default=False,
-        usedefault=True,
-        desc="standardize signals: False, 'zscore_sample', 'zscore', 'psc' or True (=zscore)",
-    )
-    standardize_confounds = traits.Bool(
-        True, usedefault=True, desc="z-score confounds before regressing them out"
-    )
-    low_pass = traits.Float(desc="low-pass cutoff of the Butterworth filter, in Hz")
-    high_pass = traits.Float(desc="high-pass cutoff of the Butterworth filter, in Hz")
-    t_r = traits.Float(desc="repetition time in seconds (needed when filtering)")
-    dtype = traits.Str(desc="data type the BOLD is converted to before processing, or 'auto'")
-    clean_kwargs = traits.Dict(
-        traits.Str,
-        traits.Any,
-        desc="extra keyword arguments of masker_wf.signal.clean (e.g. butterworth__order)",
-    )
+    high_variance_confounds = _bool_trait("high_variance_confounds")
+    detrend = _bool_trait("detrend")
+    standardize = _enum_trait("standardize")
+    standardize_confounds = _bool_trait("standardize_confounds")
+    low_pass = traits.Float(desc=_desc("low_pass"))
+    high_pass = traits.Float(desc=_desc("high_pass"))
+    t_r = traits.Float(desc=_desc("t_r"))
+    runs = traits.List(traits.Int, desc=_desc("runs"))
+    dtype = _dtype_trait()
+    clean_args = _clean_args_trait()
 
 
 class _CleanSignalsOutputSpec(TraitedSpec):
     signals_file = File(
         exists=True, desc="cleaned signals, (n_kept_volumes, n_voxels) float array in .npy"
+    )
+    qc_file = File(
+        exists=True,
+        desc="report data gathered while cleaning (.npz: tSNR before/after, carpet samples, "
+        "mean image planes; see masker_wf._io.save_qc), as the Pydra task writes it",
     )
 
 
@@ -349,11 +377,14 @@ class CleanSignals(SimpleInterface):
 
     def _run_interface(self, runtime):
         inputs = self.inputs
+        qc_file = _out_file(runtime, inputs.bold_file, "_qc.npz")
         self._results["signals_file"] = _call_step(
             _steps.clean_signals,
+            runtime,
             inputs.bold_file,
             inputs.mask_file,
             _out_file(runtime, inputs.bold_file, "_signals.npy"),
+            qc_file=qc_file,
             confounds_file=_opt(inputs.confounds_file),
             sample_mask=_opt(inputs.sample_mask),
             smoothing_fwhm=_opt(inputs.smoothing_fwhm),
@@ -366,14 +397,16 @@ class CleanSignals(SimpleInterface):
             low_pass=_opt(inputs.low_pass),
             high_pass=_opt(inputs.high_pass),
             t_r=_opt(inputs.t_r),
+            runs=_opt(inputs.runs) or None,
             dtype=_opt(inputs.dtype),
-            clean_kwargs=_opt(inputs.clean_kwargs) or None,
+            clean_args=_opt(inputs.clean_args) or None,
             context={
                 "mask_file": inputs.mask_file,
                 "confounds_file": _opt(inputs.confounds_file),
                 "sample_mask": _opt(inputs.sample_mask),
             },
         )
+        self._results["qc_file"] = qc_file
         return runtime
 
 
@@ -402,9 +435,63 @@ class Unmask(SimpleInterface):
         base = base.removesuffix("_signals")
         self._results["out_file"] = _call_step(
             _steps.unmask,
+            runtime,
             inputs.signals_file,
             inputs.mask_file,
             str(Path(runtime.cwd) / f"{base}_cleaned{inputs.out_suffix}"),
             context={"mask_file": inputs.mask_file},
+        )
+        return runtime
+
+
+# --------------------------------------------------------------------------------- sink
+class _DerivativesSinkInputSpec(BaseInterfaceInputSpec):
+    in_file = File(exists=True, mandatory=True, desc="the file to write (any format)")
+    out_file = traits.Str(
+        mandatory=True,
+        desc="absolute destination path (its directory must exist); a '.gz' destination is "
+        "gzipped with python-isal unless in_file already is",
+    )
+    sidecar = traits.Dict(
+        traits.Str, traits.Any, desc="JSON sidecar written next to the data (same stem, .json)"
+    )
+    # The first value is the default: 1, as write_derivative's.
+    compress_level = traits.Enum(
+        1,
+        *(level for level in COMPRESS_LEVELS if level != 1),
+        usedefault=True,
+        desc="isal compression level, 0 (fastest) to 3 (smallest)",
+    )
+
+
+class _DerivativesSinkOutputSpec(TraitedSpec):
+    out_file = File(exists=True, desc="the destination, complete")
+
+
+class DerivativesSink(SimpleInterface):
+    """Write a file to its final derivative path (wraps :func:`masker_wf._steps.write_derivative`).
+
+    Atomic (a temporary name in the destination directory, then a rename), gzipped with
+    python-isal for a ``.gz`` destination, with an optional JSON sidecar written after the
+    data. The node always runs (as nipype's DataSink): a destination deleted or edited since
+    the last run is written again.
+    """
+
+    input_spec = _DerivativesSinkInputSpec
+    output_spec = _DerivativesSinkOutputSpec
+    always_run = True
+
+    def _run_interface(self, runtime):
+        inputs = self.inputs
+        if not os.path.isabs(inputs.out_file):
+            # nipype runs the node in its working directory: a relative path would land there.
+            raise ValueError(f"out_file must be an absolute path, got '{inputs.out_file}'.")
+        self._results["out_file"] = _call_step(
+            _steps.write_derivative,
+            runtime,
+            inputs.in_file,
+            inputs.out_file,
+            sidecar=_opt(inputs.sidecar),
+            compress_level=inputs.compress_level,
         )
         return runtime

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import functools
+import warnings
+
 import numpy as np
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
+from .. import _spec, _steps
 from .._version import __version__
 from .interfaces import (
-    MASK_STRATEGIES,
-    STANDARDIZE_STRATEGIES,
+    MASK_STRATEGY_VALUES,
+    STANDARDIZE_VALUES,
     CleanSignals,
     ComputeMask,
     Smooth,
@@ -19,7 +23,7 @@ from .interfaces import (
 __all__ = ["LiterateWorkflow", "estimate_bold_mem_gb", "init_masker_wf", "run_masker_wf"]
 
 INPUT_FIELDS = ["bold_file", "mask_file", "confounds_file", "sample_mask", "t_r"]
-OUTPUT_FIELDS = ["mask_file", "signals_file", "cleaned_bold_file"]
+OUTPUT_FIELDS = ["mask_file", "signals_file", "cleaned_bold_file", "qc_file"]
 
 try:  # Embedding in a NiPreps pipeline: their visit_desc() only visits LiterateWorkflows.
     from niworkflows.engine.workflows import LiterateWorkflow
@@ -108,6 +112,32 @@ def _describe(params, smooth_as_node):
     return " ".join(sentences) + "\n"
 
 
+def _renamed_smooth_as_node(function):
+    """Accept the deprecated ``smooth_as_node`` keyword (now ``smooth_as_task``), warning.
+
+    A wrapper rather than a parameter, so that the signature (``inspect.signature``
+    follows ``__wrapped__``) lists the current names only.
+    """
+
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        if "smooth_as_node" in kwargs:
+            value = kwargs.pop("smooth_as_node")
+            warnings.warn(
+                "init_masker_wf(smooth_as_node=...) is deprecated; use smooth_as_task=... "
+                "(the name MaskerWorkflow uses).",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            if kwargs.setdefault("smooth_as_task", value) != value:
+                raise TypeError("Give smooth_as_task only, not also smooth_as_node.")
+        return function(*args, **kwargs)
+
+    return wrapper
+
+
+@_renamed_smooth_as_node
+@_spec.fill_doc
 def init_masker_wf(
     *,
     name="masker_wf",
@@ -127,7 +157,7 @@ def init_masker_wf(
     target_shape=None,
     dtype=None,
     clean_args=None,
-    smooth_as_node=False,
+    smooth_as_task=False,
     out_suffix=".nii",
 ):
     """Build the masker-wf nipype sub-workflow: mask, clean, unmask.
@@ -147,36 +177,24 @@ def init_masker_wf(
     omp_nthreads : int, default=1
         Processors the mask, smooth and clean nodes reserve from MultiProc. The core smooths
         with up to 2 threads, so 2 reserves what smoothing really uses.
-    mask_strategy : {"background", "epi", "whole-brain-template", "gm-template", \
-"wm-template"}, default="background"
-        How the mask is computed when ``inputnode.mask_file`` is not given.
-    mask_args : dict or None, default=None
-        Keyword arguments of the mask computation.
-    smoothing_fwhm : float, sequence of 3 floats or None, default=None
-        FWHM in mm of the Gaussian smoothing kernel applied before masking.
-    standardize : {False, True, "zscore_sample", "zscore", "psc"}, default=False
-        How signals are standardized after cleaning (nilearn semantics).
-    standardize_confounds : bool, default=True
-        Z-score confounds before regressing them out.
-    detrend : bool, default=False
-        Remove a linear trend from each voxel's signal.
-    high_variance_confounds : bool, default=False
-        Add the 5 highest-variance voxel time series of the input as confounds.
-    low_pass, high_pass : float or None, default=None
-        Butterworth filter cutoffs, in Hz. Filtering needs a repetition time.
-    t_r : float or None, default=None
-        Repetition time in seconds. It becomes the default value of ``inputnode.t_r``: a
-        value set or connected on the inputnode overrides it.
-    target_affine : array-like of shape (3, 3) or (4, 4), or None, default=None
-        Resample the BOLD (continuous) and the mask (nearest) to this affine.
-    target_shape : sequence of 3 ints or None, default=None
-        Shape of the target grid; needs ``target_affine``.
-    dtype : str or None, default=None
-        Data type the BOLD is converted to before processing (``"auto"`` or a numpy dtype
-        name); ``None`` keeps the file's type.
-    clean_args : dict or None, default=None
-        Extra keyword arguments of :func:`masker_wf.signal.clean` (``butterworth__order``...).
-    smooth_as_node : bool, default=False
+    %(mask_strategy)s
+    %(mask_args)s
+    %(smoothing_fwhm)s
+    %(standardize)s
+    %(standardize_confounds)s
+    %(detrend)s
+    %(high_variance_confounds)s
+    %(low_pass)s
+    %(high_pass)s
+    %(t_r)s
+        It becomes the default value of ``inputnode.t_r``: a value set or connected on the
+        inputnode overrides it.
+    %(target_affine)s
+        The BOLD is resampled with continuous interpolation, the mask nearest neighbour.
+    %(target_shape)s
+    %(dtype)s
+    %(clean_args)s
+    smooth_as_task : bool, default=False
         Smooth in a separate ``smooth`` node (:class:`~masker_wf.nipype.interfaces.Smooth`)
         that writes the smoothed 4D BOLD, which can then be inspected or reused. By default
         smoothing happens inside the clean node, on the mask's bounding box only, with no 4D
@@ -184,7 +202,7 @@ def init_masker_wf(
         share a grid, so it cannot be combined with ``target_affine``/``target_shape``
         (nilearn resamples onto the mask's bounding box and smooths *that* grid, whose edges
         change the result), nor with ``high_variance_confounds`` (computed on the unsmoothed
-        BOLD).
+        BOLD). ``smooth_as_node``, its former name, is deprecated.
     out_suffix : {".nii", ".nii.gz"}, default=".nii"
         Extension of the images the nodes write. Uncompressed by default: gzip costs more
         than all the processing on full-size BOLD, and these files live in the working
@@ -211,6 +229,8 @@ def init_masker_wf(
         Cleaned signals, (n_kept_volumes, n_voxels) array in .npy.
     cleaned_bold_file
         The cleaned signals as a 4D NIfTI image (``unmask``).
+    qc_file
+        Report data gathered while cleaning (.npz, see :func:`masker_wf._io.save_qc`).
 
     Returns
     -------
@@ -239,25 +259,24 @@ def init_masker_wf(
     >>> sorted(wf.list_node_names())
     ['clean', 'inputnode', 'mask', 'outputnode', 'unmask']
     """
-    if mask_strategy not in MASK_STRATEGIES:
-        raise ValueError(f"mask_strategy must be one of {MASK_STRATEGIES}; got {mask_strategy!r}.")
-    if not (isinstance(standardize, bool) or standardize in STANDARDIZE_STRATEGIES):
+    if not (isinstance(mask_strategy, str) and mask_strategy in MASK_STRATEGY_VALUES):
         raise ValueError(
-            "standardize must be True, False or one of "
-            f"{STANDARDIZE_STRATEGIES}; got {standardize!r}."
+            f"mask_strategy must be one of {MASK_STRATEGY_VALUES}; got {mask_strategy!r}."
         )
+    if not any(standardize is value or standardize == value for value in STANDARDIZE_VALUES):
+        raise ValueError(f"standardize must be one of {STANDARDIZE_VALUES}; got {standardize!r}.")
     for label, value in (("low_pass", low_pass), ("high_pass", high_pass), ("t_r", t_r)):
         if value is not None and not value > 0:
             raise ValueError(f"{label} must be a positive number or None; got {value!r}.")
-    if smooth_as_node and high_variance_confounds:
+    if smooth_as_task and high_variance_confounds:
         raise ValueError(
-            "smooth_as_node=True cannot be combined with high_variance_confounds=True: the "
+            "smooth_as_task=True cannot be combined with high_variance_confounds=True: the "
             "high-variance confounds are computed on the unsmoothed BOLD, which the clean "
             "node would no longer see."
         )
-    if smooth_as_node and (target_affine is not None or target_shape is not None):
+    if smooth_as_task and (target_affine is not None or target_shape is not None):
         raise ValueError(
-            "smooth_as_node=True cannot be combined with target_affine/target_shape: nilearn "
+            "smooth_as_task=True cannot be combined with target_affine/target_shape: nilearn "
             "smooths after resampling onto the mask's bounding box, which a separate "
             "smoothing node cannot reproduce. Resample the BOLD beforehand instead."
         )
@@ -291,7 +310,7 @@ def init_masker_wf(
     }
 
     workflow = LiterateWorkflow(name=name)
-    workflow.__desc__ = _describe(params, smooth_as_node)
+    workflow.__desc__ = _describe(params, smooth_as_task)
 
     inputnode = pe.Node(niu.IdentityInterface(fields=INPUT_FIELDS), name="inputnode")
     # A default, not a constant: anything set or connected on inputnode.t_r overrides it.
@@ -327,7 +346,7 @@ def init_masker_wf(
         ("low_pass", low_pass),
         ("high_pass", high_pass),
         ("dtype", dtype),
-        ("clean_kwargs", dict(clean_args) if clean_args else None),
+        ("clean_args", dict(clean_args) if clean_args else None),
     ):
         if value is not None:
             setattr(clean.inputs, field, value)
@@ -346,7 +365,7 @@ def init_masker_wf(
         (mask, unmask, [("mask_file", "mask_file")]),
         (clean, unmask, [("signals_file", "signals_file")]),
         (mask, outputnode, [("mask_file", "mask_file")]),
-        (clean, outputnode, [("signals_file", "signals_file")]),
+        (clean, outputnode, [("signals_file", "signals_file"), ("qc_file", "qc_file")]),
         (unmask, outputnode, [("out_file", "cleaned_bold_file")]),
     ])
     # fmt: on
@@ -355,7 +374,7 @@ def init_masker_wf(
         clean.inputs.target_affine = affine_list
     if shape_list is not None:
         clean.inputs.target_shape = shape_list
-    if smoothing_fwhm is None or not smooth_as_node:
+    if smoothing_fwhm is None or not smooth_as_task:
         if smoothing_fwhm is not None:
             clean.inputs.smoothing_fwhm = smoothing_fwhm
         workflow.connect(inputnode, "bold_file", clean, "bold_file")

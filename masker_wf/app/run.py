@@ -1,0 +1,413 @@
+"""One run of the App: prepare its inputs, run its workflow, write its outputs.
+
+:func:`process_run` never raises for a bad run: it returns a :class:`RunResult` with the
+file and the reason, so one corrupt run does not stop the others. Its steps are the
+functions of this module, in order: :func:`prepare_run` (header, repetition time,
+confounds), :func:`run_workflow` (the Pydra masker workflow, cached under the work
+directory), then the outputs (:mod:`masker_wf.app.outputs`): derivatives, report,
+stale outputs, provenance record last.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..bids import derivatives as deriv
+from ..bids.confounds import ConfoundSelection, select_confounds
+from ..bids.layout import RunInputs
+from ..bids.provenance import cache_entries, now
+from . import console, outputs
+from .plan import Plan, confound_parameters
+from .settings import Settings
+
+__all__ = ["RunError", "RunJob", "RunResult", "WorkflowRun", "prepare_run", "process_run"]
+
+logger = logging.getLogger("masker_wf.app")
+
+
+class RunError(ValueError):
+    """A run cannot be processed; ``file`` is the input at fault."""
+
+    def __init__(self, file, reason: str, missing: bool = False):
+        super().__init__(f"{file}: {reason}")
+        self.file = file
+        self.reason = reason
+        self.missing = missing  # a required input file is absent (exit code 66)
+
+
+@dataclass
+class RunResult:
+    """Outcome of one run."""
+
+    name: str
+    subject: str
+    ok: bool
+    bold_file: str
+    reason: str = ""
+    kind: str = ""
+    outputs: dict = field(default_factory=dict)
+    summary: dict = field(default_factory=dict)
+    seconds: float = 0.0
+    report: str | None = None
+
+
+@dataclass(frozen=True)
+class RunJob:
+    """A run ready for the workflow: its inputs read, its confounds selected.
+
+    Attributes
+    ----------
+    run : RunInputs
+    header : nibabel.Nifti1Header
+        Header of the BOLD (grid, codes and units of the outputs).
+    n_volumes : int
+    t_r : float or None
+        Repetition time in force (s).
+    notes : tuple of str
+        Warnings about the inputs (repetition time).
+    strategy : str
+        Confound strategy in force.
+    confound_params : dict or None
+        Parameters of ``select_confounds`` (None: no confounds).
+    selection : ConfoundSelection or None
+        The regressors and kept volumes.
+    mask_file : pathlib.Path or None
+        The mask given to the workflow (fMRIPrep's or ``--mask-img``); None: computed.
+    design_file : pathlib.Path or None
+        The regressors, where Pydra hashes them.
+    params : Mapping
+        Inputs of the masker workflow besides the BOLD.
+    """
+
+    run: RunInputs
+    header: object
+    n_volumes: int
+    t_r: float | None
+    notes: tuple[str, ...]
+    strategy: str
+    confound_params: dict | None
+    selection: ConfoundSelection | None
+    mask_file: Path | None
+    design_file: Path | None
+    params: Mapping
+
+
+@dataclass
+class WorkflowRun:
+    """What running one workflow produced: its outputs, cache entries, times, warnings."""
+
+    outputs: dict
+    cache_root: Path
+    computed: list[str]
+    warnings: list[str]
+    started: str
+    clock: float
+    steps: dict = field(default_factory=dict)
+
+    def elapsed(self) -> float:
+        """Seconds since the run started."""
+        return time.perf_counter() - self.clock
+
+
+def _read_header(run: RunInputs):
+    import nibabel as nib
+
+    try:
+        header = nib.load(run.bold_file).header
+        shape = header.get_data_shape()
+    except Exception as exc:
+        raise RunError(run.bold_file, f"cannot read the BOLD image: {exc}") from exc
+    if len(shape) != 4:
+        raise RunError(run.bold_file, f"BOLD must be 4D, got shape {shape}.")
+    return header, int(shape[3])
+
+
+def _select_confounds(run: RunInputs, plan: Plan, params, n_volumes: int):
+    if params is None:
+        return None
+    if run.confounds_file is None and plan.auto_resolved:
+        raise RunError(
+            run.bold_file,
+            f"no confounds file for this run; the other runs use '{plan.strategy}' "
+            "(--denoise-strategy auto); pass --denoise-strategy none to process "
+            "without confounds.",
+            missing=True,
+        )
+    if run.confounds_file is None:
+        raise RunError(
+            run.bold_file,
+            f"the '{plan.strategy}' denoising strategy needs fMRIPrep's confounds file, "
+            "and none was found for this run (use --denoise-strategy none for raw data).",
+            missing=True,
+        )
+    try:
+        selection = select_confounds(run.confounds_file, **params)
+    except ValueError as exc:
+        raise RunError(run.confounds_file, str(exc)) from exc
+    if selection.n_volumes != n_volumes:
+        raise RunError(
+            run.confounds_file,
+            f"confounds length mismatch: {selection.n_volumes} rows but the BOLD "
+            f"'{run.bold_file.name}' has {n_volumes} volumes.",
+        )
+    return selection
+
+
+def _design_file(work_dir: Path, run: RunInputs, selection) -> Path | None:
+    """Write the design where Pydra can hash it; unchanged content keeps its mtime (cache)."""
+    if selection is None or selection.confounds.shape[1] == 0:
+        return None
+    path = work_dir / "inputs" / f"{run.name}_design.tsv"
+    text = selection.confounds.to_csv(sep="\t", index=False, float_format="%.17g")
+    if not (path.is_file() and path.read_text(encoding="utf-8") == text):
+        deriv.write_text(path, text)
+    return path
+
+
+def prepare_run(run: RunInputs, plan: Plan, settings: Settings) -> RunJob:
+    """Read the run's header, decide its repetition time, select its confounds.
+
+    Raises
+    ------
+    RunError
+        The BOLD or the confounds cannot be used.
+    """
+    header, n_volumes = _read_header(run)
+    zooms = header.get_zooms()
+    t_r, notes = outputs.t_r_of(
+        run, settings.masker["t_r"], float(zooms[3]) if len(zooms) > 3 else None
+    )
+    strategy = plan.strategy
+    confound_params = confound_parameters(settings.denoising, strategy)
+    selection = _select_confounds(run, plan, confound_params, n_volumes)
+    mask_file = settings.mask_img or (run.mask_file if settings.selection.use_input_mask else None)
+    params = settings.workflow_parameters()
+    params["t_r"] = t_r
+    if mask_file is not None:
+        params["mask_file"] = Path(mask_file)
+    design = _design_file(settings.execution.work_dir, run, selection)
+    if design is not None:
+        params["confounds_file"] = design
+    if selection is not None and selection.sample_mask is not None:
+        params["sample_mask"] = [int(i) for i in selection.sample_mask]
+    return RunJob(
+        run=run,
+        header=header,
+        n_volumes=n_volumes,
+        t_r=t_r,
+        notes=tuple(notes),
+        strategy=strategy,
+        confound_params=confound_params,
+        selection=selection,
+        mask_file=None if mask_file is None else Path(mask_file),
+        design_file=design,
+        params=params,
+    )
+
+
+def run_workflow(job: RunJob, settings: Settings, worker, n_procs, clock) -> WorkflowRun:
+    """Run the masker workflow of ``job`` in the work directory's Pydra cache."""
+    from ..workflow import run_masker_workflow
+
+    cache_root = settings.execution.work_dir / "pydra"
+    before = cache_entries(cache_root)
+    mark = time.perf_counter()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        results = run_masker_workflow(
+            job.run.bold_file,
+            cache_root=cache_root,
+            worker=worker,
+            n_procs=n_procs,
+            out_suffix=".nii",
+            **job.params,
+        )
+    execution = WorkflowRun(
+        outputs=results,
+        cache_root=cache_root,
+        computed=sorted(cache_entries(cache_root) - before),
+        warnings=[*job.notes, *sorted({str(w.message) for w in caught})],
+        started=clock[0],
+        clock=clock[1],
+    )
+    execution.steps["workflow"] = time.perf_counter() - mark
+    return execution
+
+
+def _confirm_up_to_date(record, execution, provenance_file) -> None:
+    # Same workflow results and output options: the derivatives on disk are what this
+    # run would write. Rewriting them (gzip of a 4D image) is the slowest step of a
+    # resumed run, so only the provenance record is updated.
+    record["Pydra"].update(computed=execution.computed, reused_from_cache=True)
+    record["LastConfirmed"] = now()
+    deriv.write_json(provenance_file, record)
+
+
+def _write_outputs(job, settings, links, execution, res, tag) -> RunResult:
+    """Derivatives, report, stale outputs, then the provenance record."""
+    from .._io import load_qc
+
+    out_dir, desc = settings.output_dir, settings.outputs.desc
+    console.progress(f"{tag}: writing derivatives")
+    mark = time.perf_counter()
+    files, written = outputs.write_derivatives(job, settings, links, execution.outputs, res)
+    execution.steps["derivatives"], mark = time.perf_counter() - mark, time.perf_counter()
+    # Everything the report shows was gathered by CleanSignals in its one pass over the
+    # BOLD: the report never reads the run again.
+    qc = load_qc(execution.outputs["qc_file"])
+    summary = outputs.summary_of(job, execution.outputs, qc)
+    report = None
+    if settings.reports:
+        report = outputs.write_report(
+            job, settings, execution.outputs, qc, execution.warnings, res
+        )
+        written.add(report)
+    execution.steps["report"] = time.perf_counter() - mark
+    provenance_file = outputs.run_path(out_dir, job.run, desc, "provenance", ".json", res)
+    written.add(provenance_file)
+    removed = outputs.remove_stale(job.run, desc, out_dir, res, written)
+    for path in removed:
+        console.progress(f"{tag}: removed stale output {path} (not produced by this run)")
+    record = outputs.provenance_record(job, settings, links, execution, files, summary, removed)
+    deriv.write_json(provenance_file, record)
+    cached = " (from cache)" if not execution.computed else ""
+    console.progress(f"{tag}: done in {execution.elapsed():.1f} s{cached}")
+    return RunResult(
+        name=job.run.name,
+        subject=job.run.subject,
+        ok=True,
+        bold_file=str(job.run.bold_file),
+        outputs=files,
+        summary=summary,
+        seconds=execution.elapsed(),
+        report=None if report is None else str(report),
+    )
+
+
+def process_run(
+    run: RunInputs,
+    plan: Plan,
+    settings: Settings,
+    *,
+    worker="debug",
+    n_procs=None,
+    index: int = 1,
+    total: int = 1,
+) -> RunResult:
+    """Process one run: inputs, Pydra workflow, derivatives, report, provenance.
+
+    Parameters
+    ----------
+    run : RunInputs
+        The run's files and metadata.
+    plan : Plan
+        The invocation's plan (strategy, dataset links).
+    settings : Settings
+    worker, n_procs
+        Pydra worker (``"debug"``, ``"cf"`` or a worker object) and its process count.
+    index, total : int
+        Position of the run, for progress messages.
+
+    Returns
+    -------
+    RunResult
+        ``ok`` False with ``reason`` when the run failed (nothing is raised).
+    """
+    clock = (now(), time.perf_counter())
+    tag = f"[{index}/{total}] {run.name}"
+    links = plan.inputs.dataset_links
+    try:
+        console.progress(f"{tag}: reading inputs")
+        job = prepare_run(run, plan, settings)
+        for note in job.notes:
+            console.progress(f"{tag}: warning: {note}")
+        console.progress(
+            f"{tag}: running the masker workflow (Pydra cache "
+            f"{settings.execution.work_dir / 'pydra'})"
+        )
+        execution = run_workflow(job, settings, worker, n_procs, clock)
+        res = outputs.output_res(job.header, execution.outputs["cleaned_bold_file"])
+        provenance_file = outputs.run_path(
+            settings.output_dir, run, settings.outputs.desc, "provenance", ".json", res
+        )
+        previous = outputs.up_to_date_record(
+            provenance_file,
+            execution.outputs,
+            outputs.output_options(settings, links),
+            settings.output_dir,
+        )
+        if previous is None:
+            return _write_outputs(job, settings, links, execution, res, tag)
+        _confirm_up_to_date(previous, execution, provenance_file)
+        console.progress(
+            f"{tag}: outputs up to date, kept as they are ({execution.elapsed():.1f} s)"
+        )
+        report = outputs.report_file(settings.output_dir, run, settings.outputs.desc, res)
+        return RunResult(
+            name=run.name,
+            subject=run.subject,
+            ok=True,
+            bold_file=str(run.bold_file),
+            outputs={k: settings.output_dir / v for k, v in previous["Outputs"].items()},
+            summary=previous["Summary"],
+            seconds=execution.elapsed(),
+            report=str(report) if report.exists() else None,
+        )
+    except Exception as exc:
+        return _failed(run, exc, tag, time.perf_counter() - clock[1])
+
+
+def _failed(run: RunInputs, exc: Exception, tag: str, seconds: float) -> RunResult:
+    file, reason = explain(run, exc)
+    kind = "data" if isinstance(exc, ValueError | TypeError | OSError) else "error"
+    if getattr(exc, "missing", False):
+        kind = "missing"
+    console.progress(f"{tag}: FAILED on {file}: {reason}")
+    logger.debug("run %s failed:\n%s", run.name, traceback.format_exc())
+    return RunResult(
+        name=run.name,
+        subject=run.subject,
+        ok=False,
+        bold_file=str(run.bold_file),
+        reason=f"{file}: {reason}",
+        kind=kind,
+        seconds=seconds,
+    )
+
+
+def _file_text(files) -> str:
+    if isinstance(files, list | tuple):
+        return ", ".join(map(str, files))
+    return str(files)
+
+
+def explain(run: RunInputs, exc: BaseException) -> tuple[str, str]:
+    """The input file at fault and the reason, from the error objects themselves.
+
+    A :class:`RunError` names its file; an error of a masker step carries ``step`` and
+    ``file`` (and ``reason``) attributes, which are used as they are, wherever it sits in
+    the chain of causes. Anything else is blamed on the run's BOLD.
+    """
+    seen = exc
+    while seen is not None:
+        if isinstance(seen, RunError):
+            return str(seen.file), seen.reason
+        step = getattr(seen, "step", None)
+        if step is not None:
+            file = getattr(seen, "file", None)
+            if file is None:  # StepError before it carried ``file``
+                file = getattr(seen, "input_file", None)
+            reason = getattr(seen, "reason", None) or str(seen)
+            return _file_text(file), f"{step}: {reason}"
+        seen = seen.__cause__ or seen.__context__
+    # Pydra adds the remote traceback to an error's text: its last line is the error itself.
+    lines = [line for line in str(exc).splitlines() if line.strip()]
+    return str(
+        run.bold_file
+    ), f"{type(exc).__name__}: {lines[-1] if lines else type(exc).__name__}"
