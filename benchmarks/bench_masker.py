@@ -90,6 +90,8 @@ def _child(contender: str, data_dir: Path, work_dir: Path) -> dict:
             run["bold"],
             cache_root=work_dir / "pydra-cache",
             worker="debug",
+            # The fast file hash is opt-in (importing masker_wf changes no Pydra hash).
+            segmented_hash=True,
             mask_file=run["mask"],
             confounds_file=run["confounds"],
             sample_mask=run["sample_mask"].tolist(),

@@ -20,6 +20,15 @@ class DimensionError(TypeError, ValueError):
             f"and got a {file_dimension}D image."
         )
 
+    def __reduce__(self):
+        # The constructor takes the dimensions, not the message: pickle those (process
+        # pools and the steps' error files carry this exception across processes).
+        return (
+            type(self),
+            (self.file_dimension, self.required_dimension, self.name),
+            self.__dict__,
+        )
+
 
 class SampleMaskError(ValueError, IndexError):
     """An invalid ``sample_mask``.

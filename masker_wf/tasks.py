@@ -345,7 +345,7 @@ def _clean_signals(
     bold_file: NiftiImage,
     mask_file: NiftiImage,
     confounds_file: TextTable | None = None,
-    sample_mask: list[int] | TextTable | None = None,
+    sample_mask: list[int] | list[float] | TextTable | None = None,
     smoothing_fwhm: float | list[float] | str | None = None,
     target_affine: list[list[float]] | None = None,
     target_shape: list[int] | None = None,
@@ -371,7 +371,9 @@ def _clean_signals(
     confounds_file : File, optional
         Confounds table (.tsv/.csv with header, or .npy).
     sample_mask : list of int or File, optional
-        Indices of the kept volumes, or a file holding them.
+        Indices of the kept volumes (or a boolean per volume), or a file holding them.
+        Float lists pass the type check so that the step refuses them with the
+        estimator's error.
     %(smoothing_fwhm)s
     %(target_affine)s
     %(target_shape)s

@@ -103,7 +103,7 @@ def _masker_workflow(
     bold_file: NiftiImage,
     mask_file: NiftiImage | None = None,
     confounds_file: TextTable | None = None,
-    sample_mask: list[int] | TextTable | None = None,
+    sample_mask: list[int] | list[float] | TextTable | None = None,
     runs: list[int] | None = None,
     smoothing_fwhm: float | list[float] | str | None = None,
     standardize: bool | str | None = False,

@@ -20,9 +20,18 @@ from conftest import make_synthetic_bold
 from nipype.interfaces.base import isdefined
 from nipype.pipeline.engine.nodes import NodeExecutionError
 
+from masker_wf._exceptions import DimensionError, SampleMaskError
+from masker_wf._io import load_qc
 from masker_wf._steps import StepError
 from masker_wf.nipype import init_masker_wf, run_masker_wf
-from masker_wf.nipype.interfaces import CleanSignals, ComputeMask, Resample, Smooth, Unmask
+from masker_wf.nipype.interfaces import (
+    CleanSignals,
+    ComputeMask,
+    DerivativesSink,
+    Resample,
+    Smooth,
+    Unmask,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "workflows" / "nipype" / "embed_example.py"
@@ -83,6 +92,7 @@ def test_graph_has_fmriprep_style_inputnode_outputnode_and_methods_paragraph():
         "mask_file",
         "signals_file",
         "cleaned_bold_file",
+        "qc_file",
     }
     # t_r is the inputnode's default, so a connected or set value overrides it.
     assert inputnode.inputs.t_r == 2.0
@@ -94,11 +104,26 @@ def test_graph_has_fmriprep_style_inputnode_outputnode_and_methods_paragraph():
     assert wf.visit_desc() == wf.__desc__
 
 
-def test_smooth_as_node_adds_a_smooth_node():
-    wf = init_masker_wf(smoothing_fwhm=5.0, smooth_as_node=True)
+def test_smooth_as_task_adds_a_smooth_node():
+    wf = init_masker_wf(smoothing_fwhm=5.0, smooth_as_task=True)
     assert "smooth" in wf.list_node_names()
     assert not isdefined(wf.get_node("clean").inputs.smoothing_fwhm)
     assert "Smoothing ran as a separate workflow step" in wf.__desc__
+
+
+def test_smooth_as_node_is_a_deprecated_name_of_smooth_as_task():
+    import inspect
+
+    with pytest.warns(DeprecationWarning, match="smooth_as_task"):
+        wf = init_masker_wf(smoothing_fwhm=5.0, smooth_as_node=True)
+    assert "smooth" in wf.list_node_names()
+    # The signature shows the current name only; contradicting values are refused.
+    assert "smooth_as_node" not in inspect.signature(init_masker_wf).parameters
+    with (
+        pytest.warns(DeprecationWarning, match="deprecated"),
+        pytest.raises(TypeError, match="smooth_as_task"),
+    ):
+        init_masker_wf(smoothing_fwhm=5.0, smooth_as_node=True, smooth_as_task=False)
 
 
 @pytest.mark.parametrize(
@@ -109,8 +134,8 @@ def test_smooth_as_node_adds_a_smooth_node():
         ({"low_pass": -0.1}, "low_pass"),
         ({"target_shape": (10, 10, 10)}, "target_affine"),
         ({"target_affine": np.eye(2)}, "target_affine"),
-        ({"smooth_as_node": True, "high_variance_confounds": True}, "high_variance_confounds"),
-        ({"smooth_as_node": True, "target_affine": np.eye(3)}, "target_affine"),
+        ({"smooth_as_task": True, "high_variance_confounds": True}, "high_variance_confounds"),
+        ({"smooth_as_task": True, "target_affine": np.eye(3)}, "target_affine"),
         ({"out_suffix": ".mgz"}, "out_suffix"),
     ],
 )
@@ -119,11 +144,26 @@ def test_invalid_parameters_fail_when_the_workflow_is_built(params, named):
         init_masker_wf(**params)
 
 
-@pytest.mark.parametrize("interface", [ComputeMask, Resample, Smooth, CleanSignals, Unmask])
+@pytest.mark.parametrize(
+    "interface", [ComputeMask, Resample, Smooth, CleanSignals, Unmask, DerivativesSink]
+)
 def test_every_trait_of_every_interface_is_described(interface):
     for spec in (interface.input_spec(), interface.output_spec()):
         for name in spec.copyable_trait_names():
             assert spec.trait(name).desc, f"{interface.__name__}.{name} has no desc"
+
+
+def test_masker_traits_take_descriptions_defaults_and_values_from_the_spec():
+    from masker_wf import _spec
+
+    inputs = CleanSignals().inputs
+    for name in ("smoothing_fwhm", "standardize", "detrend", "runs", "clean_args", "t_r"):
+        assert inputs.trait(name).desc == _spec.by_name(name).doc
+    assert inputs.standardize is _spec.by_name("standardize").default
+    assert set(inputs.trait("standardize").trait_type.values) == set(_spec.STANDARDIZE_VALUES)
+    mask = ComputeMask().inputs
+    assert mask.mask_strategy == _spec.by_name("mask_strategy").default
+    assert set(mask.trait("mask_strategy").trait_type.values) == set(_spec.MASK_STRATEGIES)
 
 
 # ------------------------------------------------------------------------ numerics: ds003
@@ -256,12 +296,12 @@ def test_synthetic_given_mask_resampled_and_smoothed_as_node_match_nifti_masker(
     bold_file, mask_file, _ = synthetic_files
     params = {"smoothing_fwhm": 6.0, "standardize": "zscore_sample", "detrend": True}
     expected = _masker_signals(bold_file, mask=mask_file, **params)
-    for smooth_as_node in (False, True):
+    for smooth_as_task in (False, True):
         out = run_masker_wf(
             bold_file,
-            base_dir=tmp_path / f"smooth_as_node-{smooth_as_node}",
+            base_dir=tmp_path / f"smooth_as_task-{smooth_as_task}",
             mask_file=mask_file,
-            smooth_as_node=smooth_as_node,
+            smooth_as_task=smooth_as_task,
             **params,
         )
         np.testing.assert_allclose(np.load(out["signals_file"]), expected, atol=ATOL)
@@ -342,26 +382,83 @@ def test_confounds_with_wrong_row_count_raise_a_message_naming_the_file(
     wf.inputs.inputnode.confounds_file = str(confounds_file)
     plugin_args = {"n_procs": 2} if plugin == "MultiProc" else {}
     # Linear raises nipype's NodeExecutionError, MultiProc a RuntimeError: both carry the
-    # step's message (not only the crash file), and it is the last line of the text.
+    # step's exception (not only the crash file): class and message, then notes naming the
+    # step and the node's other inputs, at the end of the text.
     with pytest.raises((NodeExecutionError, RuntimeError)) as info:
         wf.run(plugin=plugin, plugin_args=plugin_args)
-    last_line = str(info.value).strip().splitlines()[-1]
-    assert "StepError: masker step 'clean_signals' failed" in last_line
-    assert str(confounds_file) in last_line
+    lines = [line.strip() for line in str(info.value).strip().splitlines()]
+    [message] = [line for line in lines if line.startswith("ValueError: confounds")]
+    assert str(confounds_file) in message
     # ...and says what is wrong: 7 confound rows for 20 volumes.
-    assert re.search(r"\b7\b.*\b20\b", last_line.split(str(confounds_file))[-1])
+    assert re.search(r"\b7\b.*\b20\b", message.split(str(confounds_file))[-1])
+    tail = "\n".join(lines[lines.index(message) :])
+    assert "masker step 'clean_signals'" in tail
+    assert f"mask_file='{ds003_mask_path}'" in tail
     assert list((tmp_path / "crash").glob("crash-*"))
 
 
-def test_run_masker_wf_raises_the_step_message_first(tmp_path, ds003_path):
-    bad_mask = tmp_path / "mask_on_another_grid.nii.gz"
-    nib.Nifti1Image(np.ones((5, 5, 5), dtype=np.uint8), np.eye(4)).to_filename(bad_mask)
+def _bad_inputs(tmp_path, ds003_path, ds003_mask_path):
+    """A 2D image, an out-of-range sample_mask (in a file), a NaN confound in a kept row."""
+    image_2d = tmp_path / "image_2d.nii"
+    nib.Nifti1Image(np.ones((5, 5), dtype=np.float32), np.eye(4)).to_filename(image_2d)
     sample_mask = tmp_path / "sample_mask.txt"
     sample_mask.write_text("0\n1\n99\n")  # volume 99 does not exist (20 volumes)
-    with pytest.raises(RuntimeError, match=r"^masker_wf failed: masker step 'clean_signals'") as e:
-        run_masker_wf(ds003_path, base_dir=tmp_path / "work", sample_mask=sample_mask)
-    assert "crash file" in str(e.value)
-    assert "Traceback" not in str(e.value)
+    confounds = pd.DataFrame(np.random.default_rng(0).normal(size=(20, 2)), columns=["a", "b"])
+    confounds.iloc[4, 0] = np.nan
+    confounds_file = tmp_path / "nan_confounds.tsv"
+    confounds.to_csv(confounds_file, sep="\t", index=False, na_rep="n/a")
+    masker = _masker_signals
+    return [
+        (
+            {"bold_file": image_2d, "mask_file": ds003_mask_path},
+            DimensionError,
+            lambda: masker(image_2d, mask=ds003_mask_path),
+            image_2d,
+        ),
+        (
+            {"bold_file": ds003_path, "mask_file": ds003_mask_path, "sample_mask": sample_mask},
+            SampleMaskError,
+            lambda: masker(ds003_path, mask=ds003_mask_path, sample_mask=[0, 1, 99]),
+            sample_mask,
+        ),
+        (
+            {
+                "bold_file": ds003_path,
+                "mask_file": ds003_mask_path,
+                "confounds_file": confounds_file,
+            },
+            ValueError,
+            lambda: masker(ds003_path, mask=ds003_mask_path, confounds=confounds_file),
+            ds003_path,
+        ),
+    ]
+
+
+@pytest.mark.parametrize("plugin", ["Linear", "MultiProc"])
+def test_run_masker_wf_raises_the_steps_exception_itself(
+    tmp_path, ds003_path, ds003_mask_path, plugin
+):
+    plugin_args = {"n_procs": 2} if plugin == "MultiProc" else None
+    for index, (inputs, cls, estimator, at_fault) in enumerate(
+        _bad_inputs(tmp_path, ds003_path, ds003_mask_path)
+    ):
+        with pytest.raises(cls) as expected:
+            estimator()
+        inputs = dict(inputs)
+        with pytest.raises(cls) as caught:
+            run_masker_wf(
+                inputs.pop("bold_file"),
+                base_dir=tmp_path / f"work-{index}",
+                plugin=plugin,
+                plugin_args=plugin_args,
+                **inputs,
+            )
+        # The estimator's class and message, with the step and the file at fault.
+        assert type(caught.value) is type(expected.value)
+        assert str(caught.value) == str(expected.value)
+        assert caught.value.step == "clean_signals"
+        assert caught.value.file == str(at_fault)
+        assert any("crash file" in note for note in caught.value.__notes__)
 
 
 def test_missing_input_file_is_named_by_the_interface(tmp_path):
@@ -378,6 +475,23 @@ def test_step_error_from_an_interface_names_the_other_inputs(tmp_path, ds003_pat
     unmask = Unmask(signals_file=str(signals_file), mask_file=str(mask_file))
     with pytest.raises(StepError, match="signals have 10 columns but mask"):
         unmask.run(cwd=str(tmp_path))
+
+
+def test_clean_signals_interface_takes_runs_and_writes_the_qc_file(tmp_path, synthetic_files):
+    bold_file, mask_file, _ = synthetic_files
+    runs = [0] * 20 + [1] * 20
+    params = {"detrend": True, "standardize": "zscore_sample"}
+    result = CleanSignals(
+        bold_file=str(bold_file), mask_file=str(mask_file), runs=runs, **params
+    ).run(cwd=str(tmp_path))
+    expected = _masker_signals(bold_file, mask=mask_file, runs=np.asarray(runs), **params)
+    np.testing.assert_allclose(np.load(result.outputs.signals_file), expected, atol=ATOL)
+    # Per-run cleaning is not whole-series cleaning: the runs input is used.
+    whole = _masker_signals(bold_file, mask=mask_file, **params)
+    assert not np.allclose(expected, whole, atol=1e-3)
+    qc = load_qc(result.outputs.qc_file)
+    assert Path(result.outputs.qc_file).parent == tmp_path
+    assert qc["tsnr_after"].shape == (expected.shape[1],)
 
 
 # ------------------------------------------------------------ embedding in a parent pipeline
@@ -397,7 +511,9 @@ def test_embed_example_runs_and_matches_nifti_masker_on_bids_examples(tmp_path, 
     func = out_dir / "sub-01" / "func"
     written = sorted(p.name for p in out_dir.glob("sub-*/func/*"))
     assert len(written) == 12  # 2 subjects x 2 runs x (mask, signals, denoised bold)
-    assert "BOLD signals were extracted" in (out_dir / "logs" / "CITATION.md").read_text()
+    citation = (out_dir / "logs" / "CITATION.md").read_text()
+    assert "masker-wf" in citation
+    assert "NiftiMasker" in citation
 
     # Same parameters, confounds and sample mask as the example, through the estimator.
     example = _load_example()

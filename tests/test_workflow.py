@@ -1,13 +1,16 @@
 """The Pydra MaskerWorkflow: NiftiMasker's numbers, caching, and failure behaviour."""
 
 import os
+import subprocess
+import sys
+import textwrap
 
 import nibabel as nib
 import numpy as np
 import pytest
 
 from masker_wf import NiftiMasker
-from masker_wf._steps import StepError
+from masker_wf._exceptions import DimensionError, SampleMaskError
 from masker_wf.workflow import MaskerWorkflow, run_masker_workflow
 
 CLEANING = {
@@ -24,7 +27,8 @@ CLEANING = {
 
 @pytest.fixture(autouse=True)
 def _hash_cache(tmp_path, monkeypatch):
-    # One file-hash cache per test: cache hits must come from the test's own runs.
+    # One file-hash cache per test for Pydra used directly (run_masker_workflow sets its
+    # own for the duration of each call): cache hits must come from the test's own runs.
     monkeypatch.setenv("PYDRA_HASH_CACHE", str(tmp_path / "hashes"))
 
 
@@ -184,26 +188,66 @@ def test_changed_parameter_recomputes_only_the_affected_steps(tmp_path, ds003_pa
     assert not np.array_equal(np.load(first["signals_file"]), np.load(second["signals_file"]))
 
 
-def test_failing_step_names_step_and_file_and_leaves_no_partial_output(
-    tmp_path, ds003_path, ds003_mask_path
+def _bad_inputs(tmp_path, ds003_path, ds003_mask_path, seed):
+    """Three bad inputs: a 2D image, an out-of-range sample_mask, a NaN confound in a kept row.
+
+    Pydra identifies files by content: files of other tests must differ (``seed``), or
+    Pydra reuses the workflow it built for the first one, with that one's paths.
+    """
+    rng = np.random.default_rng(seed)
+    image_2d = tmp_path / "image_2d.nii"
+    nib.Nifti1Image(rng.normal(size=(5, 5)).astype(np.float32), np.eye(4)).to_filename(image_2d)
+    values = rng.normal(size=(20, 2))
+    values[6, 1] = np.nan
+    confounds = tmp_path / "nan_confounds.tsv"
+    rows = ["\t".join("n/a" if np.isnan(v) else f"{v:.5f}" for v in row) for row in values]
+    confounds.write_text("a\tb\n" + "\n".join(rows) + "\n")
+    return {
+        "2d image": (
+            image_2d,
+            {"mask_file": ds003_mask_path},
+            DimensionError,
+            lambda: NiftiMasker(mask_img=ds003_mask_path).fit_transform(image_2d),
+            image_2d,
+        ),
+        "sample_mask out of range": (
+            ds003_path,
+            {"mask_file": ds003_mask_path, "sample_mask": [0, 25]},
+            SampleMaskError,
+            lambda: NiftiMasker(mask_img=ds003_mask_path).fit_transform(
+                ds003_path, sample_mask=[0, 25]
+            ),
+            ds003_path,
+        ),
+        "NaN confound in a kept row": (
+            ds003_path,
+            {"mask_file": ds003_mask_path, "confounds_file": confounds},
+            ValueError,
+            lambda: NiftiMasker(mask_img=ds003_mask_path).fit_transform(
+                ds003_path, confounds=confounds
+            ),
+            ds003_path,
+        ),
+    }
+
+
+@pytest.mark.parametrize("worker", ["debug", "cf"])
+def test_bad_inputs_reach_the_caller_as_the_steps_exception(
+    tmp_path, ds003_path, ds003_mask_path, worker
 ):
     cache_root = tmp_path / "cache"
-    # Volume 25 does not exist in this 20-volume run.
-    with pytest.raises(StepError, match=r"clean_signals.*ds003_sub-01_mc\.nii\.gz"):
-        run_masker_workflow(
-            ds003_path, cache_root=cache_root, mask_file=ds003_mask_path, sample_mask=[0, 25]
-        )
-    # The process-pool worker gives the same StepError as the in-process one.
-    with pytest.raises(StepError, match=r"clean_signals.*ds003_sub-01_mc\.nii\.gz") as caught:
-        run_masker_workflow(
-            ds003_path,
-            cache_root=cache_root,
-            worker="cf",
-            mask_file=ds003_mask_path,
-            sample_mask=[0, 25],
-        )
-    assert caught.value.step == "clean_signals"
-    assert "invalid index [25]" in caught.value.reason
+    for name, (bold, params, cls, estimator, at_fault) in _bad_inputs(
+        tmp_path, ds003_path, ds003_mask_path, seed=len(worker)
+    ).items():
+        with pytest.raises(cls) as expected:
+            estimator()
+        with pytest.raises(cls) as caught:
+            run_masker_workflow(bold, cache_root=cache_root, worker=worker, **params)
+        # The object itself (not text parsed back): class, message, step and file.
+        assert type(caught.value) is type(expected.value), name
+        assert str(caught.value) == str(expected.value), name
+        assert caught.value.step == "clean_signals", name
+        assert caught.value.file == str(at_fault), name
     leftovers = [
         path.name
         for path in cache_root.rglob("*")
@@ -212,18 +256,108 @@ def test_failing_step_names_step_and_file_and_leaves_no_partial_output(
     assert leftovers == []
 
 
-def test_runner_keeps_file_hashes_in_the_cache_root(
+def test_a_failed_earlier_run_is_not_taken_for_the_current_one(
+    tmp_path, ds003_path, ds003_mask_path
+):
+    cache_root = tmp_path / "cache"
+    with pytest.raises(SampleMaskError):
+        run_masker_workflow(
+            ds003_path,
+            cache_root=cache_root,
+            worker="cf",
+            mask_file=ds003_mask_path,
+            sample_mask=[0, 25],
+        )
+    # Another failure in the same cache: its own error, not the one left by the first run.
+    with pytest.raises(SampleMaskError, match="duplicated"):
+        run_masker_workflow(
+            ds003_path,
+            cache_root=cache_root,
+            worker="cf",
+            mask_file=ds003_mask_path,
+            sample_mask=[1, 1],
+        )
+
+
+def test_runner_keeps_file_hashes_under_each_cache_root(
     tmp_path, monkeypatch, ds003_path, ds003_mask_path
 ):
     monkeypatch.delenv("PYDRA_HASH_CACHE")
-    cache_root = tmp_path / "cache"
+    first, second = tmp_path / "first", tmp_path / "second"
     outputs = run_masker_workflow(
-        ds003_path, cache_root=cache_root, mask_file=ds003_mask_path, out_suffix=".nii.gz"
+        ds003_path, cache_root=first, mask_file=ds003_mask_path, out_suffix=".nii.gz"
     )
-    assert os.environ["PYDRA_HASH_CACHE"] == str(cache_root / "hashes")
-    assert any((cache_root / "hashes").iterdir())
+    first_hashes = set((first / "hashes").iterdir())
+    assert first_hashes
+    run_masker_workflow(ds003_path, cache_root=second, mask_file=ds003_mask_path, detrend=True)
+    # The second call hashed under its own root, not under the first one's.
+    assert any((second / "hashes").iterdir())
+    assert set((first / "hashes").iterdir()) == first_hashes
+    # The location was passed for each call only: the environment is as it was.
+    assert "PYDRA_HASH_CACHE" not in os.environ
     assert outputs["cleaned_bold_file"].name == "cleaned_bold.nii.gz"
     assert nib.load(outputs["cleaned_bold_file"]).shape == (16, 16, 9, 20)
+
+
+def test_runner_restores_a_callers_hash_cache_setting(tmp_path, ds003_path, ds003_mask_path):
+    run_masker_workflow(
+        ds003_path,
+        cache_root=tmp_path / "cache",
+        mask_file=ds003_mask_path,
+        hash_cache=tmp_path / "elsewhere",
+    )
+    assert any((tmp_path / "elsewhere").iterdir())
+    assert not (tmp_path / "cache" / "hashes").exists()
+    assert os.environ["PYDRA_HASH_CACHE"] == str(tmp_path / "hashes")
+
+
+_SEGMENTED_RUN = textwrap.dedent(
+    """
+    import multiprocessing, sys
+    from pathlib import Path
+
+    import numpy as np
+
+    from masker_wf import tasks
+    from masker_wf.workflow import run_masker_workflow
+
+    # Workers that do not inherit this process's state: only the pool's initializer can
+    # give them the segmented hash.
+    multiprocessing.set_start_method("forkserver")
+    bold, mask, root = sys.argv[1:]
+    assert not tasks.segmented_hash_enabled()
+    out = run_masker_workflow(
+        bold, cache_root=root, worker="cf", n_procs=2, mask_file=mask, detrend=True,
+        segmented_hash=True,
+    )
+    assert tasks.segmented_hash_enabled()
+    print(out["signals_file"])
+    """
+)
+
+
+def test_segmented_hash_is_opt_in_and_reaches_the_cf_workers(
+    tmp_path, ds003_path, ds003_mask_path
+):
+    # In a fresh process: the opt-in is process-wide.
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            _SEGMENTED_RUN,
+            str(ds003_path),
+            str(ds003_mask_path),
+            str(tmp_path / "cache"),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    signals = np.load(done.stdout.strip().splitlines()[-1])
+    expected = NiftiMasker(mask_img=ds003_mask_path, detrend=True).fit_transform(ds003_path)
+    np.testing.assert_array_equal(signals, expected)
 
 
 def test_runner_names_a_missing_input_file(tmp_path, ds003_path):

@@ -11,8 +11,6 @@ its SLURM worker), then :func:`masker_wf.app.summary.summarise`.
 
 from __future__ import annotations
 
-import os
-
 from ..bids.layout import strip_sub
 from . import console, slurm
 from .errors import EXIT_CANTCREAT, EXIT_NOINPUT, EXIT_OK, AppError
@@ -21,13 +19,7 @@ from .run import process_run
 from .settings import Settings
 from .summary import run_group, summarise
 
-__all__ = ["environment_setup", "group_level", "participant_level"]
-
-
-def environment_setup() -> None:
-    """Turn off telemetry calls (offline clusters) before Pydra/nipype are imported."""
-    os.environ.setdefault("NO_ET", "1")
-    os.environ.setdefault("NIPYPE_NO_ET", "1")
+__all__ = ["group_level", "participant_level"]
 
 
 def _local_worker(settings: Settings):

@@ -20,13 +20,26 @@ from ..bids import naming
 from ..bids.provenance import host, now, software_versions
 
 __all__ = [
+    "OUTPUT_FILES",
     "PROVENANCE_APP_OPTIONS",
+    "PROVENANCE_PARAMETERS",
+    "confound_series",
+    "jsonable",
+    "masker_parameters",
+    "output_dirs",
     "output_options",
     "output_res",
     "provenance_parameters",
+    "provenance_record",
     "remove_stale",
+    "report_file",
+    "run_path",
     "sidecars",
+    "summary_of",
+    "t_r_of",
+    "tables",
     "up_to_date_record",
+    "write_derivatives",
     "write_report",
 ]
 
@@ -136,26 +149,6 @@ def _resolution(run, zooms, input_zooms=None) -> str | None:
         return given
     size = "x".join(f"{z:g}" for z in zooms)
     return f"res-{run.entities['res']}: {size} mm voxels (inherited from the input)"
-
-
-def with_input_header(img, in_header, t_r=None):
-    """Copy of ``img`` with the input's sform/qform codes and xyzt units (mm, s)."""
-    import nibabel as nib
-
-    img = nib.Nifti1Image(img.dataobj, img.affine, img.header)
-    space, unit = in_header.get_xyzt_units()
-    img.header.set_xyzt_units(
-        space if space != "unknown" else "mm", unit if unit != "unknown" else "sec"
-    )
-    if t_r is not None and img.ndim == 4:
-        img.header.set_zooms((*img.header.get_zooms()[:3], float(t_r)))
-    sform_code, qform_code = int(in_header["sform_code"]), int(in_header["qform_code"])
-    if not (sform_code or qform_code):  # neither set: keep the affine readable as 'scanner'
-        sform_code = 1
-    affine = img.affine
-    img.set_sform(affine, code=sform_code)
-    img.set_qform(affine, code=qform_code)
-    return img
 
 
 def masker_parameters(job, masker) -> dict:
@@ -271,7 +264,7 @@ def tables(job) -> dict:
 
 
 def write_derivatives(job, settings, links, outputs, res) -> tuple[dict, set]:
-    """Write the run's derivatives (data files and sidecars) atomically.
+    """Write the run's derivatives (data files and sidecars) with its derivatives workflow.
 
     Returns
     -------
@@ -280,34 +273,37 @@ def write_derivatives(job, settings, links, outputs, res) -> tuple[dict, set]:
     """
     import nibabel as nib
 
-    from .._io import save_img
+    from . import sinks
 
     out_dir, desc, run = settings.output_dir, settings.outputs.desc, job.run
-    written: set[Path] = set()
-
-    def path(suffix, extension):
-        target = run_path(out_dir, run, desc, suffix, extension, res)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        written.add(target)
-        return target
-
-    cleaned = nib.load(outputs["cleaned_bold_file"])
-    zooms = cleaned.header.get_zooms()[:3]
+    zooms = nib.load(outputs["cleaned_bold_file"]).header.get_zooms()[:3]
     contents = sidecars(job, settings, links, cleaned_zooms=zooms, res=res)
-    files = {}
-    # The validator checks pixdim[4] against RepetitionTime: state both, in seconds.
-    files["bold"] = save_img(
-        with_input_header(cleaned, job.header, job.t_r), path("bold", ".nii.gz")
-    )
-    mask_img = with_input_header(nib.load(outputs["mask_file"]), job.header)
-    files["mask"] = save_img(mask_img, path("mask", ".nii.gz"))
-    if settings.outputs.save_signals:
-        files["signals"] = deriv.copy_atomic(outputs["signals_file"], path("signals", ".npy"))
-    for key, text in tables(job).items():
-        files[key] = deriv.write_text(path(*OUTPUT_FILES[key]), text)
-    for key, content in contents.items():
-        deriv.write_json(path(OUTPUT_FILES[key][0], ".json"), content)
-    return files, written
+    keys = ["bold", "mask", *(["signals"] if settings.outputs.save_signals else [])]
+    keys += list(tables(job))
+    destinations = {key: run_path(out_dir, run, desc, *OUTPUT_FILES[key], res) for key in keys}
+    for path in destinations.values():
+        path.parent.mkdir(parents=True, exist_ok=True)
+    with sinks.staging(settings.execution.work_dir) as staging:
+        files = {}
+        if settings.outputs.save_signals:
+            files["signals"] = Path(outputs["signals_file"])
+        for key, text in tables(job).items():
+            files[key] = deriv.write_text(staging / destinations[key].name, text)
+        task = sinks.RunDerivatives(
+            bold_file=run.bold_file,
+            cleaned_bold_file=outputs["cleaned_bold_file"],
+            mask_file=outputs["mask_file"],
+            t_r=job.t_r,
+            files=files,
+            destinations={key: str(path) for key, path in destinations.items()},
+            sidecars=contents,
+        )
+        sinks.run_derivatives(task, staging / "pydra")
+    written = set(destinations.values())
+    written |= {
+        run_path(out_dir, run, desc, OUTPUT_FILES[key][0], ".json", res) for key in contents
+    }
+    return destinations, written
 
 
 def output_options(settings, links) -> dict:
@@ -432,18 +428,20 @@ def write_report(job, settings, outputs, qc, notes, res) -> Path:
 
 def provenance_parameters(job, settings, files) -> dict:
     """``Parameters`` of the provenance record: the masker's, then the App's own options."""
-    out_dir = settings.output_dir
     confounds_file = files.get("confounds")
+    app = {
+        "denoise_strategy": job.strategy,
+        "confounds": job.confound_params,
+        # The regressors as saved in the output dataset, not the work-dir copy.
+        "confounds_file": None
+        if confounds_file is None
+        else str(Path(confounds_file).relative_to(settings.output_dir)),
+        "desc": settings.outputs.desc,
+    }
     return jsonable(
         {
             **masker_parameters(job, settings.masker),
-            "denoise_strategy": job.strategy,
-            "confounds": job.confound_params,
-            # The regressors as saved in the output dataset, not the work-dir copy.
-            "confounds_file": None
-            if confounds_file is None
-            else str(Path(confounds_file).relative_to(out_dir)),
-            "desc": settings.outputs.desc,
+            **{name: app[name] for name in PROVENANCE_APP_OPTIONS},
         }
     )
 

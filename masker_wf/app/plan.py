@@ -11,7 +11,7 @@ import datetime as _dt
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 
@@ -89,7 +89,6 @@ class Plan:
     runs: tuple[RunInputs, ...]
     strategy: str
     auto_resolved: bool = False
-    subjects: tuple[str, ...] = field(default=())
 
 
 def confound_parameters(denoising: Denoising, strategy: str) -> dict | None:
@@ -289,7 +288,7 @@ def plan_runs(settings: Settings, inputs: Inputs) -> Plan:
             f"masker-wf: --denoise-strategy auto: '{strategy}' for the selected runs "
             f"({'fMRIPrep confounds found' if strategy != 'none' else 'no confounds file'})"
         )
-    plan = Plan(inputs, tuple(runs), strategy, auto, subjects=tuple(found))
+    plan = Plan(inputs, tuple(runs), strategy, auto)
     _warn_ignored_mask_options(settings, plan)
     console.progress(f"masker-wf: {len(runs)} run(s) of {len(found)} participant(s) to process")
     return plan

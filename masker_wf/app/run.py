@@ -392,7 +392,8 @@ def explain(run: RunInputs, exc: BaseException) -> tuple[str, str]:
 
     A :class:`RunError` names its file; an error of a masker step carries ``step`` and
     ``file`` (and ``reason``) attributes, which are used as they are, wherever it sits in
-    the chain of causes. Anything else is blamed on the run's BOLD.
+    the chain of causes (an ``OSError`` of a step names the path it could not write in
+    ``filename``). Anything else is blamed on the run's BOLD.
     """
     seen = exc
     while seen is not None:
@@ -401,7 +402,9 @@ def explain(run: RunInputs, exc: BaseException) -> tuple[str, str]:
         step = getattr(seen, "step", None)
         if step is not None:
             file = getattr(seen, "file", None)
-            if file is None:  # StepError before it carried ``file``
+            if isinstance(seen, OSError) and seen.filename:
+                file = seen.filename  # an output that cannot be written: the path at fault
+            elif file is None:  # StepError before it carried ``file``
                 file = getattr(seen, "input_file", None)
             reason = getattr(seen, "reason", None) or str(seen)
             return _file_text(file), f"{step}: {reason}"

@@ -50,7 +50,7 @@ class OptionsError(ValueError):
 
 
 class AppParser(argparse.ArgumentParser):
-    """The App's parser: records its options, reports errors as :class:`OptionsError`.
+    """The App's parser: records its options; can report errors as :class:`OptionsError`.
 
     Attributes
     ----------
@@ -58,20 +58,28 @@ class AppParser(argparse.ArgumentParser):
         ``dest -> argparse.Action`` of every option (not the positionals, ``--help`` or
         ``--version``), in the order they were added.
     option_defaults : dict
-        ``dest -> default`` of those options. The actions themselves carry no default
-        (``argparse.SUPPRESS``): a parsed namespace holds only what was given.
+        ``dest -> default`` of those options.
+    with_defaults : bool
+        A parsed namespace holds every option (True, the default), or only those given
+        (False: the actions' defaults are ``argparse.SUPPRESS``).
+    raise_errors : bool
+        Usage errors raise :class:`OptionsError` instead of printing and exiting (2).
     slurm_dests : tuple of str
         The options of the SLURM group (see :func:`add_slurm_arguments`).
     """
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, with_defaults: bool = True, raise_errors: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
+        self.with_defaults = with_defaults
+        self.raise_errors = raise_errors
         self.options: dict[str, argparse.Action] = {}
         self.option_defaults: dict[str, object] = {}
         self.slurm_dests: tuple[str, ...] = ()
 
     def error(self, message):
-        raise OptionsError(message)
+        if self.raise_errors:
+            raise OptionsError(message)
+        super().error(message)
 
 
 def _json_object(text: str):
@@ -143,10 +151,13 @@ def _add(parser: AppParser, group, *flags, default=None, **kwargs):
             "--" + f[2:].replace("-", "_") for f in flags if f.startswith("--") and "-" in f[2:]
         ]
         flags = (*flags, *[a for a in aliases if a not in flags])
-    action = group.add_argument(*flags, default=argparse.SUPPRESS, **kwargs)
+    action = group.add_argument(
+        *flags, default=default if parser.with_defaults else argparse.SUPPRESS, **kwargs
+    )
     parser.options[action.dest] = action
     parser.option_defaults[action.dest] = default
-    # The help shows the real default, which the action itself does not hold.
+    # The help states the default itself: without defaults the action does not hold it.
+    # (BooleanOptionalAction appends its own "(default: ...)" when it has one.)
     if action.help and default not in (None, "") and "default" not in action.help:
         action.help += " (default: " + str(default).replace("%", "%%") + ")"
     return action
@@ -188,9 +199,19 @@ def spec_value(name: str, value):
     return value
 
 
-def build_parser() -> AppParser:
-    """The App's argparse parser (see :class:`AppParser`)."""
+def build_parser(*, with_defaults: bool = True, raise_errors: bool = False) -> AppParser:
+    """The App's argparse parser (see :class:`AppParser`).
+
+    Parameters
+    ----------
+    with_defaults : bool, default=True
+        False: parsed namespaces hold only the options given (see :func:`parse_options`).
+    raise_errors : bool, default=False
+        Raise :class:`OptionsError` on usage errors instead of exiting.
+    """
     parser = AppParser(
+        with_defaults=with_defaults,
+        raise_errors=raise_errors,
         prog="masker-wf",
         description="BIDS App: NiftiMasker-style masking and denoising of every BOLD run of a "
         "raw BIDS dataset or of fMRIPrep derivatives, with Pydra caching and provenance.",
@@ -590,7 +611,7 @@ def parse_options(argv) -> dict:
     SystemExit
         ``--help`` or ``--version`` (code 0), after printing.
     """
-    parser = build_parser()
+    parser = build_parser(with_defaults=False, raise_errors=True)
     given = vars(parser.parse_args(argv))
     from_config = {}
     if given.get("config_file") is not None:

@@ -12,16 +12,19 @@ output.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
-from ..app import execute
 from ..app.errors import EXIT_LEVEL, EXIT_OK, EXIT_USAGE, AppError
-from ..app.settings import Settings
-from ..bids.layout import BIDSInputError
 from .parser import OptionsError, build_parser, parse_options
-from .slurm import array_command
 
 __all__ = ["main"]
+
+
+def _environment_setup() -> None:
+    """Turn off telemetry calls (offline clusters) before Pydra/nipype are imported."""
+    os.environ.setdefault("NO_ET", "1")
+    os.environ.setdefault("NIPYPE_NO_ET", "1")
 
 
 def _error(message: str, code: int) -> int:
@@ -43,11 +46,17 @@ def _options(argv) -> tuple[dict | None, int | None]:
 
 def main(argv=None) -> int:
     """Run the BIDS App; return the exit code (see the module docstring)."""
-    execute.environment_setup()
+    _environment_setup()
     argv = list(sys.argv[1:] if argv is None else argv)
     options, code = _options(argv)
     if options is None:
         return code
+    # The App (and Pydra with it) is imported once telemetry is off and argv is usable.
+    from ..app import execute
+    from ..app.settings import Settings
+    from ..bids.layout import BIDSInputError
+    from .slurm import array_command
+
     level = logging.WARNING - 10 * min(options["verbose"], 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     if options["analysis_level"] not in ("participant", "group"):

@@ -144,9 +144,8 @@ def command_hash(argv, cwd=None, config_file=None):
     config = ""
     if config_file is not None and Path(config_file).is_file():
         config = hashlib.sha256(Path(config_file).read_bytes()).hexdigest()
-    parser = build_parser()
     try:
-        parsed = {**parser.option_defaults, **vars(parser.parse_args(list(argv)))}
+        parsed = vars(build_parser(raise_errors=True).parse_args(list(argv)))
     except OptionsError:  # not parseable here: fall back to the literal command line
         parsed = {"argv": list(argv)}
 
@@ -173,7 +172,8 @@ def _check_no_slurm_left(task_argv) -> None:
 
     A ``slurm`` key of a config file does not count: the tasks' ``--no-slurm`` wins over it.
     """
-    probe = vars(build_parser().parse_args([*task_argv, "--participant-label", "probe"]))
+    parser = build_parser(raise_errors=True)
+    probe = vars(parser.parse_args([*task_argv, "--participant-label", "probe"]))
     if probe.get("slurm"):
         raise OptionsError(
             "could not remove the SLURM options from the task command line "

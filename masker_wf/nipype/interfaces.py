@@ -337,6 +337,8 @@ class _CleanSignalsInputSpec(BaseInterfaceInputSpec):
         # into the indices 1/0.
         traits.List(traits.Bool),
         traits.List(traits.Int),
+        # Floats get through to the step, which refuses them with the estimator's error.
+        traits.List(traits.Float),
         desc="volumes to keep (scrubbing): indices, a boolean per volume, or a file of either "
         "(.npy, .txt, .tsv)",
     )

@@ -430,13 +430,17 @@ def run_masker_wf(
     Returns
     -------
     dict
-        ``mask_file``, ``signals_file`` and ``cleaned_bold_file`` as :class:`pathlib.Path`.
+        ``mask_file``, ``signals_file``, ``cleaned_bold_file`` and ``qc_file`` as
+        :class:`pathlib.Path`.
 
     Raises
     ------
-    RuntimeError
-        When a node fails; the message starts with the failing step's own message (which
-        names the step and the input file) and gives the crash file.
+    ValueError, TypeError
+        A bad input or parameter: the exception the step raised (the estimator's class and
+        message) with ``step`` and ``file`` attributes, whichever plugin ran the node; a
+        note gives the crash file.
+    masker_wf._steps.StepError
+        Any other failure of a step.
     """
     from pathlib import Path
 
@@ -459,10 +463,21 @@ def run_masker_wf(
             elif isinstance(value, np.ndarray):
                 value = value.tolist()
             setattr(inputs, field, value)
+    nodes_dir = base_dir / workflow.name
+    # Error files of earlier runs (of nodes this run may not reach) must not be taken for
+    # this run's.
+    for stale in nodes_dir.rglob(_steps.ERROR_FILE):
+        stale.unlink(missing_ok=True)
     try:
         graph = workflow.run(plugin=plugin, plugin_args=plugin_args or {})
     except Exception as exc:
-        raise RuntimeError(_failure_summary(exc, base_dir / "crash")) from exc
+        error = _node_error(nodes_dir)
+        if error is None:
+            raise
+        crash_files = sorted((base_dir / "crash").glob("crash-*"), key=lambda p: p.stat().st_mtime)
+        if crash_files:
+            error.add_note(f"nipype crash file: {crash_files[-1]}")
+        raise error from exc
     # nipype drops identity nodes (inputnode/outputnode) from the executed graph: read the
     # outputs from the nodes that feed the outputnode.
     results = {node.name: node.result.outputs for node in graph.nodes()}
@@ -470,15 +485,19 @@ def run_masker_wf(
         "mask_file": Path(results["mask"].mask_file),
         "signals_file": Path(results["clean"].signals_file),
         "cleaned_bold_file": Path(results["unmask"].out_file),
+        "qc_file": Path(results["clean"].qc_file),
     }
 
 
-def _failure_summary(exc, crash_dir):
-    """The step's own error line(s) from nipype's exception text, plus the crash file."""
-    text = str(exc)
-    marker = "StepError: "
-    lines = [line.strip() for line in text.splitlines() if marker in line]
-    summary = lines[-1].split(marker, 1)[1] if lines else text.strip().splitlines()[-1].strip()
-    crash_files = sorted(crash_dir.glob("crash-*"), key=lambda p: p.stat().st_mtime)
-    where = f" [crash file: {crash_files[-1]}]" if crash_files else ""
-    return f"masker_wf failed: {summary}{where}"
+def _node_error(nodes_dir):
+    """The exception a failed node left in its directory (the first to fail), or None.
+
+    The interfaces pickle it there (:mod:`masker_wf.nipype.interfaces`): nipype itself only
+    reports the failure as text, from whichever process ran the node.
+    """
+    found = sorted(nodes_dir.rglob(_steps.ERROR_FILE), key=lambda p: p.stat().st_mtime_ns)
+    for path in found:
+        error = _steps.load_error(path.parent)
+        if error is not None:
+            return error
+    return None

@@ -1,0 +1,169 @@
+"""The App's options: flags generated from the parameter spec, config files typed like the
+command line, the validator at the door, frozen settings, the explicit array-task option."""
+
+import argparse
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+
+from masker_wf import _spec
+from masker_wf._validation import check_parameters
+from masker_wf.app.settings import Settings
+from masker_wf.cli.parser import build_parser, parse_options
+from masker_wf.cli.run import main
+
+REPO = Path(__file__).resolve().parent.parent
+FMRIPREP = REPO / "bids_examples" / "ds-masker" / "derivatives" / "fmriprep"
+SPACE = "MNI152NLin2009cAsym"
+
+
+def _write_config(tmp_path, text, name="config.toml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_config_file_scalars_are_typed_like_the_command_line(tmp_path):
+    positionals = [str(FMRIPREP), str(tmp_path / "out"), "participant"]
+    config = _write_config(
+        tmp_path,
+        f'space = "{SPACE}"\nparticipant_label = "01"\nrun-id = 1\nsmoothing_fwhm = 6\n'
+        "target_shape = [4, 5, 6]\nstandardize = false\n"
+        '[masker]\nclean_args = {filter = "cosine"}\n',
+    )
+    from_config = parse_options([*positionals, "--config-file", str(config)])
+    from_flags = parse_options(
+        [
+            *positionals,
+            "--space",
+            SPACE,
+            "--participant-label",
+            "01",
+            "--run-id",
+            "1",
+            "--smoothing-fwhm",
+            "6",
+            "--target-shape",
+            "4",
+            "5",
+            "6",
+            "--standardize",
+            "none",
+            "--clean-args",
+            '{"filter": "cosine"}',
+        ]
+    )
+    for key in (
+        "space",
+        "participant_label",
+        "run_id",
+        "smoothing_fwhm",
+        "target_shape",
+        "standardize",
+        "clean_args",
+    ):
+        assert from_config[key] == from_flags[key], key
+        assert type(from_config[key]) is type(from_flags[key]), key
+    assert from_config["space"] == [SPACE]  # a one-item list, not ['M', 'N', 'I', ...]
+    assert from_config["standardize"] is False
+    # The command line wins over the config file.
+    again = parse_options([*positionals, "--config-file", str(config), "--space", "T1w"])
+    assert again["space"] == ["T1w"]
+
+
+def test_config_file_scalar_space_selects_the_runs(tmp_path):
+    config = _write_config(tmp_path, f'space = "{SPACE}"\nparticipant_label = "01"\n')
+    out = tmp_path / "out"
+    argv = [str(FMRIPREP), str(out), "participant", "--config-file", str(config)]
+    argv += ["--run-id", "1", "-w", str(tmp_path / "w"), "--no-reports"]
+    assert main(argv) == 0
+    produced = sorted(p.name for p in out.glob("sub-*/func/*_bold.nii.gz"))
+    assert produced == [f"sub-01_task-rhymes_run-01_space-{SPACE}_desc-denoised_bold.nii.gz"]
+
+
+def test_config_file_value_of_the_wrong_type_is_a_usage_error(tmp_path, capsys):
+    config = _write_config(tmp_path, 'smoothing_fwhm = "wide"\n')
+    out = tmp_path / "out"
+    argv = [str(FMRIPREP), str(out), "participant", "--config-file", str(config)]
+    assert main(argv) == 64
+    err = capsys.readouterr().err
+    assert f"--config-file '{config}'" in err
+    assert "--smoothing-fwhm" in err
+    assert not out.exists()
+
+
+def test_bad_masker_parameter_exits_64_with_the_validators_message(tmp_path, capsys):
+    out, work = tmp_path / "out", tmp_path / "work"
+    argv = [str(FMRIPREP), str(out), "participant", "-w", str(work)]
+    assert main([*argv, "--high-pass", "0.1", "--low-pass", "0.08"]) == 64
+    with pytest.raises(ValueError, match="must be lower than") as info:
+        check_parameters({"high_pass": 0.1, "low_pass": 0.08}, t_r_from_data=True)
+    assert capsys.readouterr().err == f"masker-wf: error: {info.value}\n"
+    # Refused at the door: neither the output nor the work directory was created.
+    assert not out.exists()
+    assert not work.exists()
+    # A filter without t_r is left to each run's sidecar; with --t-r the band is checked too.
+    assert main([*argv, "--high-pass", "0.1", "--low-pass", "0.08", "--t-r", "2"]) == 64
+    assert "must be lower than" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_masker_flags_are_generated_from_the_spec():
+    parser = build_parser()
+    cli = _spec.for_face("cli")
+    assert {p.name for p in cli} <= set(parser.options)
+    for parameter in cli:
+        action = parser.options[parameter.name]
+        assert parameter.flag in action.option_strings
+        assert action.help.startswith(parameter.doc.replace("%", "%%"))
+        assert parser.option_defaults[parameter.name] == parameter.default
+        if parameter.cli_metavar is not None:
+            assert action.metavar == parameter.cli_metavar
+        if parameter.choices is not None:
+            strings = [c for c in parameter.choices if isinstance(c, str)]
+            assert list(action.choices)[: len(strings)] == strings
+        if parameter.type == "bool":
+            assert isinstance(action, argparse.BooleanOptionalAction)
+    # Every default comes out of a parse as the spec's value.
+    options = parse_options(["bids", "out", "participant"])
+    assert {p.name: options[p.name] for p in cli} == {p.name: p.default for p in cli}
+
+
+def test_settings_are_frozen_and_hold_exactly_the_cli_parameters(tmp_path):
+    options = parse_options([str(FMRIPREP), str(tmp_path / "o"), "participant", "--detrend"])
+    settings = Settings.from_options(options)
+    assert list(settings.masker) == [p.name for p in _spec.for_face("cli")]
+    assert settings.masker["detrend"] is True
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        settings.output_dir = Path("elsewhere")
+    with pytest.raises(TypeError):
+        settings.masker["detrend"] = False
+    assert "detrend" in settings.given
+    assert "smoothing_fwhm" not in settings.given
+
+
+def test_array_task_option_leaves_dataset_files_to_the_submitter(tmp_path):
+    out = tmp_path / "out"
+    argv = [str(FMRIPREP), str(out), "participant", "--participant-label", "01"]
+    argv += ["--run-id", "1", "-w", str(tmp_path / "w"), "--no-reports", "--array-task"]
+    assert main(argv) == 0
+    assert not (out / "dataset_description.json").exists()
+    assert not (out / ".bidsignore").exists()
+    assert list(out.glob("sub-01/func/*_desc-denoised_bold.nii.gz"))
+    # A task never submits again, even when a config file asks for SLURM.
+    config = _write_config(tmp_path, "slurm = true\n")
+    assert main([*argv, "--config-file", str(config)]) == 1
+
+
+def test_options_are_recorded_in_the_logs(tmp_path):
+    out = tmp_path / "out"
+    argv = [str(FMRIPREP), str(out), "participant", "--participant-label", "01"]
+    argv += ["--run-id", "1", "-w", str(tmp_path / "w"), "--no-reports", "--space", SPACE]
+    assert main(argv) == 0
+    (log,) = (out / "logs").glob("masker-wf_*.json")
+    recorded = json.loads(log.read_text())
+    assert recorded["space"] == [SPACE]
+    assert recorded["smoothing_fwhm"] is None
+    assert recorded["analysis_level"] == "participant"
