@@ -299,6 +299,11 @@ def check_target_grid(target_affine, target_shape):
                 f"target_shape must have 3 positive integers (a 3D grid), got {target_shape!r}."
             )
         shape = tuple(int(v) for v in values)
+        if affine.shape != (4, 4):
+            raise ValueError(
+                "target_shape needs a 4x4 target_affine: a 3x3 affine has no origin to place "
+                f"the {shape} grid; got a 3x3 target_affine."
+            )
     return affine, shape
 
 
@@ -522,7 +527,7 @@ def check_sample_mask(sample_mask, run_lengths) -> list:
     ]
 
 
-def check_confounds_finite(confounds: np.ndarray, kept_rows, where: str = "the signals"):
+def check_confounds_finite(confounds: np.ndarray, kept_rows, where: str = "signals"):
     """Refuse NaN or infinite confounds in the volumes that are kept.
 
     Censored volumes never enter the regression (they are dropped, or interpolated from

@@ -18,6 +18,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .. import _validation
+from .._exceptions import DimensionError
+from .._niimg import describe
 from ..bids import derivatives as deriv
 from ..bids.confounds import ConfoundSelection, select_confounds
 from ..bids.layout import RunInputs
@@ -123,8 +126,11 @@ def _read_header(run: RunInputs):
         shape = header.get_data_shape()
     except Exception as exc:
         raise RunError(run.bold_file, f"cannot read the BOLD image: {exc}") from exc
-    if len(shape) != 4:
-        raise RunError(run.bold_file, f"BOLD must be 4D, got shape {shape}.")
+    try:
+        # The validator's check and message, as every face gives them.
+        _validation.check_img_ndim(shape, (4,), f"imgs {describe(run.bold_file)}")
+    except DimensionError as exc:
+        raise RunError(run.bold_file, str(exc)) from exc
     return header, int(shape[3])
 
 

@@ -26,6 +26,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .. import _validation
+
 __all__ = [
     "COMPONENTS",
     "PRESETS",
@@ -545,9 +547,8 @@ compcor, n_compcor, ica_aroma, demean
         if demean:
             rows = design if sample_mask is None else design.iloc[sample_mask]
             design = design - rows.mean(axis=0)
-        still_nan = design.columns[design.isna().any()].tolist()
-        if still_nan:
-            raise ValueError(f"confounds file '{path}': n/a values in {still_nan[:5]}.")
+        # The validator's check (NaN matters only in the kept volumes), with its message.
+        _validation.check_confounds_finite(design.to_numpy(), sample_mask)
     return ConfoundSelection(
         confounds=design,
         sample_mask=sample_mask,
