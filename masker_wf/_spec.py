@@ -322,24 +322,32 @@ def defaults(face: str) -> dict:
     return {p.name: p.default for p in for_face(face)}
 
 
-_FILL = re.compile(r"^(?P<indent>[ \t]*)%\((?P<name>\w+)\)s[ \t]*$", re.M)
+_FILL = re.compile(r"^(?P<indent>[ \t]*)%\((?P<name>[\w:]+)\)s[ \t]*$", re.M)
 
 
 def fill_doc(obj):
-    """Replace lines ``%(name)s`` in ``obj.__doc__`` by the parameter's numpydoc entry.
+    """Replace placeholder lines in ``obj.__doc__`` by numpydoc parameter entries.
 
-    The entry is re-indented to the placeholder's indentation, so one text serves
-    every docstring (nilearn's ``fill_doc`` idea). Unknown names are left as they are.
+    ``%(name)s`` becomes the entry of one parameter; ``%(parameters:FACE)s`` the entries
+    of every parameter of a face (see :data:`FACES`), in spec order. Entries are
+    re-indented to the placeholder's indentation, so one text serves every docstring
+    (nilearn's ``fill_doc`` idea). Unknown names are left as they are.
     """
     doc = obj.__doc__
     if doc:
 
         def entry(match):
-            parameter = _BY_NAME.get(match["name"])
-            if parameter is None:
+            name = match["name"]
+            if name.startswith("parameters:") and name.split(":", 1)[1] in FACES:
+                parameters = for_face(name.split(":", 1)[1])
+            elif name in _BY_NAME:
+                parameters = (_BY_NAME[name],)
+            else:
                 return match[0]
             indent = match["indent"]
-            return "\n".join(indent + line for line in parameter.docstring.splitlines())
+            return "\n".join(
+                indent + line for p in parameters for line in p.docstring.splitlines()
+            )
 
         obj.__doc__ = _FILL.sub(entry, doc)
     return obj

@@ -99,27 +99,7 @@ class NiftiMasker(
 
     Parameters
     ----------
-    %(mask_img)s
-    %(runs)s
-    %(smoothing_fwhm)s
-    %(standardize)s
-    %(standardize_confounds)s
-    %(detrend)s
-    %(high_variance_confounds)s
-    %(low_pass)s
-    %(high_pass)s
-    %(t_r)s
-    %(target_affine)s
-    %(target_shape)s
-    %(mask_strategy)s
-    %(mask_args)s
-    %(dtype)s
-    %(memory_level)s
-    %(memory)s
-    %(verbose)s
-    %(reports)s
-    %(cmap)s
-    %(clean_args)s
+    %(parameters:estimator)s
     **kwargs
         ``clean__<name>=value`` is passed to ``clean`` as ``<name>=value``
         (e.g. ``clean__filter="cosine"``, ``clean__butterworth__order=3``).

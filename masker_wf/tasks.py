@@ -231,10 +231,7 @@ def _compute_mask(
     ----------
     bold_files : list of NIfTI
         4D BOLD image, or 3D images concatenated along time.
-    %(mask_strategy)s
-    %(mask_args)s
-    %(target_affine)s
-    %(target_shape)s
+    %(parameters:ComputeMask)s
     out_suffix : str
         ".nii" (default, fast) or ".nii.gz".
 
@@ -374,19 +371,7 @@ def _clean_signals(
         Indices of the kept volumes (or a boolean per volume), or a file holding them.
         Float lists pass the type check so that the step refuses them with the
         estimator's error.
-    %(smoothing_fwhm)s
-    %(target_affine)s
-    %(target_shape)s
-    %(high_variance_confounds)s
-    %(detrend)s
-    %(standardize)s
-    %(standardize_confounds)s
-    %(low_pass)s
-    %(high_pass)s
-    %(t_r)s
-    %(runs)s
-    %(dtype)s
-    %(clean_args)s
+    %(parameters:CleanSignals)s
 
     Returns
     -------

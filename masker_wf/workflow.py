@@ -135,21 +135,7 @@ def _masker_workflow(
         Confounds table (.tsv/.csv with a header, or .npy).
     sample_mask : list of int or File, optional
         Indices of the volumes kept (scrubbing), or a file holding them.
-    %(runs)s
-    %(smoothing_fwhm)s
-    %(standardize)s
-    %(standardize_confounds)s
-    %(detrend)s
-    %(high_variance_confounds)s
-    %(low_pass)s
-    %(high_pass)s
-    %(t_r)s
-    %(target_affine)s
-    %(target_shape)s
-    %(mask_strategy)s
-    %(mask_args)s
-    %(dtype)s
-    %(clean_args)s
+    %(parameters:workflow)s
     out_suffix : str
         ".nii" (default, fastest) or ".nii.gz" for the image outputs.
     smooth_as_task : bool

@@ -862,3 +862,19 @@ def test_rerun_rewrites_only_when_output_options_change(tmp_path, capsys):
     assert main([*argv, "--save-signals"]) == 0
     assert len(list((tmp_path / "out").glob("sub-01/func/*_signals.npy"))) == 2
     assert [p.stat().st_mtime_ns for p in bold] != stamps
+
+
+def test_provenance_records_every_spec_parameter_with_its_value(app_run):
+    from masker_wf import _spec
+
+    record = json.loads(_outputs(app_run["out"])["provenance"].read_text())
+    parameters = record["Parameters"]
+    names = [p.name for p in _spec.for_face("provenance")]
+    assert set(names) <= set(parameters)
+    # The values the run used (MASKER_FLAGS), and the spec's default for the others.
+    assert parameters["smoothing_fwhm"] == 15.0
+    assert parameters["standardize"] == "zscore_sample"
+    assert parameters["detrend"] is True
+    assert (parameters["high_pass"], parameters["low_pass"]) == (0.01, 0.2)
+    assert parameters["mask_strategy"] == _spec.by_name("mask_strategy").default
+    assert parameters["high_variance_confounds"] is False

@@ -6,11 +6,14 @@ sidecar follows the data. Output-side failures raise an OSError naming the desti
 leave neither a partial destination nor a temporary file.
 """
 
+import contextlib
 import errno
 import gzip
 import io
 import json
 import os
+import subprocess
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -139,16 +142,33 @@ def test_a_missing_output_directory_or_a_directory_at_the_destination_is_named(
     assert _names(out_dir) == ["sub-01_bold.nii"]
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only directories")
+@contextlib.contextmanager
+def _unwritable(directory: Path):
+    """A directory nobody may write into, root included.
+
+    Root ignores permission bits, so as root the directory is made immutable
+    (``chattr +i``, EPERM for every user); otherwise its write bits are removed.
+    """
+    if os.geteuid() == 0:
+        subprocess.run(["chattr", "+i", str(directory)], check=True)
+        try:
+            yield
+        finally:
+            subprocess.run(["chattr", "-i", str(directory)], check=True)
+    else:
+        directory.chmod(0o500)
+        try:
+            yield
+        finally:
+            directory.chmod(0o700)
+
+
 def test_a_read_only_directory_is_named(bold_nii, out_dir):
     source, _ = bold_nii
-    out_dir.chmod(0o500)
-    try:
-        with pytest.raises(PermissionError) as caught:
-            write_derivative(source, out_dir / "sub-01_bold.nii.gz")
-    finally:
-        out_dir.chmod(0o700)
-    assert caught.value.filename == str(out_dir / "sub-01_bold.nii.gz")
+    target = out_dir / "sub-01_bold.nii.gz"
+    with _unwritable(out_dir), pytest.raises(PermissionError) as caught:
+        write_derivative(source, target)
+    assert caught.value.filename == str(target)
     assert _names(out_dir) == []
 
 

@@ -232,6 +232,10 @@ def run_workflow(job: RunJob, settings: Settings, worker, n_procs, clock) -> Wor
             worker=worker,
             n_procs=n_procs,
             out_suffix=".nii",
+            # The App owns its process: it opts in to the fast file hash (4x faster on a
+            # BOLD run). Not with the per-node SLURM worker, whose jobs hash in processes
+            # that have not opted in.
+            segmented_hash=isinstance(worker, str),
             **job.params,
         )
     execution = WorkflowRun(
