@@ -29,6 +29,7 @@ __all__ = [
     "defaults",
     "fill_doc",
     "for_face",
+    "pick",
 ]
 
 #: Where a parameter can appear.
@@ -315,6 +316,19 @@ def for_face(face: str) -> tuple[Parameter, ...]:
     if face not in FACES:
         raise ValueError(f"Unknown face {face!r}; faces are {FACES}.")
     return tuple(p for p in PARAMETERS if face in p.faces)
+
+
+def pick(values, face: str) -> dict:
+    """``{name: values[name]}`` for the parameters of ``face``: what a face forwards.
+
+    Parameters
+    ----------
+    values : mapping
+        Values by parameter name (e.g. a function's ``locals()``).
+    face : str
+        One of :data:`FACES`.
+    """
+    return {p.name: values[p.name] for p in for_face(face)}
 
 
 def defaults(face: str) -> dict:

@@ -381,6 +381,8 @@ def _clean_signals(
         ``qc.npz``: what a report shows (tSNR before/after, carpet samples, mean
         image planes), gathered during the same pass over the data.
     """
+    # The masker parameters are the spec's: forwarded by name.
+    parameters = {**_spec.pick(locals(), "CleanSignals"), "target_affine": _affine(target_affine)}
     qc_file = os.path.abspath("qc.npz")
     signals_file = _run(
         _steps.clean_signals,
@@ -390,19 +392,7 @@ def _clean_signals(
         qc_file=qc_file,
         confounds_file=None if confounds_file is None else str(confounds_file),
         sample_mask=_sample_mask_value(sample_mask),
-        smoothing_fwhm=smoothing_fwhm,
-        target_affine=_affine(target_affine),
-        target_shape=target_shape,
-        high_variance_confounds=high_variance_confounds,
-        detrend=detrend,
-        standardize=standardize,
-        standardize_confounds=standardize_confounds,
-        low_pass=low_pass,
-        high_pass=high_pass,
-        t_r=t_r,
-        runs=runs,
-        dtype=dtype,
-        clean_args=clean_args,
+        **parameters,
     )
     return signals_file, qc_file
 

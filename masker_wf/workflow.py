@@ -79,7 +79,7 @@ from pathlib import Path
 import numpy as np
 from pydra.compose import workflow
 
-from . import _spec
+from . import _spec, _validation
 from ._steps import load_error
 from .tasks import (
     MASK_STRATEGY_VALUES,
@@ -154,6 +154,10 @@ def _masker_workflow(
     qc_file : QCData
         Report data gathered while cleaning (see :func:`masker_wf._io.save_qc`).
     """
+    # The parameters each task takes are the spec's: forwarded by name from here, after
+    # the door check every face makes (here, when the graph is built, before any node runs).
+    given = locals()
+    _validation.check_parameters(_spec.pick(given, "workflow"))
     resampling = target_affine is not None or target_shape is not None
     if smoothing_fwhm is not None and smooth_as_task:
         # Only then is a separate Smooth task exactly NiftiMasker's smoothing.
@@ -173,12 +177,7 @@ def _masker_workflow(
     if mask_file is None:
         mask = workflow.add(
             ComputeMask(
-                bold_files=[bold_file],
-                mask_strategy=mask_strategy,
-                mask_args=mask_args,
-                target_affine=target_affine,
-                target_shape=target_shape,
-                out_suffix=out_suffix,
+                bold_files=[bold_file], out_suffix=out_suffix, **_spec.pick(given, "ComputeMask")
             ),
             name="compute_mask",
         ).mask_file
@@ -215,19 +214,7 @@ def _masker_workflow(
             mask_file=mask,
             confounds_file=confounds_file,
             sample_mask=sample_mask,
-            smoothing_fwhm=fwhm_in_clean,
-            target_affine=target_affine,
-            target_shape=target_shape,
-            high_variance_confounds=high_variance_confounds,
-            detrend=detrend,
-            standardize=standardize,
-            standardize_confounds=standardize_confounds,
-            low_pass=low_pass,
-            high_pass=high_pass,
-            t_r=t_r,
-            runs=runs,
-            dtype=dtype,
-            clean_args=clean_args,
+            **{**_spec.pick(given, "CleanSignals"), "smoothing_fwhm": fwhm_in_clean},
         ),
         name="clean_signals",
     )

@@ -238,3 +238,23 @@ def test_the_app_reports_the_estimators_error(name, files, tmp_path, capsys):
     )
     # The estimator names its argument (imgs '<file>'); the App names the run's file.
     assert expected.split(" has incompatible", 1)[-1] in _norm(stderr), stderr
+
+
+@pytest.mark.parametrize("name", ["high_pass >= low_pass", "unknown mask_args key"])
+def test_masker_workflow_refuses_bad_parameters_before_any_node_runs(name, files, tmp_path):
+    from masker_wf.workflow import run_masker_workflow
+
+    case = CASES[name]
+    reference = _catch(_estimator_error, case, files)
+    cache_root = tmp_path / "pydra"
+    error = _catch(
+        run_masker_workflow,
+        _path(files, case.bold),
+        cache_root=cache_root,
+        mask_file=_path(files, case.mask),
+        **case.params,
+    )
+    assert type(error) is type(reference)
+    assert _norm(str(error)) == _norm(str(reference))
+    # No task ran: the graph was refused when built.
+    assert not list(cache_root.glob("python-*"))

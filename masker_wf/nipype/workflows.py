@@ -9,11 +9,9 @@ import numpy as np
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
-from .. import _spec, _steps
+from .. import _spec, _steps, _validation
 from .._version import __version__
 from .interfaces import (
-    MASK_STRATEGY_VALUES,
-    STANDARDIZE_VALUES,
     CleanSignals,
     ComputeMask,
     Smooth,
@@ -259,15 +257,9 @@ def init_masker_wf(
     >>> sorted(wf.list_node_names())
     ['clean', 'inputnode', 'mask', 'outputnode', 'unmask']
     """
-    if not (isinstance(mask_strategy, str) and mask_strategy in MASK_STRATEGY_VALUES):
-        raise ValueError(
-            f"mask_strategy must be one of {MASK_STRATEGY_VALUES}; got {mask_strategy!r}."
-        )
-    if not any(standardize is value or standardize == value for value in STANDARDIZE_VALUES):
-        raise ValueError(f"standardize must be one of {STANDARDIZE_VALUES}; got {standardize!r}.")
-    for label, value in (("low_pass", low_pass), ("high_pass", high_pass), ("t_r", t_r)):
-        if value is not None and not value > 0:
-            raise ValueError(f"{label} must be a positive number or None; got {value!r}.")
+    # The door check every face makes, before any node exists.
+    checked = _validation.check_parameters(_spec.pick(locals(), "nipype"))
+    mask_strategy = checked["mask_strategy"]
     if smooth_as_task and high_variance_confounds:
         raise ValueError(
             "smooth_as_task=True cannot be combined with high_variance_confounds=True: the "
@@ -296,15 +288,8 @@ def init_masker_wf(
     dtype = None if dtype is None else str(np.dtype(dtype)) if dtype != "auto" else "auto"
 
     params = {
-        "mask_strategy": mask_strategy,
+        **_spec.pick(locals(), "nipype"),
         "mask_args": dict(mask_args) if mask_args else None,
-        "smoothing_fwhm": smoothing_fwhm,
-        "standardize": standardize,
-        "standardize_confounds": standardize_confounds,
-        "detrend": detrend,
-        "high_variance_confounds": high_variance_confounds,
-        "low_pass": low_pass,
-        "high_pass": high_pass,
         "target_affine": affine_list,
         "target_shape": shape_list,
     }
