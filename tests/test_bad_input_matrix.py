@@ -151,9 +151,10 @@ def _nipype_error(case, folder, cwd):
     interface.run(cwd=str(cwd))
 
 
-def _catch(function, *args):
+def _catch(function, *args, **kwargs):
+    # Any class: the class is what the tests compare.
     with pytest.raises(Exception) as caught:
-        function(*args)
+        function(*args, **kwargs)
     return caught.value
 
 
