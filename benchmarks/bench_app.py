@@ -1,16 +1,26 @@
-"""Time the BIDS App on the realistic run of ``make_realistic_data.py``.
+"""The BIDS App against the nilearn script users write, on a run as fMRIPrep writes it.
 
-Wraps that run (MNI 2 mm, 300 volumes, 1.3 GB) in a one-subject fMRIPrep-style
-derivatives dataset (the BOLD is hard-linked, not copied), runs ``masker-wf
-participant`` on it in a fresh process with the benchmark configuration
-(smoothing 6 mm, detrend, zscore_sample, band-pass 0.01-0.08 Hz, the 26
-fMRIPrep confounds of the ``simple`` strategy), then again on the same work
-directory (served from the Pydra cache), and prints wall time and peak memory
-of each, with the time spent on the run's report.
+One invocation runs, each in a fresh process (its wall time from start to exit, imports
+included; its peak memory the sampled sum over its process tree):
+
+``nilearn``     the script: ``load_confounds_strategy(bold, "simple")``, nilearn 0.11.1
+                ``NiftiMasker.fit_transform`` + ``inverse_transform``, ``nib.save`` of the
+                cleaned BOLD as ``.nii.gz`` (scrubbing bug patched: tests/nilearn_oracle.py)
+``masker_wf``   the same script with ``masker_wf.NiftiMasker``
+``app``         ``masker-wf bids_dir out participant`` on the run wrapped in an
+                fMRIPrep-style dataset (the BOLD hard-linked), empty work directory
+``app_cached``  the App again on the same work directory, into a new output directory
+
+with the benchmark configuration: mask given, ``simple`` strategy (the 26 confounds),
+smoothing 6 mm, detrend, ``zscore_sample``, band-pass 0.01-0.08 Hz, TR 2 s. It prints the
+run (size, compression ratio), a table (wall time, peak memory, ratios to nilearn, largest
+difference of the cleaned BOLD from nilearn's relative to nilearn's largest value), and the
+seconds of each step of each contender.
 
 Usage::
 
-    python benchmarks/bench_app.py --data /tmp/masker-bench
+    python benchmarks/make_realistic_data.py /tmp/masker-bench-gz --compress
+    python benchmarks/bench_app.py --data /tmp/masker-bench-gz
 """
 
 from __future__ import annotations
@@ -18,15 +28,26 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from _measure import measure, self_peak_gb  # noqa: E402
+
 SPACE = "MNI152NLin2009cAsym"
+PARAMS = {
+    "smoothing_fwhm": 6.0,
+    "detrend": True,
+    "standardize": "zscore_sample",
+    "low_pass": 0.08,
+    "high_pass": 0.01,
+    "t_r": 2.0,
+}
 APP_OPTIONS = [
     "--denoise-strategy",
     "simple",
@@ -40,69 +61,215 @@ APP_OPTIONS = [
     "--high-pass",
     "0.01",
 ]
+CONTENDERS = ("nilearn", "masker_wf", "app", "app_cached")
 
 
-def make_dataset(data_dir: Path, root: Path) -> Path:
-    """An fMRIPrep-style derivatives dataset around the benchmark run."""
+def bold_name(stem: str, source: str) -> str:
+    """The fMRIPrep name of the BOLD, with the source's extension."""
+    extension = ".nii.gz" if source.endswith(".gz") else ".nii"
+    return f"{stem}_space-{SPACE}_desc-preproc_bold{extension}"
+
+
+def make_dataset(data_dir: Path, root: Path, subject: str = "01", run_label=None) -> Path:
+    """An fMRIPrep-style derivatives dataset around a benchmark run (BOLD hard-linked).
+
+    Called again with another ``subject`` or ``run_label``, adds that run to ``root``.
+    """
     run = json.loads((data_dir / "run.json").read_text())
-    func = root / "sub-01" / "func"
-    func.mkdir(parents=True)
-    stem = func / "sub-01_task-rest"
-    bold = Path(f"{stem}_space-{SPACE}_desc-preproc_bold.nii")
+    func = root / f"sub-{subject}" / "func"
+    func.mkdir(parents=True, exist_ok=True)
+    stem = f"sub-{subject}_task-rest" + (f"_run-{run_label}" if run_label else "")
+    bold = func / bold_name(stem, run["bold"])
     try:
         os.link(run["bold"], bold)
     except OSError:  # another file system: a symbolic link does as well for reading
         bold.symlink_to(run["bold"])
-    shutil.copy(run["mask"], f"{stem}_space-{SPACE}_desc-brain_mask.nii.gz")
-    shutil.copy(run["confounds"], f"{stem}_desc-confounds_timeseries.tsv")
-    Path(f"{stem}_desc-confounds_timeseries.json").write_text("{}")
+    shutil.copy(run["mask"], func / f"{stem}_space-{SPACE}_desc-brain_mask.nii.gz")
+    shutil.copy(run["confounds"], func / f"{stem}_desc-confounds_timeseries.tsv")
+    (func / f"{stem}_desc-confounds_timeseries.json").write_text("{}")
     sidecar = {"RepetitionTime": run["t_r"], "TaskName": "rest", "SkullStripped": False}
-    Path(f"{stem}_space-{SPACE}_desc-preproc_bold.json").write_text(json.dumps(sidecar))
+    (func / f"{stem}_space-{SPACE}_desc-preproc_bold.json").write_text(json.dumps(sidecar))
     description = {
         "Name": "masker-wf benchmark run",
         "BIDSVersion": "1.10.0",
         "DatasetType": "derivative",
         "GeneratedBy": [{"Name": "masker-wf benchmarks/make_realistic_data.py"}],
     }
-    (root / "dataset_description.json").write_text(json.dumps(description))
+    if not (root / "dataset_description.json").exists():
+        (root / "dataset_description.json").write_text(json.dumps(description))
     return root
 
 
-def _timed_app(dataset: Path, out_dir: Path, work_dir: Path) -> dict:
-    command = [sys.executable, "-m", "masker_wf.cli.run", str(dataset), str(out_dir)]
-    command += ["participant", "-w", str(work_dir), *APP_OPTIONS]
-    start = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
-    seconds = time.perf_counter() - start
-    if done.returncode != 0:
-        raise RuntimeError(f"masker-wf failed ({done.returncode}):\n{done.stderr[-4000:]}")
-    peak_gb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024**2
-    return {"seconds": seconds, "peak_gb": peak_gb}
+def _dataset_files(dataset: Path) -> dict:
+    func = next(dataset.glob("sub-*/func"))
+    return {
+        "bold": str(next(func.glob("*_desc-preproc_bold.nii*"))),
+        "mask": str(next(func.glob("*_desc-brain_mask.nii.gz"))),
+    }
 
 
-def _provenance(out_dir: Path) -> dict:
-    return json.loads(next(out_dir.glob("sub-01/func/*_provenance.json")).read_text())
+# ------------------------------------------------------------------------ the children
+def _script(contender: str, dataset: Path, out: Path) -> dict:
+    """The user's script, step by step (each step timed)."""
+    steps, mark = {}, time.perf_counter()
+
+    def step(name):
+        nonlocal mark
+        steps[name] = round(time.perf_counter() - mark, 3)
+        mark = time.perf_counter()
+
+    import nibabel as nib
+    from nilearn.interfaces.fmriprep import load_confounds_strategy
+
+    if contender == "nilearn":
+        sys.path.insert(0, str(HERE.parent / "tests"))
+        from nilearn.maskers import NiftiMasker
+        from nilearn_oracle import fixed_nilearn_scrubbing
+    else:
+        from contextlib import nullcontext as fixed_nilearn_scrubbing
+
+        from masker_wf import NiftiMasker
+    step("imports")
+    files = _dataset_files(dataset)
+    confounds, sample_mask = load_confounds_strategy(files["bold"], denoise_strategy="simple")
+    step("load_confounds_strategy")
+    with fixed_nilearn_scrubbing():
+        masker = NiftiMasker(mask_img=files["mask"], **PARAMS)
+        signals = masker.fit_transform(files["bold"], confounds=confounds, sample_mask=sample_mask)
+    step("fit_transform")
+    cleaned = masker.inverse_transform(signals)
+    step("inverse_transform")
+    nib.save(cleaned, out / "cleaned_bold.nii.gz")
+    step("nib.save .nii.gz")
+    return {"steps": steps, "cleaned": str(out / "cleaned_bold.nii.gz")}
+
+
+def _app(dataset: Path, out: Path, work: Path, extra) -> dict:
+    from masker_wf.cli.run import main
+
+    argv = [str(dataset), str(out), "participant", "-w", str(work), *APP_OPTIONS, *extra]
+    code = main(argv)
+    if code != 0:
+        raise SystemExit(f"masker-wf exited with {code}")
+    record = json.loads(next(out.glob("sub-*/func/*_provenance.json")).read_text())
+    cleaned = next(out.glob("sub-*/func/*_desc-denoised_bold.nii.gz"))
+    return {"steps": record["StepSeconds"], "cleaned": str(cleaned)}
+
+
+def _child(args) -> dict:
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    if args.child in ("nilearn", "masker_wf"):
+        result = _script(args.child, args.dataset, out)
+    else:
+        result = _app(args.dataset, out, args.work, args.app_args)
+    result["self_peak_gb"] = self_peak_gb()
+    return result
+
+
+# ------------------------------------------------------------------------ the parent
+def _load_image(path: str):
+    """The data of a ``.nii.gz``, decompressed with python-isal (fast, any gzip)."""
+    import nibabel as nib
+    import numpy as np
+    from isal import igzip
+
+    with igzip.open(path, "rb") as stream:
+        img = nib.Nifti1Image.from_bytes(stream.read())
+    return np.asanyarray(img.dataobj)
+
+
+def _relative_difference(path: str, reference, mask) -> float:
+    import numpy as np
+
+    ours = _load_image(path)[mask].astype(np.float64)
+    return float(np.max(np.abs(ours - reference)) / np.max(np.abs(reference)))
+
+
+def _run_child(name: str, dataset: Path, tmp: Path, app_args) -> dict:
+    out = tmp / ("out-" + name)
+    command = [sys.executable, __file__, "--child", name, "--dataset", str(dataset)]
+    command += ["--out", str(out), "--work", str(tmp / "work"), "--app-args", *app_args]
+    env = {**os.environ, "NO_ET": "1"}
+    measured = measure(command, env=env)
+    result = json.loads(measured["stdout"].strip().splitlines()[-1])
+    return {**result, "seconds": measured["seconds"], "peak_gb": measured["peak_gb"]}
+
+
+def _describe_run(data_dir: Path) -> str:
+    run = json.loads((data_dir / "run.json").read_text())
+    size = Path(run["bold"]).stat().st_size
+    raw = run.get("uncompressed_bytes", size)
+    shape = " x ".join(map(str, run["shape"]))
+    return (
+        f"run: {shape} float32, {Path(run['bold']).name} {size / 1e9:.2f} GB "
+        f"({raw / 1e9:.2f} GB uncompressed, compression ratio {raw / size:.2f}), "
+        f"{run['n_voxels_in_mask']} voxels in the mask"
+    )
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=Path(tempfile.gettempdir()) / "masker-bench")
+    parser.add_argument("--contenders", nargs="+", choices=CONTENDERS, default=list(CONTENDERS))
+    parser.add_argument("--keep", action="store_true", help="keep the outputs (printed path)")
+    parser.add_argument("--child", choices=CONTENDERS, help=argparse.SUPPRESS)
+    parser.add_argument("--dataset", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--app-args", nargs=argparse.REMAINDER, default=[], help="extra options of the App"
+    )
     args = parser.parse_args(argv)
+    if args.child:
+        print(json.dumps(_child(args)))
+        return 0
     if not (args.data / "run.json").exists():
         sys.exit(f"no benchmark run in {args.data}: run benchmarks/make_realistic_data.py first")
-    with tempfile.TemporaryDirectory(prefix="masker-bench-app-", dir=args.data) as tmp:
-        tmp = Path(tmp)
+    if "app_cached" in args.contenders and "app" not in args.contenders:
+        sys.exit("app_cached reuses the work directory of app: run both")
+
+    tmp = Path(tempfile.mkdtemp(prefix="masker-bench-app-", dir=args.data))
+    try:
         dataset = make_dataset(args.data, tmp / "fmriprep")
-        first = _timed_app(dataset, tmp / "out", tmp / "work")
-        first_record = _provenance(tmp / "out")
-        shutil.rmtree(tmp / "out")
-        again = _timed_app(dataset, tmp / "out", tmp / "work")
-        record = _provenance(tmp / "out")
-    print(f"first run:             {first['seconds']:6.1f} s   peak {first['peak_gb']:.2f} GB")
-    print("steps of the first run (s):", json.dumps(first_record["StepSeconds"]))
-    print(f"again (Pydra cache):   {again['seconds']:6.1f} s")
-    print("steps of the second run (s):", json.dumps(record["StepSeconds"]))
+        print(_describe_run(args.data), flush=True)
+        results = {}
+        for name in args.contenders:
+            print(f"running {name} ...", flush=True)
+            results[name] = _run_child(name, dataset, tmp, args.app_args)
+            r = results[name]
+            print(f"  {r['seconds']:7.1f} s  peak {r['peak_gb']:5.2f} GB", flush=True)
+        _report(results, dataset)
+    finally:
+        if args.keep:
+            print(f"outputs kept in {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
     return 0
+
+
+def _report(results: dict, dataset: Path) -> None:
+    import nibabel as nib
+    import numpy as np
+
+    reference = results.get("nilearn")
+    mask = np.asarray(nib.load(_dataset_files(dataset)["mask"]).dataobj) > 0
+    expected = None
+    if reference is not None:
+        expected = _load_image(reference["cleaned"])[mask].astype(np.float64)
+    print("\n| contender | wall | peak memory | vs nilearn | max relative difference |")
+    print("|---|---|---|---|---|")
+    for name, r in results.items():
+        ratio, difference = "", ""
+        if reference is not None and name != "nilearn":
+            speed = reference["seconds"] / r["seconds"]
+            memory = r["peak_gb"] / reference["peak_gb"]
+            ratio = f"{speed:.1f}x faster, {memory:.2f}x memory"
+            difference = f"{_relative_difference(r['cleaned'], expected, mask):.1e}"
+        print(f"| {name} | {r['seconds']:.1f} s | {r['peak_gb']:.2f} GB | {ratio} | {difference} |")
+    print("\nsteps (s):")
+    for name, r in results.items():
+        print(f"  {name}: {json.dumps(r['steps'])}")
 
 
 if __name__ == "__main__":

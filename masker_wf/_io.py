@@ -9,6 +9,15 @@ Compressed outputs (``.nii.gz``) are written with python-isal's threaded gzip wr
 (:func:`gzip_writer`): ordinary single-member gzip files that any reader opens, whose
 bytes do not depend on the number of threads.
 
+File digests
+------------
+:func:`file_digest` is the one content hash of a file (``sha256:<hex>``, SHA-256 of
+every byte), memoised in the process by the file's stat key (resolved path, size,
+times, inode). The writers here hash what they write as they write it and remember the
+digest of the file they put in place, so that a file this process wrote is never read
+again to be hashed; Pydra's file hash (:func:`masker_wf.tasks.use_segmented_hash`) and
+the App's provenance record use the same digests, so each input is hashed once.
+
 Signals file format
 -------------------
 Signals are stored as NumPy ``.npy`` files (format version 1.0 or 2.0, as
@@ -22,10 +31,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import io
+import mmap
 import os
 import stat
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -35,7 +47,9 @@ from ._threads import default_n_threads
 
 __all__ = [
     "atomic_output",
+    "carry_digests",
     "check_compress_level",
+    "file_digest",
     "gzip_writer",
     "is_gzipped",
     "json_text",
@@ -43,10 +57,13 @@ __all__ = [
     "load_signals",
     "output_error",
     "read_sample_mask",
+    "remember_digest",
     "save_img",
     "save_qc",
     "save_signals",
+    "stat_key",
     "write_file",
+    "write_img",
     "write_text_file",
 ]
 
@@ -109,6 +126,165 @@ def atomic_output(path) -> Iterator[Path]:
         raise
 
 
+# ----------------------------------------------------------------------------- digests
+# Bytes hashed per update: hashlib releases the GIL on large buffers.
+_HASH_SEGMENT_BYTES = 64 * 1024**2
+_digests: dict[tuple, str] = {}
+_digests_lock = threading.Lock()
+
+
+def stat_key(path) -> tuple:
+    """What identifies a file's content cheaply: its resolved path and the target's stat.
+
+    Symlinks are followed (a rewritten target, or a link pointed elsewhere, gives another
+    key); ``st_ctime_ns`` is in the key because no tool sets it back, so a file rewritten
+    with its modification time restored still gets a new key.
+    """
+    resolved = os.path.realpath(path)
+    info = os.stat(resolved)
+    return (resolved, info.st_size, info.st_mtime_ns, info.st_ctime_ns, info.st_ino)
+
+
+def _sha256_of_file(path: str, piece_bytes: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        if os.fstat(stream.fileno()).st_size:
+            with mmap.mmap(stream.fileno(), 0, access=mmap.ACCESS_READ) as data:
+                for start in range(0, len(data), piece_bytes):
+                    with memoryview(data)[start : start + piece_bytes] as piece:
+                        digest.update(piece)
+    return f"sha256:{digest.hexdigest()}"
+
+
+def file_digest(path, piece_bytes=None) -> str:
+    """SHA-256 of the content of the file at ``path``, as ``"sha256:<hex>"``.
+
+    Computed at most once per file content in this process: memoised by
+    :func:`stat_key`, and known without reading for the files this module wrote (see
+    :func:`remember_digest`).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A file (a symlink is followed).
+    piece_bytes : int, optional
+        Bytes of the memory map hashed per update (default 64 MiB; the digest does not
+        depend on it).
+
+    Returns
+    -------
+    str
+    """
+    key = stat_key(path)
+    with _digests_lock:
+        known = _digests.get(key)
+    if known is not None:
+        return known
+    value = _sha256_of_file(key[0], int(piece_bytes or _HASH_SEGMENT_BYTES))
+    remember_digest(key, value)
+    return value
+
+
+def remember_digest(path, digest: str) -> None:
+    """Record ``digest`` as the content hash of the file at ``path`` as it is now.
+
+    Parameters
+    ----------
+    path : str, os.PathLike or tuple
+        The file, or its :func:`stat_key`.
+    digest : str
+        ``"sha256:<hex>"`` of its content.
+    """
+    key = path if isinstance(path, tuple) else stat_key(path)
+    with _digests_lock:
+        _digests[key] = digest
+
+
+def carry_digests(paths) -> None:
+    """Keep the known digests of files that were hard-linked since they were hashed.
+
+    A hard link (Pydra links a workflow's outputs into its directory) changes a file's
+    ``st_ctime``, hence its :func:`stat_key`, not its content: for each of ``paths`` that
+    is the same file (same device and inode, size and modification time) as a file whose
+    digest is known, the digest is remembered under the current keys of both names.
+
+    Parameters
+    ----------
+    paths : iterable of str or os.PathLike
+        Files to look at (missing ones are skipped).
+    """
+    with _digests_lock:
+        known = list(_digests.items())
+    for path in paths:
+        try:
+            key = stat_key(path)
+        except OSError:
+            continue
+        if key in _digests:
+            continue
+        for (name, size, mtime, _, inode), value in known:
+            if (size, mtime, inode) != (key[1], key[2], key[4]):
+                continue
+            with contextlib.suppress(OSError):
+                if os.path.samefile(name, key[0]):
+                    remember_digest(key, value)
+                    remember_digest(name, value)
+                    break
+
+
+class _HashingWriter(io.RawIOBase):
+    """A write-only stream that hashes (SHA-256) what it passes on to ``sink``."""
+
+    def __init__(self, sink):
+        super().__init__()
+        self._sink = sink
+        self._hash = hashlib.sha256()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        """Hash ``data`` (any bytes-like object) and write it to the sink."""
+        self._hash.update(data)
+        self._sink.write(data)
+        return memoryview(data).nbytes
+
+    def flush(self) -> None:
+        """Flush the sink."""
+        self._sink.flush()
+
+    @property
+    def digest(self) -> str:
+        """``"sha256:<hex>"`` of everything written so far."""
+        return f"sha256:{self._hash.hexdigest()}"
+
+
+@contextlib.contextmanager
+def hashed_output(path, opener=None) -> Iterator:
+    """Yield a write-only stream to a temporary file next to ``path``, renamed on success.
+
+    :func:`atomic_output` with the bytes hashed as they are written: once ``path`` is
+    in place its digest is remembered (:func:`remember_digest`), so that hashing it
+    later (Pydra's key, a provenance record) reads nothing.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Final destination; its directory must exist.
+    opener : callable, optional
+        ``opener(tmp_path)`` returning a binary stream; default ``open(tmp, "wb")``.
+    """
+    path = Path(path)
+    with atomic_output(path) as tmp, (opener or _open_binary)(tmp) as raw:
+        writer = _HashingWriter(raw)
+        yield writer
+    remember_digest(path, writer.digest)
+
+
+def _open_binary(path):
+    return open(path, "wb")
+
+
 def save_img(img, path, *, compress_level=1, n_threads=None) -> Path:
     """Write a nibabel image atomically; the format follows the suffix.
 
@@ -131,17 +307,37 @@ def save_img(img, path, *, compress_level=1, n_threads=None) -> Path:
     path = Path(path)
     if not path.name.lower().endswith(_IMAGE_SUFFIXES):
         raise ValueError(f"Image output path must end with .nii or .nii.gz, got '{path}'.")
-    with atomic_output(path) as tmp:
-        if path.name.lower().endswith(".gz"):
-            with (
-                open(tmp, "wb") as raw,
-                gzip_writer(raw, compress_level=compress_level, n_threads=n_threads) as gz,
-            ):
-                stream = _ForwardStream(gz)
-                img.to_file_map(img.make_file_map({"image": stream, "header": stream}))
-        else:
-            img.to_filename(tmp)
+    with hashed_output(path) as raw:
+        write_img(
+            img,
+            raw,
+            gzipped=path.name.lower().endswith(".gz"),
+            compress_level=compress_level,
+            n_threads=n_threads,
+        )
     return path
+
+
+def write_img(img, stream, *, gzipped, compress_level=1, n_threads=None) -> None:
+    """Write the NIfTI bytes nibabel writes for ``img`` to a write-only ``stream``.
+
+    Parameters
+    ----------
+    img : nibabel.Nifti1Image
+    stream : binary file object
+        Destination, open for writing (not closed).
+    gzipped : bool
+        Compress with :func:`gzip_writer` (a ``.nii.gz``).
+    compress_level, n_threads
+        See :func:`gzip_writer`.
+    """
+    if not gzipped:
+        forward = _ForwardStream(stream)
+        img.to_file_map(img.make_file_map({"image": forward, "header": forward}))
+        return
+    with gzip_writer(stream, compress_level=compress_level, n_threads=n_threads) as gz:
+        forward = _ForwardStream(gz)
+        img.to_file_map(img.make_file_map({"image": forward, "header": forward}))
 
 
 #: isal's compression levels (0: fastest ... 3: smallest); 1 is close to zlib's level 1,
@@ -283,7 +479,7 @@ def _write_atomically(path: Path, fill) -> Path:
     """
     _check_output_directory(path)
     try:
-        with atomic_output(path) as tmp, _open_for_writing(tmp) as stream:
+        with hashed_output(path, _open_for_writing) as stream:
             fill(stream)
     except OSError as exc:
         if getattr(exc, "output_file", None) is not None or getattr(exc, "input_file", None):
@@ -422,7 +618,7 @@ def save_signals(signals, path) -> Path:
         raise ValueError(
             f"signals must be a 1D or 2D array (n_volumes, n_voxels), got shape {signals.shape}."
         )
-    with atomic_output(path) as tmp, open(tmp, "wb") as stream:
+    with hashed_output(path) as stream:
         if signals.flags.c_contiguous or signals.ndim == 1:
             np.save(stream, signals, allow_pickle=False)
         else:

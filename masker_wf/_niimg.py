@@ -5,6 +5,14 @@ A Niimg-like object is what nilearn users pass around: a path (``str`` or
 (concatenated along time). Everything here returns nibabel images and never
 converts data to float64 behind the caller's back.
 
+Gzipped files (``.nii.gz``) are read with python-isal (ISA-L's inflate, the standard
+gzip format) behind nibabel: a path loaded here gives an ordinary nibabel image whose
+array proxy (:class:`GzipArrayProxy`) decompresses about three times as fast as
+Python's ``gzip`` module, the same bytes. :func:`iter_volume_chunks` streams a 4D
+image in blocks of consecutive volumes, decompressing the next blocks on another
+thread while the caller works on the current one, so that a ``.nii.gz`` is read once
+and never held whole in memory.
+
 The lowest layer of the core with :mod:`masker_wf._exceptions`: ``image`` and
 ``masking`` both import it (binary masks are loaded and read here, see
 :func:`load_mask_img`), and it imports neither.
@@ -12,18 +20,27 @@ The lowest layer of the core with :mod:`masker_wf._exceptions`: ``image`` and
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
+import queue
+import threading
 import warnings
 import zlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 import nibabel as nib
 import numpy as np
+from nibabel.arrayproxy import ArrayProxy
+from nibabel.volumeutils import apply_read_scaling
 
 from ._exceptions import DimensionError
 
 _GLOB_CHARS = ("*", "?", "[")
+# ISA-L inflates fastest in reads of a few MiB (much slower in 1 MiB or 64 MiB ones).
+_GZIP_READ_BYTES = 4 * 1024**2
+# Bytes of the blocks iter_volume_chunks yields (about 8 volumes of a 2 mm MNI run).
+_CHUNK_BYTES = 32 * 1024**2
 
 
 def describe(niimg) -> str:
@@ -67,9 +84,197 @@ def _load_one(niimg):
 
 def _load_path(path: str):
     try:
-        return nib.load(path)
+        return with_fast_gzip(nib.load(path))
     except Exception as exc:
         raise ValueError(f"Cannot read image file '{path}': {exc}") from exc
+
+
+# --------------------------------------------------------------------------------------
+# Gzipped images: python-isal behind nibabel
+# --------------------------------------------------------------------------------------
+def _open_gzip(path):
+    from isal import igzip
+
+    return igzip.open(path, "rb")
+
+
+def _read_exactly(stream, buffer, source) -> None:
+    """Fill ``buffer`` from ``stream`` in ISA-L-friendly reads; a short file is an error."""
+    view = memoryview(buffer).cast("B")
+    filled = 0
+    while filled < len(view):
+        count = stream.readinto(view[filled : filled + _GZIP_READ_BYTES])
+        if not count:
+            # nibabel's message for the same case.
+            raise OSError(
+                f"Expected {len(view)} bytes, got {filled} bytes from {source}\n"
+                " - could the file be damaged?"
+            )
+        filled += count
+
+
+def _is_gzip_path(file_like) -> bool:
+    return isinstance(file_like, (str, os.PathLike)) and os.fspath(file_like).lower().endswith(
+        ".gz"
+    )
+
+
+class GzipArrayProxy(ArrayProxy):
+    """nibabel's array proxy of a gzipped image file, decompressed with python-isal.
+
+    Reads exactly what :class:`nibabel.arrayproxy.ArrayProxy` reads (same bytes, same
+    scaling, same dtypes); reading the whole array is one sequential inflate into the
+    array's own buffer, about three times as fast as nibabel's ``gzip`` reader.
+    """
+
+    @contextlib.contextmanager
+    def _get_fileobj(self):
+        with _open_gzip(self.file_like) as stream:
+            yield stream
+
+    def _get_unscaled(self, slicer):
+        whole = (slice(None),) * len(self._shape)
+        if tuple(slicer) not in ((), whole) or 0 in self._shape:
+            return super()._get_unscaled(slicer)
+        data = np.empty(self._shape, self._dtype, order=self.order)
+        with self._get_fileobj() as stream, self._lock:
+            stream.seek(self._offset)
+            # The array's own buffer, in file order (a Fortran array's transpose is C).
+            _read_exactly(stream, data.T if self.order == "F" else data, self.file_like)
+        return data
+
+
+def with_fast_gzip(img):
+    """``img`` with its array proxy read through python-isal when its file is gzipped.
+
+    Parameters
+    ----------
+    img : nibabel image
+        As :func:`nibabel.load` returns it.
+
+    Returns
+    -------
+    nibabel image
+        ``img`` itself when it is not a gzipped file image (or already fast); otherwise
+        an image of the same class, header, affine, extra and file map, whose data are
+        read by :class:`GzipArrayProxy`.
+    """
+    proxy = getattr(img, "dataobj", None)
+    if type(proxy) is not ArrayProxy or not _is_gzip_path(proxy.file_like):
+        return img
+    spec = (proxy.shape, proxy.dtype, proxy.offset, proxy.slope, proxy.inter)
+    fast = GzipArrayProxy(proxy.file_like, spec, mmap=False, order=proxy.order)
+    return img.__class__(fast, img.affine, img.header, extra=img.extra, file_map=img.file_map)
+
+
+def _chunk_volumes(shape, itemsize) -> int:
+    volume_bytes = int(np.prod(shape[:3])) * itemsize
+    return max(1, min(int(shape[3]), _CHUNK_BYTES // max(volume_bytes, 1)))
+
+
+def _hand_over(out: queue.Queue, item, stop: threading.Event) -> bool:
+    """Put ``item`` in ``out`` unless the consumer has stopped; False once it has."""
+    while not stop.is_set():
+        with contextlib.suppress(queue.Full):
+            out.put(item, timeout=0.1)
+            return True
+    return False
+
+
+def _read_chunks(proxy, volumes_per_chunk, out: queue.Queue, stop: threading.Event) -> None:
+    """Producer of :func:`iter_volume_chunks`: raw blocks of a gzipped file, in order.
+
+    Ends with ``(None, None)``, or ``(None, exception)`` when the file cannot be read.
+    """
+    shape, dtype = proxy.shape, proxy.dtype
+    n_volumes = int(shape[3])
+    try:
+        with _open_gzip(proxy.file_like) as stream:
+            stream.seek(proxy.offset)
+            for start in range(0, n_volumes, volumes_per_chunk):
+                count = min(volumes_per_chunk, n_volumes - start)
+                block = np.empty((*shape[:3], count), dtype=dtype, order="F")
+                # Volumes of a NIfTI file are consecutive (Fortran order): one read each.
+                _read_exactly(stream, block.T, proxy.file_like)
+                if not _hand_over(out, (start, block), stop):
+                    return
+    except Exception as exc:  # handed to the consumer, which raises it
+        _hand_over(out, (None, exc), stop)
+        return
+    _hand_over(out, (None, None), stop)
+
+
+def iter_volume_chunks(img, volumes_per_chunk=None, *, prefetch=2) -> Iterator:
+    """Yield the data of a 4D image as ``(start, block)``: blocks of consecutive volumes.
+
+    For a gzipped file the blocks are decompressed (python-isal, which releases the GIL)
+    on a thread of their own, ``prefetch`` blocks ahead of the consumer, so that reading
+    overlaps with the caller's work on earlier volumes and the whole 4D array is never
+    in memory. Other images (uncompressed files, memory maps, arrays) give views of
+    their data.
+
+    Parameters
+    ----------
+    img : nibabel image
+        A 4D image (see :func:`with_fast_gzip`).
+    volumes_per_chunk : int, optional
+        Volumes per block; default about 32 MB of data per block.
+    prefetch : int, default=2
+        Blocks read ahead of the consumer (memory: ``prefetch + 1`` blocks).
+
+    Yields
+    ------
+    start : int
+        Index of the block's first volume.
+    block : numpy.ndarray, shape (x, y, z, n)
+        The volumes ``start`` to ``start + n``, scaled as nibabel scales them.
+
+    Raises
+    ------
+    ValueError
+        The file cannot be read (truncated or corrupt), naming it (as :func:`get_data`).
+    """
+    shape = tuple(img.shape)
+    if len(shape) != 4:
+        raise DimensionError(len(shape), 4, f"img {describe(img)}")
+    proxy = img.dataobj
+    if volumes_per_chunk is None:
+        volumes_per_chunk = _chunk_volumes(shape, np.dtype(img.get_data_dtype()).itemsize)
+    if not isinstance(proxy, GzipArrayProxy):
+        data = get_data(img)
+        for start in range(0, shape[3], volumes_per_chunk):
+            yield start, data[..., start : start + volumes_per_chunk]
+        return
+    blocks: queue.Queue = queue.Queue(maxsize=max(1, int(prefetch)))
+    stop = threading.Event()
+    reader = threading.Thread(
+        target=_read_chunks,
+        args=(proxy, volumes_per_chunk, blocks, stop),
+        name="masker-wf-gzip-reader",
+        daemon=True,
+    )
+    reader.start()
+    slope, inter = np.asanyarray(proxy.slope), np.asanyarray(proxy.inter)
+    try:
+        while True:
+            start, block = blocks.get()
+            if start is None:
+                if block is not None:
+                    raise _unreadable(img, block) from block
+                return
+            # nibabel's scaling, as a whole-array read applies it.
+            yield start, apply_read_scaling(block, slope, inter)
+    finally:
+        # A consumer that stops early (an error in its work) releases the reader.
+        stop.set()
+        reader.join()
+
+
+def _unreadable(img, exc: BaseException) -> ValueError:
+    return ValueError(
+        f"Cannot read the data of image {describe(img)}: {type(exc).__name__}: {exc} "
+        "(is the file truncated or corrupt?)"
+    )
 
 
 def _is_list_like(niimg) -> bool:
@@ -92,11 +297,14 @@ def get_data(img) -> np.ndarray:
     """
     try:
         return np.asanyarray(img.dataobj)
-    except (EOFError, OSError, zlib.error, ValueError) as exc:
-        raise ValueError(
-            f"Cannot read the data of image {describe(img)}: {type(exc).__name__}: {exc} "
-            "(is the file truncated or corrupt?)"
-        ) from exc
+    except (EOFError, OSError, zlib.error, ValueError, _isal_error()) as exc:
+        raise _unreadable(img, exc) from exc
+
+
+def _isal_error():
+    from isal.isal_zlib import error
+
+    return error
 
 
 def img_data_dtype(img) -> np.dtype:

@@ -4,9 +4,13 @@
 ``NiftiMasker.transform_single_imgs`` (resample to the mask grid if needed,
 smooth, mask, clean) while keeping memory low:
 
-* the 4D image is read once, through nibabel's ``dataobj`` (a memory map for
-  uncompressed NIfTI), in its own dtype: float32 data is never copied to a 4D
-  float64 array;
+* the 4D image is read once, in its own dtype: float32 data is never copied to a
+  4D float64 array. An uncompressed NIfTI is a memory map; a ``.nii.gz`` is
+  streamed (:func:`masker_wf._niimg.iter_volume_chunks`): blocks of volumes are
+  decompressed with python-isal on one thread while the blocks already read are
+  smoothed and masked on the others, so the 4D array is never in memory (only
+  when resampling or high-variance confounds need it whole is it read into
+  memory, once);
 * smoothing goes through :func:`masker_wf.image.smooth_masked`, which only
   touches the mask bounding box (plus the kernel radius) and returns the masked
   signals directly, equal to nilearn's smooth-the-whole-field-then-mask;
@@ -29,19 +33,19 @@ import numpy as np
 from . import _qc, _spec, _validation, image, masking, signal
 from ._exceptions import DimensionError
 from ._niimg import (
+    GzipArrayProxy,
     check_niimg,
     check_niimg_3d,
     check_same_fov,
     describe,
     get_data,
     img_data_dtype,
+    iter_volume_chunks,
     new_img_like,
 )
 
 __all__ = ["compute_mask_img", "filter_and_extract", "prepare_mask_img", "resolve_dtype"]
 
-MASK_STRATEGIES = _spec.MASK_STRATEGIES
-STANDARDIZE_VALUES = _spec.STANDARDIZE_VALUES
 # The parameters filter_and_extract takes under their spec names (clean_args is
 # clean_kwargs here).
 _CHECKED = tuple(p for p in _spec.for_face("CleanSignals") if p.name != "clean_args")
@@ -95,9 +99,6 @@ def mask_strategy_function(mask_strategy: str):
         "wm-template": _compute_wm_mask,
     }
     return functions[mask_strategy]
-
-
-check_mask_args = _validation.check_mask_args
 
 
 def mask_input(imgs):
@@ -240,27 +241,66 @@ def _extract(data, mask: np.ndarray) -> np.ndarray:
     Integer data is converted to float32 on the way, as ``clean`` would do;
     non-finite values become 0, as in nilearn's ``apply_mask``.
     """
-    n_volumes = data.shape[3]
-    out_dtype = data.dtype if data.dtype.kind == "f" else np.dtype(np.float32)
-    if data.dtype.itemsize > 4 and data.dtype.kind == "f":
-        out_dtype = data.dtype
-    # Volumes of a NIfTI array (Fortran order) are contiguous: flat indices of the mask
-    # voxels, listed in C order as ``data[mask]`` lists them.
-    fortran = np.isfortran(data) or data.flags.f_contiguous
-    if fortran:
-        flat_index = np.ravel_multi_index(np.nonzero(mask), mask.shape, order="F")
+    return _extract_chunks(((0, data),), data.shape, data.dtype, mask)
+
+
+def _extract_chunks(chunks, shape, dtype, mask: np.ndarray) -> np.ndarray:
+    """:func:`_extract` of 4D data given as ``(start, block)`` blocks of volumes."""
+    dtype = np.dtype(dtype)
+    n_volumes = shape[3]
+    out_dtype = dtype if dtype.kind == "f" else np.dtype(np.float32)
+    if dtype.itemsize > 4 and dtype.kind == "f":
+        out_dtype = dtype
     out = np.empty((n_volumes, int(mask.sum())), dtype=out_dtype)
-    for t in range(n_volumes):
-        volume = data[..., t]
-        if fortran:
-            out[t] = np.take(volume.ravel(order="F"), flat_index)
-        else:
-            out[t] = volume[mask]
+    flat_index = {}
+    for start, block in chunks:
+        # Volumes of a NIfTI array (Fortran order) are contiguous: flat indices of the
+        # mask voxels, listed in C order as ``data[mask]`` lists them.
+        fortran = np.isfortran(block) or block.flags.f_contiguous
+        if fortran and "F" not in flat_index:
+            flat_index["F"] = np.ravel_multi_index(np.nonzero(mask), mask.shape, order="F")
+        for t in range(block.shape[3]):
+            volume = block[..., t]
+            if fortran:
+                out[start + t] = np.take(volume.ravel(order="F"), flat_index["F"])
+            else:
+                out[start + t] = volume[mask]
     if out_dtype.kind == "f":
         bad = ~np.isfinite(out)
         if bad.any():
             out[bad] = 0
     return out
+
+
+class _MeanPlanes:
+    """:func:`masker_wf._qc.mean_planes`, gathered from blocks of volumes as they pass.
+
+    The planes of every volume are kept (three planes per volume, a few tens of MB for
+    a long run), in the layout they have in a NIfTI array, and averaged at the end as
+    ``mean_planes`` averages them: the numbers are those of the whole array.
+    """
+
+    def __init__(self, n_volumes: int, mask):
+        self.n_volumes = n_volumes
+        self.centre = _qc.slice_centre(mask)
+        self.planes = None
+
+    def follow(self, chunks):
+        """Pass ``chunks`` through, keeping their planes."""
+        for start, block in chunks:
+            planes = _qc.orthogonal_planes(block, self.centre)
+            if self.planes is None:
+                self.planes = [
+                    np.empty((*plane.shape[:2], self.n_volumes), dtype=block.dtype, order="F")
+                    for plane in planes
+                ]
+            for stack, plane in zip(self.planes, planes, strict=True):
+                stack[..., start : start + block.shape[3]] = plane
+            yield start, block
+
+    def result(self) -> list:
+        """The three mean planes (see :func:`masker_wf._qc.mean_planes`)."""
+        return [plane.mean(axis=-1, dtype=np.float64).astype(np.float32) for plane in self.planes]
 
 
 def _smooth_and_extract(data, affine, fwhm, mask):
@@ -269,6 +309,47 @@ def _smooth_and_extract(data, affine, fwhm, mask):
     ``smooth_masked`` warns and skips smoothing for a FWHM of 0, as nilearn.
     """
     return image.smooth_masked(data, affine, fwhm, mask)
+
+
+def _streams(img) -> bool:
+    """Whether ``img`` is a gzipped 4D file that is best read as a stream of volumes."""
+    return isinstance(img.dataobj, GzipArrayProxy) and len(img.shape) == 4
+
+
+def _masked_signals(img, mask, smoothing_fwhm, report) -> np.ndarray:
+    """The (smoothed) masked signals of a 4D image; the report's mean planes on the way.
+
+    A gzipped file is streamed (decompression overlapping smoothing and masking);
+    anything else is read as an array (a memory map for an uncompressed file).
+    """
+    if not _streams(img):
+        data = get_data(img)
+        if report is not None:
+            # The report shows three planes of the mean image: average just those planes
+            # instead of a second pass over the whole run.
+            report["mean_planes"] = _qc.mean_planes(data, mask)
+        if smoothing_fwhm is not None:
+            return _smooth_and_extract(data, img.affine, smoothing_fwhm, mask)
+        return _extract(data, mask)
+    chunks = iter_volume_chunks(img)
+    planes = None
+    if report is not None:
+        planes = _MeanPlanes(img.shape[3], mask)
+        chunks = planes.follow(chunks)
+    if smoothing_fwhm is not None:
+        signals = image.smooth_masked_chunks(chunks, img.shape, img.affine, smoothing_fwhm, mask)
+    else:
+        signals = _extract_chunks(chunks, img.shape, img_data_dtype(img), mask)
+    if planes is not None:
+        report["mean_planes"] = planes.result()
+    return signals
+
+
+def _in_memory(img):
+    """A gzipped image read into memory once, for the steps that need it whole."""
+    if not isinstance(img.dataobj, GzipArrayProxy):
+        return img
+    return img.__class__(get_data(img), img.affine, img.header, extra=img.extra)
 
 
 def _kept_volumes(run_rows, masks):
@@ -344,7 +425,7 @@ def _on_target_grid(img, target_affine, target_shape) -> bool:
     return target.shape == (4, 4) and bool(np.allclose(img.affine, target))
 
 
-def load_img(imgs, dtype=None, name="imgs"):
+def load_img(imgs, dtype=None, name="imgs", whole=False):
     """Load the images to transform as one 4D image (lists concatenated along time).
 
     Parameters
@@ -355,6 +436,9 @@ def load_img(imgs, dtype=None, name="imgs"):
         Conversion applied to the data before processing (nilearn 0.11.1).
     name : str
         Argument name for error messages.
+    whole : bool, default=False
+        Read a gzipped file into memory now (once), for callers that need the raw
+        image whole (high-variance confounds); otherwise it is read where it is used.
 
     Returns
     -------
@@ -371,6 +455,8 @@ def load_img(imgs, dtype=None, name="imgs"):
         raw = check_niimg(raw, atleast_4d=True, name=name)
     if len(raw.shape) != 4:
         raise DimensionError(len(raw.shape), 4, f"{name} {describe(imgs)}")
+    if whole:
+        raw = _in_memory(raw)
     img = raw
     target = resolve_dtype(img_data_dtype(raw), dtype)
     if target is not None:
@@ -456,7 +542,7 @@ def filter_and_extract(
     clean_kwargs = checked["clean_args"] or {}
 
     log(f"Loading data from {describe(imgs)}", verbose, log_name)
-    img, raw_img, ndim = load_img(imgs, dtype=dtype)
+    img, raw_img, ndim = load_img(imgs, dtype=dtype, whole=high_variance_confounds)
     n_volumes = _n_volumes(img)
     mask_img = check_niimg_3d(mask_img, name="mask_img")
     if not _on_target_grid(mask_img, target_affine, target_shape):
@@ -510,19 +596,11 @@ def filter_and_extract(
                 f"shape {mask.shape}: check target_affine/target_shape."
             )
 
-    data = get_data(img)
-    if report is not None:
-        # The report shows three planes of the mean image: average just those planes
-        # instead of a second pass over the whole run.
-        report["mean_planes"] = _qc.mean_planes(data, mask)
     if smoothing_fwhm is not None:
         log("Smoothing images", verbose, log_name)
-        log("Extracting region signals", verbose, log_name)
-        signals = _smooth_and_extract(data, img.affine, smoothing_fwhm, mask)
-    else:
-        log("Extracting region signals", verbose, log_name)
-        signals = _extract(data, mask)
-    del data, img
+    log("Extracting region signals", verbose, log_name)
+    signals = _masked_signals(img, mask, smoothing_fwhm, report)
+    del img
 
     voxels = None
     if report is not None:

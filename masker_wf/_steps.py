@@ -31,7 +31,9 @@ working directory; :func:`load_error` reads it back.
 
 from __future__ import annotations
 
+import errno
 import functools
+import io
 import multiprocessing
 import os
 import pickle
@@ -56,6 +58,7 @@ __all__ = [
     "sidecar_path",
     "smooth",
     "unmask",
+    "with_reference_header",
     "write_derivative",
 ]
 
@@ -593,12 +596,24 @@ def _read_confounds(confounds_file):
     return os.fspath(confounds_file)
 
 
-@_step("unmask", "signals_file")
-def unmask(signals_file, mask_file, out_file) -> Path:
+@_step("unmask", "signals_file", keep=(OSError,))
+def unmask(
+    signals_file,
+    mask_file,
+    out_file,
+    *,
+    reference_file=None,
+    t_r=None,
+    sidecar=None,
+    compress_level=1,
+    n_threads=None,
+) -> Path:
     """Put signals back into brain space: ``(n_volumes, n_voxels)`` → 4D NIfTI.
 
     Equivalent to ``NiftiMasker.inverse_transform``. A 1D signals array gives
-    a 3D image.
+    a 3D image. The image is written as it is produced, a few volumes at a time
+    (never whole in memory) and, for a ``.nii.gz``, compressed on the way
+    (python-isal, ordinary gzip); it is written once, atomically, to ``out_file``.
 
     Parameters
     ----------
@@ -607,18 +622,44 @@ def unmask(signals_file, mask_file, out_file) -> Path:
     mask_file : path
         The mask the signals were extracted with.
     out_file : path
-        Destination ``.nii`` or ``.nii.gz``.
+        Destination ``.nii`` or ``.nii.gz``; its directory must exist.
+    reference_file : path, optional
+        The run's input BOLD: the output states its sform/qform codes and space and
+        time units (mm and s when it has none), as a derivative should (see
+        :func:`with_reference_header`).
+    t_r : float, optional
+        Repetition time (s), recorded as the 4th voxel size of a 4D output.
+    sidecar : dict, optional
+        JSON sidecar written next to the image once it is in place (see
+        :func:`write_derivative`).
+    compress_level : {0, 1, 2, 3}, default=1
+        isal compression level of a ``.nii.gz``.
+    n_threads : int, optional
+        Compression threads (they do not change the bytes written).
 
     Returns
     -------
     pathlib.Path
         ``out_file``.
+
+    Raises
+    ------
+    OSError
+        The output cannot be written: naming ``out_file`` (see :func:`write_derivative`).
     """
     import nibabel as nib
 
     from .masking import load_mask_img
 
-    signals = load_signals(signals_file)
+    _io.check_compress_level(compress_level)
+    out_file = Path(out_file)
+    if not out_file.name.lower().endswith((".nii", ".nii.gz")):
+        raise StepError(
+            "unmask", signals_file, f"out_file must end with .nii or .nii.gz: '{out_file}'."
+        )
+    json_file = None if sidecar is None else sidecar_path(out_file)
+    text = None if sidecar is None else _io.json_text(sidecar, what=f"sidecar of '{out_file}'")
+    signals = load_signals(signals_file, mmap_mode="r")
     _check_input("unmask", mask_file, "mask image", read_data=True)
     # Read the mask file once; every chunk below reuses the in-memory image.
     mask_img = nib.load(os.fspath(mask_file))
@@ -632,41 +673,126 @@ def unmask(signals_file, mask_file, out_file) -> Path:
             f"signals have {signals.shape[-1]} columns but mask '{mask_file}' has "
             f"{n_voxels} voxels.",
         )
-    out_file = _check_output("unmask", signals_file, out_file)
-    if signals.ndim == 2 and out_file.name.lower().endswith(".nii"):
-        return _save_unmasked_nii(signals, mask_img, out_file)
-    from .masking import unmask as unmask_array
+    reference = None
+    if reference_file is not None:
+        reference = _check_input("unmask", reference_file, "reference image").header
+    if not out_file.parent.is_dir():
+        # As write_derivative: an OSError naming the output.
+        cause = FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(out_file.parent))
+        raise _io.output_error(out_file, cause)
+    header = _unmasked_header(signals, mask_img, reference, t_r)
+    gzipped = out_file.name.lower().endswith(".gz")
 
-    return save_img(unmask_array(signals, mask_img), out_file)
+    def fill(stream):
+        if gzipped:
+            with _io.gzip_writer(stream, compress_level=compress_level, n_threads=n_threads) as gz:
+                _write_unmasked(gz, header, signals, mask)
+        else:
+            _write_unmasked(stream, header, signals, mask)
+
+    _io._write_atomically(out_file, fill)
+    if text is not None:
+        _io.write_text_file(json_file, text)
+    return out_file
 
 
-def _save_unmasked_nii(signals, mask_img, out_file, volumes_per_chunk=16) -> Path:
-    """Write ``masking.unmask(signals, mask_img)`` to a ``.nii`` file chunk by chunk.
+def with_reference_header(img, reference_header, t_r=None):
+    """Copy of ``img`` stating the reference's sform/qform codes and xyzt units (mm, s).
 
-    The file is byte for byte what ``unmask(...).to_filename(out_file)`` writes, but
-    the 4D array (1.2 GB for a 2 mm MNI run) is never built: the core's ``unmask``
-    fills ``volumes_per_chunk`` volumes at a time, and in Fortran order consecutive
-    volumes are consecutive bytes of the file.
+    What a derivative of a run says about its space: the images of the masker carry the
+    grid of the mask they were made with, while a derivative states the input BOLD's
+    codes, units and repetition time (the BIDS validator checks ``pixdim[4]`` against
+    ``RepetitionTime``).
+
+    Parameters
+    ----------
+    img : nibabel.Nifti1Image
+    reference_header : nibabel.Nifti1Header
+        Header of the run's input BOLD.
+    t_r : float, optional
+        Repetition time (s): the 4th voxel size of a 4D image.
     """
+    import nibabel as nib
+
+    img = nib.Nifti1Image(img.dataobj, img.affine, img.header)
+    space, unit = reference_header.get_xyzt_units()
+    img.header.set_xyzt_units(
+        space if space != "unknown" else "mm", unit if unit != "unknown" else "sec"
+    )
+    if t_r is not None and img.ndim == 4:
+        img.header.set_zooms((*img.header.get_zooms()[:3], float(t_r)))
+    sform_code = int(reference_header["sform_code"])
+    qform_code = int(reference_header["qform_code"])
+    if not (sform_code or qform_code):  # neither set: keep the affine readable as 'scanner'
+        sform_code = 1
+    affine = img.affine
+    img.set_sform(affine, code=sform_code)
+    img.set_qform(affine, code=qform_code)
+    return img
+
+
+def _unmasked_header(signals, mask_img, reference, t_r):
+    """The header nibabel writes for ``unmask(signals, mask_img)`` (with the reference's)."""
     from .masking import unmask as unmask_array
 
-    n_volumes = signals.shape[0]
-    first = unmask_array(signals[:volumes_per_chunk], mask_img)
+    first = unmask_array(signals[:1] if signals.ndim == 2 else np.asarray(signals), mask_img)
+    if reference is not None:
+        first = with_reference_header(first, reference, t_r)
     first.update_header()
     header = first.header.copy()
-    header.set_data_shape((*first.shape[:3], n_volumes))
+    if signals.ndim == 2:
+        header.set_data_shape((*first.shape[:3], signals.shape[0]))
     # What nibabel's writer records for unscaled float data.
     header.set_slope_inter(1.0, 0.0)
-    with atomic_output(out_file) as tmp, open(tmp, "wb") as stream:
-        header.write_to(stream)
-        stream.write(b"\0" * (int(header["vox_offset"]) - stream.tell()))
-        for start in range(0, n_volumes, volumes_per_chunk):
-            chunk = signals[start : start + volumes_per_chunk]
-            img = first if start == 0 else unmask_array(chunk, mask_img)
-            # A view, not a copy: unmask returns Fortran-ordered data.
-            flat = np.asanyarray(img.dataobj).ravel(order="F")
-            stream.write(memoryview(flat).cast("B"))
-    return Path(out_file)
+    return header
+
+
+def _write_unmasked(stream, header, signals, mask, volumes_per_chunk=16) -> None:
+    """Write the NIfTI bytes of ``masking.unmask(signals, mask)`` to ``stream``.
+
+    Byte for byte what nibabel writes for the whole image, but a few volumes at a time:
+    in Fortran order consecutive volumes are consecutive bytes of the file, so one
+    zero-filled buffer of ``volumes_per_chunk`` volumes is reused, only its mask voxels
+    rewritten for each chunk.
+    """
+    head = io.BytesIO()
+    header.write_to(head)
+    stream.write(head.getvalue())
+    stream.write(b"\0" * (int(header["vox_offset"]) - head.tell()))
+    dtype = header.get_data_dtype()
+    if signals.ndim == 1:
+        volume = np.zeros(mask.shape, dtype=dtype, order="F")
+        volume[mask] = signals
+        stream.write(memoryview(volume.T).cast("B"))
+        return
+    n_volumes = signals.shape[0]
+    flat_index = np.ravel_multi_index(np.nonzero(mask), mask.shape, order="F")
+    count = max(1, min(volumes_per_chunk, n_volumes))
+    buffer = np.zeros((*mask.shape, count), dtype=dtype, order="F")
+    # Each volume of the buffer as a flat view, in file order.
+    volumes = [buffer[..., j].reshape(-1, order="F") for j in range(count)]
+    for start in range(0, n_volumes, count):
+        chunk = signals[start : start + count]
+        for volume, row in zip(volumes, chunk, strict=False):
+            volume[flat_index] = row
+        # The file's bytes of these volumes: the buffer's, in Fortran order.
+        stream.write(memoryview(buffer[..., : len(chunk)].T).cast("B"))
+
+
+def _write_with_reference(in_file, out_file, reference_file, t_r, compress_level, n_threads):
+    """Write the image ``in_file`` to ``out_file`` with the reference's header codes."""
+    import nibabel as nib
+
+    reference = _check_input("write_derivative", reference_file, "reference image").header
+    # Small images only (a mask): nibabel's own proxy, exactly what was given.
+    img = with_reference_header(nib.load(os.fspath(in_file)), reference, t_r)
+    gzipped = out_file.name.lower().endswith(".gz")
+    _io._write_atomically(
+        out_file,
+        lambda stream: _io.write_img(
+            img, stream, gzipped=gzipped, compress_level=compress_level, n_threads=n_threads
+        ),
+    )
 
 
 def sidecar_path(out_file) -> Path:
@@ -679,7 +805,16 @@ def sidecar_path(out_file) -> Path:
 
 
 @_step("write_derivative", "in_file", keep=(OSError,))
-def write_derivative(in_file, out_file, *, sidecar=None, compress_level=1, n_threads=None) -> Path:
+def write_derivative(
+    in_file,
+    out_file,
+    *,
+    sidecar=None,
+    compress_level=1,
+    n_threads=None,
+    reference_file=None,
+    t_r=None,
+) -> Path:
     """Write a file (an image or any other) to its final derivative path, atomically.
 
     The data are staged under a temporary name in the destination directory and renamed
@@ -703,6 +838,11 @@ def write_derivative(in_file, out_file, *, sidecar=None, compress_level=1, n_thr
     n_threads : int, optional
         Compression threads; default :func:`masker_wf._threads.default_n_threads` (it does
         not change the bytes written).
+    reference_file : path, optional
+        For a NIfTI ``in_file`` (a mask, say): the run's input BOLD, whose sform/qform
+        codes and units the derivative states (see :func:`with_reference_header`).
+    t_r : float, optional
+        With ``reference_file``: the repetition time (s) of a 4D image.
 
     Returns
     -------
@@ -726,7 +866,10 @@ def write_derivative(in_file, out_file, *, sidecar=None, compress_level=1, n_thr
     if json_file == out_file:
         raise ValueError(f"out_file '{out_file}' is a .json file: its sidecar would replace it.")
     text = None if sidecar is None else _io.json_text(sidecar, what=f"sidecar of '{out_file}'")
-    _io.write_file(in_file, out_file, compress_level=compress_level, n_threads=n_threads)
+    if reference_file is None:
+        _io.write_file(in_file, out_file, compress_level=compress_level, n_threads=n_threads)
+    else:
+        _write_with_reference(in_file, out_file, reference_file, t_r, compress_level, n_threads)
     if text is not None:
         _io.write_text_file(json_file, text)
     return out_file

@@ -59,6 +59,7 @@ __all__ = [
     "smooth_array",
     "smooth_img",
     "smooth_masked",
+    "smooth_masked_chunks",
 ]
 
 _INTERPOLATION_ORDERS = {"continuous": 3, "linear": 1, "nearest": 0}
@@ -624,105 +625,196 @@ def smooth_masked(data4d, affine, fwhm, mask, *, dtype=None, ensure_finite=True,
     ensure_finite : bool, default=True
         Replace NaN/inf by 0 before smoothing (nilearn always does).
     n_jobs : int, optional
-        Number of threads (default 2).
+        Number of threads (default :func:`masker_wf._threads.default_n_threads`).
 
     Returns
     -------
     numpy.ndarray, shape (t, n_mask_voxels)
         Smoothed signals, voxels in C order of the mask (as ``data[mask]``).
+
+    See Also
+    --------
+    smooth_masked_chunks : the same on data that arrive in blocks of volumes.
     """
     fwhm = _warn_zero_fwhm(fwhm)
-    if hasattr(mask, "dataobj"):
-        mask = np.asanyarray(mask.dataobj)
-    mask = np.asarray(mask).astype(bool, copy=False)
+    mask = _as_bool_mask(mask)
     shape = tuple(data4d.shape)
     if len(shape) not in (3, 4):
         raise DimensionError(len(shape), 4, "data4d")
-    if mask.shape != shape[:3]:
-        raise ValueError(
-            f"mask shape {mask.shape} does not match the spatial shape {shape[:3]} of data4d."
-        )
-    n_volumes = shape[3] if len(shape) == 4 else 1
-    if isinstance(data4d, np.ndarray):
-        in_dtype = data4d.dtype
-    else:
-        # Array proxies report the on-disk dtype; scaling may turn it into float64.
-        in_dtype = np.asarray(data4d[(slice(0, 1),) * len(shape)]).dtype
-    work_dtype = np.dtype(dtype) if dtype is not None else _smoothing_dtype(in_dtype)
-    out_dtype = work_dtype if work_dtype.kind == "f" else np.dtype(np.float32)
-    n_voxels = int(mask.sum())
-    out = np.empty((n_volumes, n_voxels), dtype=out_dtype)
-    if n_voxels == 0 or n_volumes == 0:
-        return out
-
-    radius = _kernel_radius(fwhm, affine)
-    reach = radius if radius is not None else np.zeros(3, dtype=int)
-    box, inner = [], []
-    for axis in range(3):
-        other = tuple(a for a in range(3) if a != axis)
-        hits = np.flatnonzero(mask.any(axis=other))
-        start = max(int(hits[0]) - int(reach[axis]), 0)
-        stop = min(int(hits[-1]) + 1 + int(reach[axis]), shape[axis])
-        box.append(slice(start, stop))
-        # Where the mask itself lies, in box coordinates.
-        inner.append(slice(int(hits[0]) - start, int(hits[-1]) + 1 - start))
-    box = tuple(box)
-    sub_mask = mask[box]
-    sigmas = None
-    if radius is not None and not isinstance(fwhm, str):
-        sigmas = np.broadcast_to(_sigmas(fwhm, affine), (3,))
-    # The filter passes run along axes 0, 1 then 2, rounding to the working dtype in
-    # between, exactly as nilearn. Each pass only needs to produce the lines that later
-    # passes read: pass 1 only where the mask spans axis 0, pass 2 only where it spans
-    # axes 0 and 1. Lines are always complete along the filtered axis, so this is exact.
-    pass_regions = (
-        (slice(None), slice(None), slice(None)),
-        (inner[0], slice(None), slice(None)),
-        (inner[0], inner[1], slice(None)),
-    )
-
+    _check_mask_shape(mask, shape)
+    plan = _MaskedSmoothing(shape, affine, fwhm, mask)
     if len(shape) == 3:
-        block = np.asarray(data4d[box])[..., np.newaxis]
+        block = np.asarray(data4d[plan.box])[..., np.newaxis]
     else:
-        block = data4d[box] if isinstance(data4d, np.ndarray) else np.asarray(data4d[box])
-    # Match the source layout so that copying a volume into the buffer is a plain copy.
-    layout = "F" if block[..., 0].flags.f_contiguous or block.flags.f_contiguous else "C"
-    flat_index = np.ravel_multi_index(np.nonzero(sub_mask), sub_mask.shape, order=layout)
+        # The box only: a view of an array, a partial read of a proxy.
+        block = (
+            data4d[plan.box] if isinstance(data4d, np.ndarray) else np.asarray(data4d[plan.box])
+        )
+    n_volumes = block.shape[3]
+    step = max(1, min(16, -(-n_volumes // 2)))
+    boxed = ((t, block[..., t : t + step]) for t in range(0, n_volumes, step))
+    return plan.run(boxed, n_volumes, block.dtype, dtype, ensure_finite, n_jobs)
 
-    def run(volumes):
-        buffer = np.empty(sub_mask.shape, dtype=work_dtype, order=layout)
-        for t in volumes:
+
+def smooth_masked_chunks(
+    chunks, shape, affine, fwhm, mask, *, dtype=None, ensure_finite=True, n_jobs=None
+):
+    """:func:`smooth_masked` of 4D data given as consecutive blocks of volumes.
+
+    Each block is smoothed (on threads) as soon as it arrives, while the caller's
+    iterator produces the next ones (a file being decompressed, for instance); only
+    the blocks in flight are in memory. The result is identical to
+    :func:`smooth_masked` on the whole array.
+
+    Parameters
+    ----------
+    chunks : iterable of (int, array)
+        ``(start, block)`` pairs in order: ``block`` (x, y, z, n) holds volumes
+        ``start`` to ``start + n`` (see :func:`masker_wf._niimg.iter_volume_chunks`).
+        A block is not used after its volumes are done.
+    shape : tuple of 4 int
+        Shape of the whole 4D data.
+    affine, fwhm, mask, dtype, ensure_finite, n_jobs
+        As in :func:`smooth_masked`.
+
+    Returns
+    -------
+    numpy.ndarray, shape (t, n_mask_voxels)
+    """
+    fwhm = _warn_zero_fwhm(fwhm)
+    mask = _as_bool_mask(mask)
+    shape = tuple(shape)
+    if len(shape) != 4:
+        raise DimensionError(len(shape), 4, "data4d")
+    _check_mask_shape(mask, shape)
+    plan = _MaskedSmoothing(shape, affine, fwhm, mask)
+    chunks = iter(chunks)
+    first = next(chunks, None)
+    if first is None:
+        raise ValueError(f"no volumes given for data of shape {shape}.")
+    boxed = ((start, block[plan.box]) for start, block in _chain_first(first, chunks))
+    return plan.run(boxed, shape[3], first[1].dtype, dtype, ensure_finite, n_jobs)
+
+
+def _chain_first(first, rest):
+    yield first
+    yield from rest
+
+
+def _as_bool_mask(mask) -> np.ndarray:
+    if hasattr(mask, "dataobj"):
+        mask = np.asanyarray(mask.dataobj)
+    return np.asarray(mask).astype(bool, copy=False)
+
+
+def _check_mask_shape(mask, shape) -> None:
+    if mask.shape != tuple(shape[:3]):
+        raise ValueError(
+            f"mask shape {mask.shape} does not match the spatial shape {tuple(shape[:3])} of "
+            "data4d."
+        )
+
+
+class _MaskedSmoothing:
+    """What :func:`smooth_masked` computes once per run: the box, the passes, the indices."""
+
+    def __init__(self, shape, affine, fwhm, mask):
+        self.fwhm = fwhm
+        self.n_voxels = int(mask.sum())
+        radius = _kernel_radius(fwhm, affine)
+        reach = radius if radius is not None else np.zeros(3, dtype=int)
+        box, inner = [], []
+        for axis in range(3):
+            other = tuple(a for a in range(3) if a != axis)
+            hits = np.flatnonzero(mask.any(axis=other))
+            if hits.size == 0:  # empty mask: nothing to smooth
+                hits = np.array([0])
+            start = max(int(hits[0]) - int(reach[axis]), 0)
+            stop = min(int(hits[-1]) + 1 + int(reach[axis]), shape[axis])
+            box.append(slice(start, stop))
+            # Where the mask itself lies, in box coordinates.
+            inner.append(slice(int(hits[0]) - start, int(hits[-1]) + 1 - start))
+        self.box = tuple(box)
+        self.sub_mask = mask[self.box]
+        self.sigmas = None
+        if radius is not None and not isinstance(fwhm, str):
+            self.sigmas = np.broadcast_to(_sigmas(fwhm, affine), (3,))
+        # The filter passes run along axes 0, 1 then 2, rounding to the working dtype in
+        # between, exactly as nilearn. Each pass only needs to produce the lines that
+        # later passes read: pass 1 only where the mask spans axis 0, pass 2 only where it
+        # spans axes 0 and 1. Lines are always complete along the filtered axis, so this
+        # is exact.
+        self.pass_regions = (
+            (slice(None), slice(None), slice(None)),
+            (inner[0], slice(None), slice(None)),
+            (inner[0], inner[1], slice(None)),
+        )
+
+    def _smooth_volumes(self, block, rows, out, work_dtype, layout, flat_index, ensure_finite):
+        buffer = np.empty(self.sub_mask.shape, dtype=work_dtype, order=layout)
+        for t, row in rows:
             np.copyto(buffer, block[..., t], casting="unsafe")
             if ensure_finite and work_dtype.kind in "fc":
                 bad = ~np.isfinite(buffer)
                 if bad.any():
                     buffer[bad] = 0
             smoothed = buffer
-            if isinstance(fwhm, str):
+            if isinstance(self.fwhm, str):
                 smoothed = _fast_smooth(buffer)
-            elif sigmas is not None:
-                for axis, sigma in enumerate(sigmas):
+            elif self.sigmas is not None:
+                for axis, sigma in enumerate(self.sigmas):
                     if sigma > 0:
-                        region = buffer[pass_regions[axis]]
+                        region = buffer[self.pass_regions[axis]]
                         gaussian_filter1d(region, sigma, axis=axis, output=region)
             values = np.take(smoothed.reshape(-1, order=layout), flat_index)
             if ensure_finite and values.dtype.kind in "fc":
                 bad = ~np.isfinite(values)
                 if bad.any():
                     values[bad] = 0
-            out[t] = values
+            out[row] = values
 
-    n_threads = max(1, int(n_jobs or default_n_threads()))
-    chunk = max(1, min(16, -(-n_volumes // (2 * n_threads))))
-    chunks = [range(i, min(i + chunk, n_volumes)) for i in range(0, n_volumes, chunk)]
-    if n_threads == 1 or len(chunks) == 1:
-        for volumes in chunks:
-            run(volumes)
-    else:
-        with ThreadPoolExecutor(max_workers=n_threads) as pool:
-            for _ in pool.map(run, chunks):
+    def run(self, boxed, n_volumes, in_dtype, dtype, ensure_finite, n_jobs) -> np.ndarray:
+        """Smooth the ``(start, boxed block)`` pairs on threads into ``(t, n_voxels)``."""
+        work_dtype = np.dtype(dtype) if dtype is not None else _smoothing_dtype(in_dtype)
+        out_dtype = work_dtype if work_dtype.kind == "f" else np.dtype(np.float32)
+        out = np.empty((n_volumes, self.n_voxels), dtype=out_dtype)
+        if self.n_voxels == 0 or n_volumes == 0:
+            for _ in boxed:  # let a streaming source finish
                 pass
-    return out
+            return out
+        n_threads = max(1, int(n_jobs or default_n_threads()))
+        layout = flat_index = None
+        pending = []
+        with ThreadPoolExecutor(max_workers=n_threads) as pool:
+            for start, block in boxed:
+                if layout is None:
+                    # Match the source layout so that copying a volume is a plain copy.
+                    contiguous = block[..., 0].flags.f_contiguous or block.flags.f_contiguous
+                    layout = "F" if contiguous else "C"
+                    flat_index = np.ravel_multi_index(
+                        np.nonzero(self.sub_mask), self.sub_mask.shape, order=layout
+                    )
+                rows = [(t, start + t) for t in range(block.shape[3])]
+                # One task per thread and block: the block is released once they are done.
+                for part in range(min(n_threads, len(rows))):
+                    pending.append(
+                        pool.submit(
+                            self._smooth_volumes,
+                            block,
+                            rows[part::n_threads],
+                            out,
+                            work_dtype,
+                            layout,
+                            flat_index,
+                            ensure_finite,
+                        )
+                    )
+                # Bounded work in flight: at most two blocks beyond the one being read.
+                while len(pending) > 2 * n_threads:
+                    pending.pop(0).result()
+            for future in pending:
+                future.result()
+        return out
 
 
 # --------------------------------------------------------------------------------------

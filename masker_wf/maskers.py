@@ -569,6 +569,8 @@ class NiftiMasker(
         return build_run_report(
             title=f"{type(self).__name__}: {_describe_imgs(imgs) if imgs is not None else ''}",
             mask=mask,
+            # Views drawn in millimetres, with orientation labels.
+            affine=self.mask_img_.affine,
             mean_data=mean_data,
             parameters=parameters,
             signals_before=before,

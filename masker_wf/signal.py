@@ -2,7 +2,8 @@
 
 The public functions mirror nilearn 0.11.1 names, signatures, defaults and numerics
 (``clean``, ``butterworth``, ``high_variance_confounds``, plus ``standardize_signal`` and
-``load_confounds_array``), with these deliberate differences:
+``load_confounds_array``; ``degrees_of_freedom`` is masker-wf's: what ``clean`` would leave of
+the data, counted before cleaning), with these deliberate differences:
 
 * scrubbing before Butterworth filtering interpolates exactly the censored volumes (nilearn
   0.11.1 indexes with ``~`` applied to an integer index array, which overwrites the mirror
@@ -55,8 +56,11 @@ except ImportError:  # pragma: no cover
     threadpool_limits = None
 
 __all__ = [
+    "DegreesOfFreedom",
+    "FewDegreesOfFreedomWarning",
     "butterworth",
     "clean",
+    "degrees_of_freedom",
     "high_variance_confounds",
     "load_confounds_array",
     "standardize_signal",
@@ -599,6 +603,10 @@ class _RunPlan:
     basis: np.ndarray | None  # orthonormal confound basis (n_out, r)
     operator: np.ndarray | None = None  # (n_out, n_in)
     mean0_weights: np.ndarray | None = None  # (n_in,)
+    # Columns of ``basis`` that come from the confounds given, and from the cosine drifts.
+    n_confound_dims: int = 0
+    n_drift_dims: int = 0
+    _filter_operator: tuple | None = None
 
     def linear(self, block):
         """Apply the linear steps to a float64 block of input rows.
@@ -623,10 +631,28 @@ class _RunPlan:
             series -= self.basis @ (self.basis.T @ series)
         return series, mean0
 
+    def filter_operator(self):
+        """``(operator, mean0 weights)`` of the steps before the confound projection.
+
+        Kept until :meth:`build_operator` uses it: the degrees-of-freedom budget and the
+        operator then cost one pass of the filter over an identity matrix.
+        """
+        if self._filter_operator is None:
+            basis, self.basis = self.basis, None
+            try:
+                self._filter_operator = self.linear(np.eye(self.n_in))
+            finally:
+                self.basis = basis
+        return self._filter_operator
+
     def build_operator(self):
-        identity = np.eye(self.n_in)
-        self.operator, mean0 = self.linear(identity)
-        self.operator = np.ascontiguousarray(self.operator)
+        operator, mean0 = self.filter_operator()
+        self._filter_operator = None
+        if self.basis is not None:
+            # What linear() does to the filtered identity, with the same operations.
+            operator = operator.copy()
+            operator -= self.basis @ (self.basis.T @ operator)
+        self.operator = np.ascontiguousarray(operator)
         self.mean0_weights = mean0
 
     def apply(self, block):
@@ -664,8 +690,11 @@ def _make_plan(
 ):
     where = "signals" if run_label is None else f"run {run_label}"
     sos = None
+    n_drifts = 0
     if filter_type == "cosine":
+        n_given = 0 if confounds is None else confounds.shape[1]
         confounds = _add_cosine_drifts(confounds, n_volumes, high_pass, t_r)
+        n_drifts = (0 if confounds is None else confounds.shape[1]) - n_given
     elif filter_type == "butterworth":
         sos = _butterworth_sos(1.0 / t_r, low_pass, high_pass, butterworth_kwargs["order"])
 
@@ -721,6 +750,7 @@ def _make_plan(
         )
 
     basis = None
+    n_confound_dims = n_drift_dims = 0
     if confounds is not None and confounds.shape[1] > 0:
         if do_detrend:
             _detrend_block(confounds)
@@ -731,14 +761,15 @@ def _make_plan(
         if censor_after is not None:
             confounds = confounds[censor_after]
         basis = _confound_basis(confounds, standardize_confounds)
+        n_confound_dims = basis.shape[1]
+        if n_drifts:
+            # The cosine drifts are the filter's share of the basis: what they add to the
+            # span of the confounds given.
+            given = confounds[:, : confounds.shape[1] - n_drifts]
+            n_given = _confound_basis(given, standardize_confounds).shape[1] if given.size else 0
+            n_confound_dims, n_drift_dims = n_given, basis.shape[1] - n_given
         if basis.shape[1] == 0:
             basis = None
-    _warn_few_degrees_of_freedom(
-        n_out=censor_after.size if censor_after is not None else n_span,
-        n_confounds=0 if basis is None else basis.shape[1],
-        detrend=do_detrend,
-        where=where,
-    )
 
     plan = _RunPlan(
         n_in=n_in,
@@ -752,30 +783,267 @@ def _make_plan(
         padtype=butterworth_kwargs["padtype"],
         padlen=butterworth_kwargs["padlen"],
         basis=basis,
+        n_confound_dims=n_confound_dims,
+        n_drift_dims=n_drift_dims,
     )
     return plan, rows_in
 
 
-def _warn_few_degrees_of_freedom(n_out, n_confounds, detrend, where):
-    """Warn when the regressors leave (almost) nothing of the signals.
+class FewDegreesOfFreedomWarning(UserWarning):
+    """The cleaning leaves (almost) no degrees of freedom; ``budget`` holds the numbers."""
+
+    def __init__(self, message, budget=None):
+        super().__init__(message)
+        self.budget = budget
+
+
+@dataclass(frozen=True)
+class DegreesOfFreedom:
+    """Degrees-of-freedom budget of the cleaning of one run.
+
+    ``budget = n_kept - n_trend - n_filter - n_confounds``: the number of independent time
+    courses the cleaned signals can still hold. Each term counts dimensions of the
+    kept-volume grid that cleaning removes; where two steps remove the same dimension
+    (fMRIPrep's cosine regressors under a Butterworth high-pass) both count it, so the
+    budget is a lower bound of the rank of the cleaning operator, equal to it when the
+    regressors lie in what the filter passes.
+
+    Attributes
+    ----------
+    n_volumes : int
+        Volumes of the run.
+    n_kept : int
+        Volumes kept (``sample_mask``).
+    n_trend : int
+        Mean and linear trend removed: 2 with ``detrend``, 1 when only standardization
+        removes the mean, else 0.
+    n_filter : int
+        Dimensions the temporal filter removes on the kept-volume grid: for a Butterworth
+        filter, those its operator (interpolation of censored volumes, detrending,
+        ``sosfiltfilt``, censoring) passes with less than half their amplitude (its gain at
+        the cut-offs); for ``filter='cosine'``, the drift regressors.
+    n_confounds : int
+        Independent confound regressors, after detrending, filtering and censoring.
+    t_r : float or None
+        Repetition time (s).
+    exact : bool
+        False when the filter's share was estimated from its frequency response (series
+        longer than the operator limit) rather than counted on its operator.
+    """
+
+    n_volumes: int
+    n_kept: int
+    n_trend: int = 0
+    n_filter: int = 0
+    n_confounds: int = 0
+    t_r: float | None = None
+    exact: bool = True
+
+    @property
+    def budget(self) -> int:
+        """Degrees of freedom left (negative: more is removed than there is data)."""
+        return self.n_kept - self.n_trend - self.n_filter - self.n_confounds
+
+    @property
+    def seconds_kept(self) -> float | None:
+        """Seconds of data kept (``n_kept * t_r``), None without ``t_r``."""
+        return None if self.t_r is None else float(self.n_kept * self.t_r)
+
+    def as_dict(self) -> dict:
+        """Plain values, for sidecars and provenance records."""
+        return {
+            "Remaining": self.budget,
+            "VolumesTotal": self.n_volumes,
+            "VolumesKept": self.n_kept,
+            "SecondsKept": self.seconds_kept,
+            "ConfoundRegressors": self.n_confounds,
+            "TrendTerms": self.n_trend,
+            "FilterDimensions": self.n_filter,
+            "Exact": self.exact,
+        }
+
+    def breakdown(self) -> str:
+        """What took the kept volumes: ``"35 of 40 volumes kept (70 s), minus ..."``."""
+        removed = [
+            f"{count} {what}"
+            for count, what in (
+                (self.n_confounds, "confound regressor(s)"),
+                (self.n_trend, "mean/trend term(s)"),
+                (self.n_filter, "dimension(s) removed by the temporal filter"),
+            )
+            if count
+        ]
+        seconds = "" if self.seconds_kept is None else f" ({self.seconds_kept:g} s)"
+        return (
+            f"{self.n_kept} of {self.n_volumes} volumes kept{seconds}, minus "
+            f"{', '.join(removed) if removed else 'nothing'}"
+        )
+
+    def describe(self) -> str:
+        """One sentence: the budget and what took the kept volumes."""
+        return f"{self.budget} degree(s) of freedom left ({self.breakdown()})"
+
+
+# Series longer than this are not decomposed: the filter's share is read off its response.
+_DOF_EXACT_MAX_VOLUMES = _OPERATOR_MAX_VOLUMES
+# A direction "passes" the filter when it keeps at least half its amplitude: the gain of a
+# zero-phase Butterworth filter (sosfiltfilt) at its cut-off frequencies.
+_PASS_GAIN = 0.5
+
+
+def _filter_pass_rank(plan, t_r, n_trend, centre, exact_max):
+    """Dimensions of the kept-volume grid the filter passes (trend terms removed)."""
+    n_out = plan.censor_after.size if plan.censor_after is not None else plan.n_span
+    if plan.n_in <= exact_max:
+        operator = plan.filter_operator()[0]
+        if centre:  # standardization removes the mean of what the filter passed
+            operator = operator - operator.mean(axis=0)
+        gram = operator @ operator.T if n_out <= plan.n_in else operator.T @ operator
+        passed = int((linalg.eigvalsh(gram) >= _PASS_GAIN**2).sum())
+        return min(passed, n_out - n_trend), True
+    # Long series: the operator is (nearly) diagonal in the cosine basis of the span, with
+    # the filter's power response as eigenvalues; the interpolated censored volumes add no
+    # dimension.
+    frequencies = np.arange(plan.n_span) / (2.0 * plan.n_span * t_r)
+    _, response = sp_signal.sosfreqz(plan.sos, worN=frequencies, fs=1.0 / t_r)
+    passed = int((np.abs(response) ** 2 >= _PASS_GAIN).sum())
+    if np.abs(response[0]) ** 2 >= _PASS_GAIN:  # no high-pass: the trend terms are in band
+        passed -= n_trend
+    return max(0, min(passed, n_out - n_trend)), False
+
+
+def _plan_budget(plan, n_volumes, strategy, t_r, n_extra_confounds=0, exact_max=None):
+    """:class:`DegreesOfFreedom` of one run's plan."""
+    n_out = plan.censor_after.size if plan.censor_after is not None else plan.n_span
+    centre = strategy is not None and n_out > 1
+    if plan.detrend:
+        n_trend = min(2, n_out)
+    else:
+        n_trend = 1 if centre else 0
+    n_filter, exact = plan.n_drift_dims, True
+    if plan.sos is not None:
+        passed, exact = _filter_pass_rank(
+            plan,
+            t_r,
+            n_trend,
+            centre and not plan.detrend,
+            _DOF_EXACT_MAX_VOLUMES if exact_max is None else exact_max,
+        )
+        n_filter = max(0, n_out - n_trend - passed)
+    return DegreesOfFreedom(
+        n_volumes=int(n_volumes),
+        n_kept=int(n_out),
+        n_trend=int(n_trend),
+        n_filter=int(n_filter),
+        n_confounds=int(plan.n_confound_dims + n_extra_confounds),
+        t_r=None if t_r is None else float(t_r),
+        exact=exact,
+    )
+
+
+def _warn_few_degrees_of_freedom(budget: DegreesOfFreedom, where: str) -> None:
+    """Warn when cleaning leaves (almost) nothing of the signals.
 
     With as many regressors as kept volumes the residuals are rounding noise, which a
     z-scoring then scales up to unit variance: the output looks normal but is not data.
     """
-    removed = n_confounds + (2 if detrend else 0)
-    if removed == 0:
+    if budget.n_trend + budget.n_filter + budget.n_confounds == 0:
         return
-    left = n_out - removed
-    if left < max(3, 0.1 * n_out):
-        trend = " and the mean and linear trend" if detrend else ""
+    if budget.budget < max(3, 0.1 * budget.n_kept):
         warnings.warn(
-            f"{n_confounds} confound regressor(s){trend} leave {max(left, 0)} degree(s) of "
-            f"freedom for the {n_out} kept volumes of {where}: the cleaned signals are "
-            "mostly (or only) rounding noise, which standardization would scale up. Use "
-            "fewer confounds or keep more volumes.",
-            UserWarning,
-            stacklevel=4,
+            FewDegreesOfFreedomWarning(
+                f"Cleaning would leave {budget.budget} degree(s) of freedom in {where} "
+                f"({budget.breakdown()}): the cleaned signals are mostly (or only) rounding "
+                "noise, which standardization would scale up. Use fewer confounds, a wider "
+                "band or keep more volumes.",
+                budget,
+            ),
+            stacklevel=3,
         )
+
+
+def degrees_of_freedom(
+    n_volumes,
+    *,
+    runs=None,
+    sample_mask=None,
+    confounds=None,
+    detrend=True,
+    standardize="zscore",
+    standardize_confounds=True,
+    filter="butterworth",
+    low_pass=None,
+    high_pass=None,
+    t_r=2.5,
+    extrapolate=True,
+    n_extra_confounds=0,
+    **kwargs,
+):
+    """Degrees-of-freedom budget of :func:`clean` with these arguments, before cleaning.
+
+    Counts, on the grid of the kept volumes, what each step of the cleaning removes:
+    confound regressors, the mean and linear trend, and the dimensions the temporal filter
+    removes (the Butterworth operator's directions kept with less than half their amplitude,
+    or the cosine drift regressors); see :class:`DegreesOfFreedom`. No signal is needed:
+    only the number of volumes, the sample mask and the confounds.
+
+    Parameters
+    ----------
+    n_volumes : int
+        Number of time points of the signals.
+    runs, sample_mask, confounds, detrend, standardize, standardize_confounds, filter, \
+low_pass, high_pass, t_r, extrapolate, **kwargs
+        As :func:`clean` takes them (``butterworth__*`` keyword arguments included).
+    n_extra_confounds : int, default=0
+        Regressors computed from the data later (``high_variance_confounds``), counted as
+        independent.
+
+    Returns
+    -------
+    DegreesOfFreedom, or a list of them (one per run, in sorted label order) with ``runs``.
+
+    Raises
+    ------
+    TypeError, ValueError
+        The checks of :func:`clean`, with its messages.
+    """
+    # Private: the longest series decomposed exactly (tests compare the estimate with it).
+    exact_max = kwargs.pop("_exact_max", None)
+    butterworth_kwargs = {"order": 5, "padtype": "odd", "padlen": None}
+    for key, value in kwargs.items():
+        option = key.removeprefix("butterworth__")
+        if not key.startswith("butterworth__") or option not in BUTTERWORTH_KWARGS:
+            raise TypeError(f"degrees_of_freedom() got an unexpected keyword argument {key!r}.")
+        if option != "copy":
+            butterworth_kwargs[option] = value
+    with warnings.catch_warnings():
+        # clean() gives the warnings about these arguments; the budget only counts.
+        warnings.simplefilter("ignore")
+        filter_type = _validation.check_filter(filter, low_pass, high_pass, t_r)
+        strategy = _check_standardize(standardize)
+        run_labels, run_rows, masks, confounds = check_clean_inputs(
+            int(n_volumes), runs=runs, sample_mask=sample_mask, confounds=confounds
+        )
+        budgets = []
+        for label, rows, kept in zip(run_labels, run_rows, masks, strict=True):
+            plan, _ = _make_plan(
+                rows.size,
+                kept,
+                None if confounds is None else confounds[rows],
+                filter_type=filter_type,
+                low_pass=low_pass,
+                high_pass=high_pass,
+                t_r=t_r,
+                detrend=detrend,
+                standardize_confounds=bool(standardize_confounds),
+                extrapolate=extrapolate,
+                butterworth_kwargs=butterworth_kwargs,
+                run_label=label,
+            )
+            budgets.append(
+                _plan_budget(plan, rows.size, strategy, t_r, n_extra_confounds, exact_max)
+            )
+    return budgets if runs is not None else budgets[0]
 
 
 # --------------------------------------------------------------------------- clean
@@ -967,6 +1235,10 @@ def clean(
             run_label=label,
         )
         plans.append((plan, rows[rows_in]))
+        _warn_few_degrees_of_freedom(
+            _plan_budget(plan, rows.size, strategy, t_r),
+            "signals" if label is None else f"run {label}",
+        )
 
     n_out = [
         plan.censor_after.size if plan.censor_after is not None else plan.n_span

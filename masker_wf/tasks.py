@@ -14,7 +14,8 @@ task                       inputs → output
 :class:`CleanSignals`      BOLD + mask (+ confounds, sample mask, cleaning) →
                            ``signals_file`` (``.npy``, see :mod:`masker_wf._io`)
                            and ``qc_file``
-:class:`Unmask`            signals + mask → ``out_file`` (4D NIfTI)
+:class:`Unmask`            signals + mask → ``out_file`` (4D NIfTI), in the task's
+                           directory or, with ``out_file``, at a derivative's path
 :class:`DerivativesSink`   any file → ``out_file`` at its final (derivative)
                            path, atomically, gzipped for ``.gz``, with a sidecar
 =========================  ===================================================
@@ -38,9 +39,12 @@ Pydra identifies a file input by a hash of its whole content, memoised per
 through one BLAKE2b stream: about 2 s for a 1.3 GB BOLD run, as long as the whole
 cleaning. :func:`use_segmented_hash` registers with Pydra, for the file types of
 these tasks (``Nifti1``, ``NiftiGz`` and the generic ``BinaryFile`` of the signals,
-exact types only), a hash that still covers every byte but splits the file into
-64 MiB segments hashed with SHA-256 on several threads over a memory map (about
-0.4 s for the same file).
+exact types only), a hash that still covers every byte: the SHA-256 of the file,
+fed in 64 MiB segments of a memory map (about 1 GB/s; 0.4 s for a fMRIPrep
+``.nii.gz`` of 300 MNI 2 mm volumes), which is :func:`masker_wf._io.file_digest`:
+computed once per file content in the process, known without reading for the files
+the steps wrote (they hash what they write), and the same digest the BIDS App's
+provenance record states, so that each input is hashed once.
 
 It is opt-in, because Pydra's serializer registry is process-wide: once registered,
 every Pydra task of the process, not only these ones, hashes those types this way,
@@ -51,21 +55,16 @@ refuses format classes defined outside its ``fileformats`` namespace (it raises
 ``FormatDefinitionError`` when one is instantiated).
 """
 
-import hashlib
-import mmap
 import os
 import typing as ty
-from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 from fileformats.generic import BinaryFile, File
 from fileformats.medimage import Nifti1, NiftiGz
 from pydra.compose import python
 from pydra.utils.hash import CacheKey, bytes_repr_fileset, register_serializer
 
-from . import _spec, _steps
+from . import _io, _spec, _steps
 from ._io import COMPRESS_LEVELS
-from ._threads import default_n_threads
 
 __all__ = [
     "MASK_STRATEGY_VALUES",
@@ -104,51 +103,34 @@ MASK_STRATEGY_VALUES = _spec.by_name("mask_strategy").choices
 
 
 # ------------------------------------------------------------------------------ hashing
+# Bytes of the memory map hashed per update (hashlib releases the GIL on large buffers).
 _HASH_SEGMENT_BYTES = 64 * 1024**2
 # Exact types only: other formats (Nifti2, DICOM...) and subclasses keep Pydra's own hash.
 _SEGMENT_HASHED_TYPES = (Nifti1, NiftiGz, BinaryFile)
 _registered = False
 
 
-def _segment_digests(path: Path) -> bytes:
-    """SHA-256 digests of the consecutive 64 MiB segments of a file, concatenated.
-
-    The segments are fixed by the file size, not by the number of threads, so the
-    result is the same on every machine. hashlib releases the GIL on large buffers,
-    so the threads hash several segments at once.
-    """
-    size = path.stat().st_size
-    if size == 0:
-        return hashlib.sha256(b"").digest()
-    with (
-        open(path, "rb") as stream,
-        mmap.mmap(stream.fileno(), 0, access=mmap.ACCESS_READ) as data,
-    ):
-
-        def digest(start: int) -> bytes:
-            with memoryview(data)[start : start + _HASH_SEGMENT_BYTES] as segment:
-                return hashlib.sha256(segment).digest()
-
-        starts = range(0, size, _HASH_SEGMENT_BYTES)
-        n_threads = min(len(starts), default_n_threads())
-        if n_threads == 1:
-            return b"".join(map(digest, starts))
-        with ThreadPoolExecutor(n_threads) as pool:
-            return b"".join(pool.map(digest, starts))
-
-
 def _bytes_repr_segmented(fileset, cache) -> ty.Iterator[bytes | tuple]:
-    """Pydra byte representation of a file set: names and segment digests of its files."""
+    """Pydra byte representation of a file set: names and SHA-256 digests of its files.
+
+    The digests are :func:`masker_wf._io.file_digest`'s: computed once per file content
+    in the process and shared with the provenance record (and known without reading for
+    a file this process wrote).
+    """
     if type(fileset) not in _SEGMENT_HASHED_TYPES:
         yield from bytes_repr_fileset(fileset, cache)
         return
     fspaths = sorted(fileset.fspaths)
-    # Same (path, mtime) key as Pydra's, tagged so that both hashes never share an entry.
+    # Keyed on the file a symlink points to (its resolved path, size, times, inode), not on
+    # the link's own lstat(): a rewritten target, or a link pointed elsewhere (DataLad,
+    # git-annex), must be hashed again. Tagged so that Pydra's hash never shares an entry.
+    targets = [os.path.realpath(p) for p in fspaths]
+    stats = [os.stat(p) for p in targets]
     yield CacheKey(
         (
-            "masker_wf-sha256-segments",
-            *(repr(p) for p in fspaths),
-            *(p.lstat().st_mtime_ns for p in fspaths),
+            "masker_wf-sha256-segments-target",
+            *targets,
+            *((s.st_size, s.st_mtime_ns, s.st_ctime_ns, s.st_ino) for s in stats),
         )
     )
     cls = type(fileset)
@@ -159,7 +141,7 @@ def _bytes_repr_segmented(fileset, cache) -> ty.Iterator[bytes | tuple]:
     names = (name for name, _ in fileset.byte_chunks(**hidden))
     for name, path in zip(names, fileset.all_file_paths(**hidden), strict=True):
         yield f",'{name}'=".encode()
-        yield _segment_digests(Path(path))
+        yield _io.file_digest(path, piece_bytes=_HASH_SEGMENT_BYTES).encode()
 
 
 def use_segmented_hash() -> None:
@@ -414,6 +396,11 @@ def _unmask(
     signals_file: Signals,
     mask_file: NiftiImage,
     out_suffix: str = ".nii",
+    reference_file: NiftiImage | None = None,
+    t_r: float | None = None,
+    out_file: str | None = None,
+    sidecar: dict | None = None,
+    compress_level: int = 1,
 ) -> NiftiImage:
     """Signals back to brain space (see :func:`masker_wf._steps.unmask`).
 
@@ -424,18 +411,48 @@ def _unmask(
     mask_file : NIfTI
         The mask the signals were extracted with.
     out_suffix : str
-        ".nii" (default, fast) or ".nii.gz".
+        ".nii" (default, fast) or ".nii.gz", when the image goes to the task's directory.
+    reference_file : NIfTI, optional
+        The run's input BOLD: the image states its sform/qform codes and units.
+    t_r : float, optional
+        Repetition time (s), the 4th voxel size of the image.
+    out_file : str, optional
+        Absolute destination (a derivative's final path, ``.nii`` or ``.nii.gz``),
+        written once, compressed as it is produced, instead of the task's directory;
+        its directory must exist.
+    sidecar : dict, optional
+        JSON sidecar written next to ``out_file`` (same stem, ``.json``) after the image.
+    compress_level : int
+        isal compression level of a ``.nii.gz``, 0 (fastest) to 3 (smallest); 1 by default.
 
     Returns
     -------
     out_file : NIfTI
         4D image (3D for 1D signals) on the mask's grid.
     """
-    out_file = _image_name("cleaned_bold", out_suffix)
-    return _run(_steps.unmask, str(signals_file), str(mask_file), out_file)
+    if out_file is None:
+        out_file = _image_name("cleaned_bold", out_suffix)
+    elif not os.path.isabs(out_file):
+        # Pydra runs the task in its cache directory: a relative path would land there.
+        raise ValueError(f"out_file must be an absolute path, got '{out_file}'.")
+    return _run(
+        _steps.unmask,
+        str(signals_file),
+        str(mask_file),
+        out_file,
+        reference_file=None if reference_file is None else str(reference_file),
+        t_r=t_r,
+        sidecar=sidecar,
+        compress_level=compress_level,
+    )
 
 
-Unmask = python.define(_unmask, outputs=["out_file"], name="Unmask")
+Unmask = python.define(
+    _unmask,
+    inputs={"compress_level": _choices(COMPRESS_LEVELS)},
+    outputs=["out_file"],
+    name="Unmask",
+)
 
 
 def _derivatives_sink(
@@ -443,6 +460,7 @@ def _derivatives_sink(
     out_file: str,
     sidecar: dict | None = None,
     compress_level: int = 1,
+    reference_file: NiftiImage | None = None,
 ) -> File:
     """Write a file to its final derivative path (see :func:`masker_wf._steps.write_derivative`).
 
@@ -457,6 +475,9 @@ def _derivatives_sink(
         JSON sidecar written next to the data (same stem, ``.json``) after them.
     compress_level : int
         isal compression level, 0 (fastest) to 3 (smallest); 1 by default.
+    reference_file : NIfTI, optional
+        For a NIfTI ``in_file`` (the mask): the run's input BOLD, whose sform/qform codes
+        and units the derivative states.
 
     Returns
     -------
@@ -478,6 +499,7 @@ def _derivatives_sink(
         out_file,
         sidecar=sidecar,
         compress_level=compress_level,
+        reference_file=None if reference_file is None else str(reference_file),
     )
 
 

@@ -37,7 +37,9 @@ Disk use: the cache root holds, per run, the mask, the signals
 ``workflow-*`` directory hard-links the outputs, so they are not stored twice.
 For the realistic benchmark run (97 x 115 x 97 voxels, 270 kept volumes,
 235 398 mask voxels) that is 1.4 GB per run: 1.17 GB of cleaned BOLD, 0.25 GB
-of signals. Each new parameter set adds its own outputs; remove ``cache_root``
+of signals. :class:`MaskerSignalsWorkflow` (what the BIDS App runs, writing the
+cleaned BOLD straight to its derivative) keeps the signals only: 0.25 GB. Each new
+parameter set adds its own outputs; remove ``cache_root``
 (or old ``python-*``/``workflow-*`` directories in it, the ``hashes`` directory
 is small) to reclaim the space.
 
@@ -80,6 +82,7 @@ import numpy as np
 from pydra.compose import workflow
 
 from . import _spec, _validation
+from ._io import carry_digests
 from ._steps import load_error
 from .tasks import (
     MASK_STRATEGY_VALUES,
@@ -95,7 +98,7 @@ from .tasks import (
     use_segmented_hash,
 )
 
-__all__ = ["MaskerWorkflow", "run_masker_workflow"]
+__all__ = ["MaskerSignalsWorkflow", "MaskerWorkflow", "run_masker_workflow"]
 
 
 @_spec.fill_doc
@@ -154,14 +157,30 @@ def _masker_workflow(
     qc_file : QCData
         Report data gathered while cleaning (see :func:`masker_wf._io.save_qc`).
     """
+    mask, clean = _masker_nodes(locals())
+    cleaned = workflow.add(
+        Unmask(signals_file=clean.signals_file, mask_file=mask, out_suffix=out_suffix),
+        name="unmask",
+    ).out_file
+    return mask, clean.signals_file, cleaned, clean.qc_file
+
+
+def _masker_nodes(given: dict):
+    """Add the mask and ``CleanSignals`` nodes of a masker workflow; ``(mask, clean)``.
+
+    ``given`` holds the workflow's inputs by name. The nodes the parameters switch off
+    are left out (a given mask is used as it is).
+    """
     # The parameters each task takes are the spec's: forwarded by name from here, after
     # the door check every face makes (here, when the graph is built, before any node runs).
-    given = locals()
     _validation.check_parameters(_spec.pick(given, "workflow"))
+    mask_file, bold_file, out_suffix = given["mask_file"], given["bold_file"], given["out_suffix"]
+    target_affine, target_shape = given["target_affine"], given["target_shape"]
+    smoothing_fwhm, smooth_as_task = given["smoothing_fwhm"], given["smooth_as_task"]
     resampling = target_affine is not None or target_shape is not None
     if smoothing_fwhm is not None and smooth_as_task:
         # Only then is a separate Smooth task exactly NiftiMasker's smoothing.
-        if high_variance_confounds:
+        if given["high_variance_confounds"]:
             raise ValueError(
                 "smooth_as_task=True cannot be combined with high_variance_confounds=True: "
                 "NiftiMasker computes them on the unsmoothed BOLD, which CleanSignals would "
@@ -212,18 +231,13 @@ def _masker_workflow(
         CleanSignals(
             bold_file=bold,
             mask_file=mask,
-            confounds_file=confounds_file,
-            sample_mask=sample_mask,
+            confounds_file=given["confounds_file"],
+            sample_mask=given["sample_mask"],
             **{**_spec.pick(given, "CleanSignals"), "smoothing_fwhm": fwhm_in_clean},
         ),
         name="clean_signals",
     )
-    signals = clean.signals_file
-
-    cleaned = workflow.add(
-        Unmask(signals_file=signals, mask_file=mask, out_suffix=out_suffix), name="unmask"
-    ).out_file
-    return mask, signals, cleaned, clean.qc_file
+    return mask, clean
 
 
 # Defined from a module-level function so that worker processes import it by
@@ -234,6 +248,74 @@ MaskerWorkflow = workflow.define(
     inputs={"mask_strategy": workflow.arg(allowed_values=MASK_STRATEGY_VALUES)},
     outputs=["mask_file", "signals_file", "cleaned_bold_file", "qc_file"],
     name="MaskerWorkflow",
+)
+
+
+@_spec.fill_doc
+def _masker_signals_workflow(
+    bold_file: NiftiImage,
+    mask_file: NiftiImage | None = None,
+    confounds_file: TextTable | None = None,
+    sample_mask: list[int] | list[float] | TextTable | None = None,
+    runs: list[int] | None = None,
+    smoothing_fwhm: float | list[float] | str | None = None,
+    standardize: bool | str | None = False,
+    standardize_confounds: bool = True,
+    detrend: bool = False,
+    high_variance_confounds: bool = False,
+    low_pass: float | None = None,
+    high_pass: float | None = None,
+    t_r: float | None = None,
+    target_affine: list[list[float]] | None = None,
+    target_shape: list[int] | None = None,
+    mask_strategy: str = "background",
+    mask_args: dict | None = None,
+    dtype: str | None = None,
+    clean_args: dict | None = None,
+    out_suffix: str = ".nii",
+    smooth_as_task: bool = False,
+) -> tuple[NiftiImage, Signals, QCData]:
+    """:class:`MaskerWorkflow` without its last node: the mask, the signals, the QC data.
+
+    For callers that write the cleaned BOLD themselves, once, where it belongs (the BIDS
+    App's derivatives: :class:`masker_wf.tasks.Unmask` with ``out_file``): the cache then
+    holds what resuming needs (the signals), not a 4D copy of them. Same inputs, nodes
+    and cache entries as :class:`MaskerWorkflow` otherwise.
+
+    Parameters
+    ----------
+    bold_file : NIfTI
+        4D BOLD image (``.nii`` or ``.nii.gz``).
+    mask_file : NIfTI, optional
+        Brain mask; computed with ``mask_strategy`` when not given.
+    confounds_file : File, optional
+        Confounds table (.tsv/.csv with a header, or .npy).
+    sample_mask : list of int or File, optional
+        Indices of the volumes kept (scrubbing), or a file holding them.
+    %(parameters:workflow)s
+    out_suffix : str
+        ".nii" (default) or ".nii.gz" for a computed or resampled mask.
+    smooth_as_task : bool
+        See :class:`MaskerWorkflow`.
+
+    Returns
+    -------
+    mask_file : NIfTI
+        The mask the signals were extracted with.
+    signals_file : Signals
+        ``.npy`` array (n_kept_volumes, n_voxels).
+    qc_file : QCData
+        Report data gathered while cleaning.
+    """
+    mask, clean = _masker_nodes(locals())
+    return mask, clean.signals_file, clean.qc_file
+
+
+MaskerSignalsWorkflow = workflow.define(
+    _masker_signals_workflow,
+    inputs={"mask_strategy": workflow.arg(allowed_values=MASK_STRATEGY_VALUES)},
+    outputs=["mask_file", "signals_file", "qc_file"],
+    name="MaskerSignalsWorkflow",
 )
 
 
@@ -329,6 +411,7 @@ def run_masker_workflow(
     n_procs: int | None = None,
     hash_cache=None,
     segmented_hash: bool = False,
+    cleaned_bold: bool = True,
     **params: ty.Any,
 ) -> dict[str, Path]:
     """Build and run :class:`MaskerWorkflow`; return its output paths.
@@ -352,6 +435,10 @@ def run_masker_workflow(
         Hash file inputs with :func:`masker_wf.tasks.use_segmented_hash` (about 5 times
         faster on a large BOLD). It is process-wide: every later Pydra task of this
         process hashes NIfTI and binary files that way too.
+    cleaned_bold : bool, default=True
+        Also write the cleaned BOLD (:class:`MaskerWorkflow`); False runs
+        :class:`MaskerSignalsWorkflow`, for callers that write it themselves from the
+        signals (:class:`masker_wf.tasks.Unmask` with ``out_file``).
     **params
         Inputs of :class:`MaskerWorkflow` (``mask_file``, ``confounds_file``,
         ``sample_mask``, ``smoothing_fwhm``, ``t_r``...). NumPy arrays are accepted
@@ -361,8 +448,9 @@ def run_masker_workflow(
     Returns
     -------
     dict
-        ``mask_file``, ``signals_file``, ``cleaned_bold_file`` and ``qc_file`` (report
-        data, see :func:`masker_wf._io.save_qc`) as ``pathlib.Path``.
+        ``mask_file``, ``signals_file``, ``cleaned_bold_file`` (with ``cleaned_bold``)
+        and ``qc_file`` (report data, see :func:`masker_wf._io.save_qc`) as
+        ``pathlib.Path``.
 
     Raises
     ------
@@ -402,7 +490,8 @@ def run_masker_workflow(
         worker_kwargs["n_procs"] = n_procs
     node_dirs: list[Path] = []
     hooks = TaskHooks(post_run_task=functools.partial(_record_node_dirs, node_dirs))
-    task = MaskerWorkflow(bold_file=bold_file, **params)
+    definition = MaskerWorkflow if cleaned_bold else MaskerSignalsWorkflow
+    task = definition(bold_file=bold_file, **params)
     # Pydra reads its hash cache location from PYDRA_HASH_CACHE only (every hash
     # computation creates a PersistentCache from it, here and in the cf worker's
     # processes, which inherit the environment): set it for this call only, so that
@@ -420,11 +509,11 @@ def run_masker_workflow(
             raise
         raise error from exc
     if result.errored:
-        raise RuntimeError(f"MaskerWorkflow failed; see {result.cache_dir}.")
+        raise RuntimeError(f"{type(task).__name__} failed; see {result.cache_dir}.")
     outputs = result.outputs
-    return {
-        "mask_file": Path(outputs.mask_file),
-        "signals_file": Path(outputs.signals_file),
-        "cleaned_bold_file": Path(outputs.cleaned_bold_file),
-        "qc_file": Path(outputs.qc_file),
-    }
+    names = ("mask_file", "signals_file", "cleaned_bold_file", "qc_file")
+    found = {name: Path(getattr(outputs, name)) for name in names if hasattr(outputs, name)}
+    # Pydra hard-linked the nodes' outputs into the workflow's directory: the digests the
+    # steps computed while writing them still hold (nothing is read again to hash them).
+    carry_digests(found.values())
+    return found

@@ -80,12 +80,15 @@ class LocalSlurm:
         CPUs the node advertises; defaults to ``os.cpu_count()``.
     startup_timeout : float
         Seconds to wait for the node to become idle before giving up (with the logs' tail).
+    config : mapping, optional
+        More ``slurm.conf`` settings, e.g. ``{"MaxArraySize": 4}`` (they win over ours).
     """
 
-    def __init__(self, root, cpus=None, startup_timeout=60.0):
+    def __init__(self, root, cpus=None, startup_timeout=60.0, config=None):
         self.root = Path(root)
         self.cpus = cpus or os.cpu_count() or 1
         self.startup_timeout = startup_timeout
+        self.extra_config = dict(config or {})
         self.processes = {}
         self.startup_seconds = None
         self.conf = self.root / "slurm.conf"
@@ -203,6 +206,7 @@ class LocalSlurm:
             "ReturnToService": 2,
             "NodeName": f"localhost CPUs={self.cpus} RealMemory={memory_mb} State=UNKNOWN",
             "PartitionName": "debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP",
+            **self.extra_config,
         }
         lines = [f"{key}={value}" for key, value in settings.items()]
         self.conf.write_text("\n".join(lines) + "\n")

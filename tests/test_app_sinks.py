@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from masker_wf.cli.run import main
+from masker_wf.masking import unmask
 
 REPO = Path(__file__).resolve().parent.parent
 FMRIPREP = REPO / "bids_examples" / "ds-masker" / "derivatives" / "fmriprep"
@@ -31,7 +32,10 @@ def test_cleaned_bold_is_the_workflow_image_with_the_input_header(one_run):
     func, work = one_run["func"], one_run["work"]
     provenance = json.loads((func / f"{STEM}_provenance.json").read_text())
     (workflow_dir,) = provenance["Pydra"]["output_dirs"]
-    cached = nib.load(work / "pydra" / workflow_dir / "cleaned_bold.nii")
+    # The cache keeps the signals only; the cleaned BOLD is written once, from them.
+    assert not list((work / "sub-01" / "pydra").rglob("cleaned_bold.nii*"))
+    signals = np.load(work / "sub-01" / "pydra" / workflow_dir / "signals.npy")
+    cached = unmask(signals, nib.load(func / f"{STEM}_mask.nii.gz"))
     written = nib.load(func / f"{STEM}_bold.nii.gz")
     np.testing.assert_array_equal(np.asarray(written.dataobj), np.asarray(cached.dataobj))
     np.testing.assert_allclose(written.affine, cached.affine)
@@ -48,12 +52,12 @@ def test_cleaned_bold_is_the_workflow_image_with_the_input_header(one_run):
         assert stream.read(348)[344:348] == b"n+1\0"
     # The signals are the workflow's file, byte for byte; each file has its sidecar.
     assert (func / f"{STEM}_signals.npy").read_bytes() == (
-        work / "pydra" / workflow_dir / "signals.npy"
+        work / "sub-01" / "pydra" / workflow_dir / "signals.npy"
     ).read_bytes()
     for suffix in ("bold", "mask", "signals", "timeseries", "outliers"):
         assert json.loads((func / f"{STEM}_{suffix}.json").read_text())
     # The derivatives workflow's own cache and staged tables are gone.
-    assert not any((work / "derivatives").iterdir())
+    assert not any((work / "sub-01" / "derivatives").iterdir())
 
 
 def test_deleted_output_is_written_again(one_run):
@@ -71,9 +75,9 @@ def test_failed_sink_fails_the_run_and_leaves_no_partial_file(one_run, capsys):
     func = one_run["func"]
     for path in func.iterdir():
         path.unlink()
-    # A directory where the mask must go: its sink cannot write it.
+    # A directory where the mask must go: its sink cannot write it, an output-side failure.
     (func / f"{STEM}_mask.nii.gz").mkdir()
-    assert main(one_run["argv"]) == 65
+    assert main(one_run["argv"]) == 73
     err = capsys.readouterr().err
     assert f"{STEM}_mask.nii.gz" in err
     assert not list(func.glob(".*tmp*"))

@@ -1,9 +1,11 @@
 """Reports: content of the per-run and per-subject pages, and rendering in a real browser."""
 
 import base64
+import os
 import re
 import shutil
 import subprocess
+from importlib import resources
 from pathlib import Path
 
 import nibabel as nib
@@ -13,11 +15,14 @@ import pytest
 from masker_wf.reports import (
     build_run_report,
     build_subject_report,
+    figures,
     methods_paragraph,
     temporal_snr,
 )
 
-ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+REPO = Path(__file__).resolve().parent.parent
+# Screenshots of the rendered pages, kept by CI: $CI_ARTIFACTS, else test-artifacts/.
+ARTIFACTS = Path(os.environ.get("CI_ARTIFACTS") or REPO / "test-artifacts")
 
 
 def _png_sizes(document: str) -> list[tuple[int, int]]:
@@ -111,7 +116,7 @@ def test_temporal_snr_is_mean_over_std_and_zero_for_flat_signals():
     assert tsnr[1] == 0
 
 
-def test_subject_report_links_each_run_and_lists_failures():
+def test_subject_report_links_each_run_and_lists_failures_and_warnings():
     methods = methods_paragraph(
         {
             "smoothing_fwhm": 6.0,
@@ -128,85 +133,82 @@ def test_subject_report_links_each_run_and_lists_failures():
     report = build_subject_report(
         "01",
         [
-            {"name": "run-1", "report": "sub-01/figures/run-1.html", "volumes kept": 37},
-            {"name": "run-2", "report": "sub-01/figures/run-2.html", "volumes kept": 40},
+            {
+                "name": "run-1",
+                "report": "sub-01/figures/run-1.html",
+                "volumes_kept": 37,
+                "warnings": ["few degrees of freedom: 3 left"],
+                "flags": ["low_dof"],
+            },
+            {"name": "run-2", "report": "sub-01/figures/run-2.html", "volumes_kept": 40},
         ],
         methods,
         errors=[{"name": "run-3", "reason": "confounds has 39 rows"}],
     )
     document = report.get_html()
-    assert "href='sub-01/figures/run-1.html'" in document
-    assert "href='sub-01/figures/run-2.html'" in document
+    # Links are attributes of the template (double quotes), values escaped by jinja2.
+    assert 'href="sub-01/figures/run-1.html"' in document
+    assert 'href="sub-01/figures/run-2.html"' in document
     assert "confounds has 39 rows" in document
+    assert "few degrees of freedom: 3 left" in document
+    assert '<span class="flag low_dof">low_dof</span>' in document
     for fact in ("6.0 mm FWHM", "0.01-0.08 Hz", "2 confounds", "3 volumes", "zscore_sample"):
         assert fact in methods
         assert fact in document
 
 
-def _chromium():
-    for name in ("chromium", "chromium-browser", "google-chrome"):
-        path = shutil.which(name)
-        if path:
-            return path
-    return None
+def test_pages_come_from_the_package_templates_and_escape_values():
+    templates = resources.files("masker_wf") / "data" / "templates"
+    names = {entry.name for entry in templates.iterdir()}
+    assert {"run_report.html.j2", "subject_report.html.j2", "group_report.html.j2"} <= names
+    # No HTML is assembled in Python: the report modules hold no markup.
+    for module in (REPO / "masker_wf" / "reports").glob("*.py"):
+        source = module.read_text()
+        assert "<section" not in source
+        assert "<table" not in source
+    report = build_subject_report("01", [], "<script>alert(1)</script>")
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in report.get_html()
 
 
-@pytest.mark.skipif(
-    _chromium() is None, reason="Chromium is not installed (apt-get install chromium)"
-)
-def test_report_renders_in_headless_chromium(tmp_path, real_run):
-    report = build_run_report(
-        title="browser check",
-        mask=real_run["mask"],
-        mean_data=real_run["mean"],
-        parameters={"smoothing_fwhm": 6.0},
-        signals_before=real_run["before"],
-        signals_after=real_run["after"],
-        kept_volumes=real_run["kept"],
-        tsnr_before=real_run["tsnr_before"],
-        tsnr_after=real_run["tsnr_after"],
-    )
-    page = tmp_path / "report.html"
-    # The check runs in the page: every image decoded, and its result put in the title.
-    probe = (
-        "<script>window.addEventListener('load',()=>{const imgs=[...document.images];"
-        "const ok=imgs.length>0&&imgs.every(i=>i.complete&&i.naturalWidth>0);"
-        "document.title='IMAGES-'+(ok?'OK':'BROKEN')+'-'+imgs.length;});</script>"
-    )
-    page.write_text(report.get_html().replace("</body>", probe + "</body>"), encoding="utf-8")
-    flags = [
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        f"--user-data-dir={tmp_path / 'profile'}",
-    ]
-    dom = subprocess.run(
-        [_chromium(), *flags, "--dump-dom", page.as_uri()],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    ).stdout
-    assert "<title>IMAGES-OK-3</title>" in dom
-    ARTIFACTS.mkdir(exist_ok=True)
-    screenshot = ARTIFACTS / "run_report.png"
-    subprocess.run(
-        [
-            _chromium(),
-            *flags,
-            f"--screenshot={screenshot}",
-            "--window-size=1100,2400",
-            page.as_uri(),
-        ],
-        capture_output=True,
-        timeout=120,
-        check=True,
-    )
-    assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+def test_views_are_drawn_in_millimetres_with_their_directions():
+    affine = np.diag([12.5, 12.5, 16.0, 1.0])
+    sagittal, coronal, axial = figures.views((16, 16, 9), (8, 8, 4), affine)
+    assert (sagittal.name, coronal.name, axial.name) == ("sagittal", "coronal", "axial")
+    assert (sagittal.width_mm, sagittal.height_mm) == (200.0, 144.0)  # y across, z up
+    assert (axial.width_mm, axial.height_mm) == (200.0, 200.0)
+    assert sagittal.edges == {"left": "P", "right": "A", "top": "S", "bottom": "I"}
+    assert coronal.edges == {"left": "L", "right": "R", "top": "S", "bottom": "I"}
+    assert axial.position == "z = 64 mm"
+    # A left-right flipped grid (LAS) is drawn with its own directions, not RAS's.
+    flipped = affine.copy()
+    flipped[0, 0] = -12.5
+    assert figures.views((16, 16, 9), (8, 8, 4), flipped)[1].edges["right"] == "L"
+    # A grid stored as x, z, y (axial slices along the second axis) still gets its names.
+    swapped = np.array([[2.0, 0, 0, 0], [0, 0, 3.0, 0], [0, 4.0, 0, 0], [0, 0, 0, 1]])
+    names = [v.name for v in figures.views((10, 12, 14), (5, 6, 7), swapped)]
+    assert names == ["sagittal", "coronal", "axial"]
+
+
+def test_carpet_rows_go_from_superior_to_inferior():
+    mask = np.zeros((2, 2, 3), dtype=bool)
+    mask[0, 0, :] = mask[1, 1, 2] = True  # mask order: (0,0,0) (0,0,1) (0,0,2) (1,1,2)
+    order = figures.carpet_order(mask, np.eye(4))
+    assert mask[tuple(np.argwhere(mask)[order[0]])]
+    heights = np.argwhere(mask)[order][:, 2]
+    assert heights.tolist() == [2, 2, 1, 0]
+    # Of an evenly spaced sample of the voxels, only those columns are ordered.
+    assert figures.carpet_order(mask, np.eye(4), columns=[0, 3]).tolist() == [1, 0]
+
+
+def test_figures_keep_the_voxel_aspect(real_run):
+    """The mask figure of 12.5 x 12.5 x 16 mm voxels: the sagittal view is wider than tall."""
+    affine = np.diag([12.5, 12.5, 16.0, 1.0])
+    uri = figures.mask_overlay_figure(real_run["mean"], real_run["mask"], affine)
+    ((width, height),) = _png_sizes(uri)
+    # Three views at one mm scale: 16x9 voxels of 12.5x16 mm (twice) and 16x16 of 12.5 mm.
+    assert width == 9 * 96
+    expected = 9 * 96 * 0.93 * 200 / 600 + 0.3 * 96
+    assert abs(height - expected) <= 2
 
 
 def test_workflow_report_data_gives_tsnr_after_cleaning_even_when_standardized(
@@ -286,3 +288,135 @@ def test_report_tsnr_uses_the_kept_volumes_of_each_run(ds003_path):
     kept = np.r_[0:8, 11:20]
     html = masker.generate_report().get_html()
     assert f"{float(np.median(temporal_snr(raw[kept]))):.6g}" in html
+
+
+# --------------------------------------------------------------------------- in a browser
+RAW = REPO / "bids_examples" / "ds-masker"
+FMRIPREP = RAW / "derivatives" / "fmriprep"
+STEM = "sub-01_task-rhymes_run-01_space-MNI152NLin2009cAsym_desc-denoised"
+README_OPTIONS = [
+    "--denoise-strategy", "scrubbing", "--fd-threshold", "0.5", "--smoothing-fwhm", "6",
+    "--detrend", "--standardize", "zscore_sample", "--low-pass", "0.08", "--high-pass", "0.01",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def app_pages(tmp_path_factory):
+    """The App's pages on the bundled dataset: sub-01 processed with warnings, sub-02 refused."""
+    from masker_wf.cli.run import main
+
+    root = tmp_path_factory.mktemp("pages")
+    out = root / "out"
+    argv = [str(RAW), str(out), "participant", "--derivatives", f"fmriprep={FMRIPREP}"]
+    argv += ["-w", str(root / "work"), *README_OPTIONS]
+    assert (
+        main([*argv, "--participant-label", "01", "--motion", "basic", "--wm-csf", "basic"]) == 0
+    )
+    assert main([*argv, "--participant-label", "02"]) == 65
+    assert main([str(RAW), str(out), "group"]) == 0
+    return out
+
+
+def test_the_apps_run_report_says_what_was_done(app_pages):
+    document = (app_pages / "sub-01" / "figures" / f"{STEM}_report.html").read_text()
+    assert f"<title>{STEM}_bold</title>" in document  # the output's name, not the input's
+    assert f"<h1>{STEM}_bold</h1>" in document
+    # Warnings come first, then the numbers and the denoising record.
+    sections = re.findall(r'<section id="(\w+)">', document)
+    assert sections[:3] == ["warnings", "summary", "denoising"]
+    assert "few degrees of freedom: 2 degree(s) of freedom left" in document
+    for fact in (
+        "<code>scrubbing</code>",
+        "Butterworth high-pass 0.01 Hz, low-pass 0.08 Hz",
+        "<th>fd threshold</th><td><code>0.5</code>",
+        "2 = 35 volumes kept - 9 confound regressors - 2 mean/trend terms - 22 dimensions",
+        "1 removed (auto: fMRIPrep&#39;s non_steady_state_outlierXX confound columns)",
+        "The 9 confound regressors",
+        "The 5 censored volumes",
+        "non_steady_state",
+        "the input&#39;s brain mask",
+    ):
+        assert fact in document, fact
+    assert "<th>mask_strategy</th>" not in document  # fMRIPrep's mask: nothing computed it
+    assert len(_png_sizes(document)) == 4
+
+
+def _chromium() -> str:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        if path := shutil.which(name):
+            return path
+    raise AssertionError("Chromium is needed for this test: apt-get install chromium")
+
+
+# Runs in the page once it is loaded: every image decoded, and nothing wider than the window
+# (the title carries the result to --dump-dom).
+_PROBE = """<script>window.addEventListener('load', () => {
+  const images = [...document.images];
+  const decoded = images.every((i) => i.complete && i.naturalWidth > 0);
+  const wide = [document.documentElement, ...document.querySelectorAll('.scroll')]
+    .filter((e) => e.scrollWidth > e.clientWidth + 1).length;
+  document.title = `PROBE images=${images.length} decoded=${decoded} overflowing=${wide}`;
+});</script>"""
+
+
+def _render(page: Path, tmp_path: Path, screenshot: Path, width: int, height: int) -> str:
+    """The page's probe result in headless Chromium, and its screenshot."""
+    probed = page.with_name(f"probed_{page.name}")
+    probed.write_text(page.read_text().replace("</body>", _PROBE + "</body>"))
+    flags = [
+        "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+        "--hide-scrollbars", f"--user-data-dir={tmp_path / 'profile'}",
+        f"--window-size={width},{height}",
+    ]  # fmt: skip
+    dom = subprocess.run(
+        [_chromium(), *flags, "--dump-dom", probed.as_uri()],
+        capture_output=True, text=True, timeout=120, check=True,
+    ).stdout  # fmt: skip
+    subprocess.run(
+        [_chromium(), *flags, f"--screenshot={screenshot}", page.as_uri()],
+        capture_output=True, timeout=120, check=True,
+    )  # fmt: skip
+    probed.unlink()
+    assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    return re.search(r"<title>(PROBE[^<]*)</title>", dom).group(1)
+
+
+def test_pages_render_in_headless_chromium(app_pages, tmp_path):
+    """The run report, a subject page and the group page, at a laptop's 1100 px: every figure
+    decodes and nothing overflows the window. The screenshots are kept as CI artifacts."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    pages = {
+        "run_report": (app_pages / "sub-01" / "figures" / f"{STEM}_report.html", 4, 3600),
+        "subject_page": (app_pages / "sub-01.html", 0, 1300),
+        "group_page": (app_pages / "index.html", 0, 1100),
+    }
+    for name, (page, n_images, height) in pages.items():
+        probe = _render(page, tmp_path, ARTIFACTS / f"{name}.png", 1100, height)
+        assert probe == f"PROBE images={n_images} decoded=true overflowing=0", (name, probe)
+    index = (app_pages / "index.html").read_text()
+    # Each processed run's report is linked, flagged runs first (sub-02's refused runs).
+    links = re.findall(r'href="(sub-01/figures/[^"]+_report.html)"', index)
+    assert len(links) == 2
+    assert all((app_pages / link).is_file() for link in links)
+    assert index.index("refused") < index.index("low_dof</span>")
+
+
+def test_estimator_report_renders_in_headless_chromium(tmp_path, real_run):
+    report = build_run_report(
+        title="NiftiMasker report",
+        mask=real_run["mask"],
+        mean_data=real_run["mean"],
+        parameters={"smoothing_fwhm": 6.0},
+        signals_before=real_run["before"],
+        signals_after=real_run["after"],
+        t_r=2.0,
+        kept_volumes=real_run["kept"],
+        tsnr_before=real_run["tsnr_before"],
+        tsnr_after=real_run["tsnr_after"],
+        affine=np.diag([12.5, 12.5, 16.0, 1.0]),
+    )
+    page = report.save_as_html(tmp_path / "report.html")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    probe = _render(page, tmp_path, ARTIFACTS / "estimator_report.png", 1100, 2600)
+    assert probe == "PROBE images=3 decoded=true overflowing=0"

@@ -3,31 +3,76 @@
 ``participant``: :func:`masker_wf.app.plan.check_inputs` and
 :func:`~masker_wf.app.plan.prepare_output`, then either a SLURM job array
 (:func:`masker_wf.app.slurm.submit`) or the runs of :func:`~masker_wf.app.plan.plan_runs`
-one after the other (:func:`masker_wf.app.run.process_run`, with Pydra's local workers or
-its SLURM worker), then :func:`masker_wf.app.summary.summarise`.
+up to ``--nprocs`` at once (:func:`masker_wf.app.run.process_run` in
+:func:`masker_wf.app.parallel.process_runs`; with ``--slurm-worker pydra``, one after the
+other through Pydra's SLURM worker), then :func:`masker_wf.app.summary.summarise`.
 
 ``group``: :func:`masker_wf.app.summary.run_group` over the participant-level outputs.
 """
 
 from __future__ import annotations
 
+import shutil
+
 from ..bids.layout import strip_sub
-from . import console, slurm
-from .errors import EXIT_CANTCREAT, EXIT_NOINPUT, EXIT_OK, AppError
+from . import console, parallel, slurm
+from .errors import EXIT_CANTCREAT, EXIT_NOINPUT, EXIT_NOTHING, EXIT_OK, AppError
 from .plan import check_inputs, plan_runs, prepare_output
-from .run import process_run
+from .run import RunResult, process_run
 from .settings import Settings
-from .summary import run_group, summarise
+from .summary import exit_code, run_group, summarise
 
 __all__ = ["group_level", "participant_level"]
 
 
-def _local_worker(settings: Settings):
-    """(worker, n_procs): Pydra's SLURM worker with ``--slurm-worker pydra``, else cf/debug."""
+def _process_runs(plan, settings: Settings) -> list[RunResult]:
+    """Every run of ``plan``, up to ``--nprocs`` at once (see :mod:`masker_wf.app.parallel`).
+
+    A run's workflow is a chain: it runs in its process (Pydra's debug worker), its steps
+    on ``--omp-nthreads`` threads. With ``--slurm-worker pydra`` every node is a SLURM job
+    instead, and the runs are submitted one after the other.
+    """
+    runs = plan.runs
+
+    def one(i: int, worker="debug") -> RunResult:
+        run = runs[i]
+        # each participant's Pydra cache and intermediates in its own work directory
+        return process_run(
+            run,
+            plan,
+            settings.for_participant(run.subject),
+            worker=worker,
+            index=i + 1,
+            total=len(runs),
+        )
+
     if settings.slurm.slurm and settings.slurm.slurm_worker == "pydra":
-        return slurm.pydra_worker(settings.slurm), None
-    n_procs = settings.execution.nprocs or 1
-    return ("cf", n_procs) if n_procs > 1 else ("debug", None)
+        worker = slurm.pydra_worker(settings.slurm)
+        return [one(i, worker) for i in range(len(runs))]
+    limits = parallel.resources(settings.execution, len(runs))
+    console.progress(f"masker-wf: {limits.describe()}")
+    estimates = [parallel.estimate_run_memory_mb(run, settings) for run in runs]
+    for i, (run, memory) in enumerate(zip(runs, estimates, strict=True), start=1):
+        console.progress(f"[{i}/{len(runs)}] {run.name}: estimated memory {memory} MB")
+
+    def failed(i: int, reason: str) -> RunResult:
+        run = runs[i]
+        console.progress(f"[{i + 1}/{len(runs)}] {run.name}: FAILED: {reason}")
+        return RunResult(
+            name=run.name,
+            subject=run.subject,
+            ok=False,
+            bold_file=str(run.bold_file),
+            reason=f"{run.bold_file}: {reason}",
+            kind="error",
+        )
+
+    preload = None
+    if settings.reports:
+        from ..reports.figures import preload_matplotlib as preload
+    # Where the runs are processed: here, or first thing in each worker process (a fork
+    # must not inherit an import in progress).
+    return parallel.process_runs(len(runs), one, estimates, limits, failed, setup=preload)
 
 
 def participant_level(settings: Settings, array_command: slurm.ArrayCommand | None = None) -> int:
@@ -45,17 +90,28 @@ def participant_level(settings: Settings, array_command: slurm.ArrayCommand | No
         The invocation cannot go on (the exit code is on the error).
     """
     inputs = check_inputs(settings)
-    prepare_output(settings, inputs)
+    dry_run = settings.execution.dry_run
+    if not dry_run:
+        prepare_output(settings, inputs)
     options = settings.slurm
     if options.slurm and options.slurm_worker == "array":
         if array_command is None:
             raise ValueError("participant_level: --slurm needs the array tasks' command")
+        # Planning is linear in the number of files: the submitter plans every run, so that
+        # a selection without BOLD fails here, not in every task, and tasks are sized.
+        plan = plan_runs(settings, inputs)
         return slurm.submit(
             options,
             settings.output_dir,
-            list(inputs.participants),
+            plan.runs,
             array_command,
-            nprocs=settings.execution.nprocs,
+            resources=slurm.TaskResources(
+                nprocs=settings.execution.nprocs,
+                omp_nthreads=settings.execution.omp_nthreads,
+                mem_mb=settings.execution.mem_mb,
+            ),
+            dry_run=dry_run,
+            estimate_memory=lambda run: parallel.estimate_run_memory_mb(run, settings),
         )
     if options.slurm:
         try:
@@ -68,18 +124,57 @@ def participant_level(settings: Settings, array_command: slurm.ArrayCommand | No
             "SLURM job (Pydra cache and job scripts under the work directory)"
         )
     plan = plan_runs(settings, inputs)
-    if settings.reports:
-        from ..reports.figures import preload_matplotlib
+    if dry_run:
+        return _print_plan(plan, settings)
+    results = _process_runs(plan, settings)
+    code = summarise(results, settings)
+    _finish_participants(settings, results)
+    return code
 
-        preload_matplotlib()
-    worker, n_procs = _local_worker(settings)
-    results = [
-        process_run(
-            run, plan, settings, worker=worker, n_procs=n_procs, index=i, total=len(plan.runs)
+
+def _finish_participants(settings: Settings, results) -> None:
+    """Tell the submitter how each participant of an array task ended; clean work dirs."""
+    by_participant: dict[str, list] = {}
+    for result in results:
+        by_participant.setdefault(result.subject, []).append(result)
+    if settings.slurm.array_task:
+        labels = [strip_sub(label) for label in settings.selection.participant_label or ()]
+        slurm.write_task_results(
+            settings.output_dir,
+            {
+                label: exit_code(by_participant[label])
+                if label in by_participant
+                else EXIT_NOTHING
+                for label in labels or by_participant
+            },
         )
-        for i, run in enumerate(plan.runs, start=1)
-    ]
-    return summarise(results, settings)
+    if settings.execution.clean_workdir:
+        for label, runs in sorted(by_participant.items()):
+            # only once every run's outputs are committed: a failed run resumes from it
+            if all(result.ok for result in runs):
+                work_dir = settings.execution.participant_work_dir(label)
+                shutil.rmtree(work_dir, ignore_errors=True)
+                console.progress(f"masker-wf: --clean-workdir: removed {work_dir}")
+
+
+def _print_plan(plan, settings: Settings) -> int:
+    """``--dry-run``: the runs of each participant and the largest run's memory."""
+    runs = plan.runs
+    by_participant: dict[str, list] = {}
+    for run in runs:
+        by_participant.setdefault(run.subject, []).append(run)
+    print(
+        f"masker-wf --dry-run: {len(runs)} run(s) of {len(by_participant)} participant(s), "
+        f"confounds strategy '{plan.strategy}'; nothing is processed"
+    )
+    for label, own in by_participant.items():
+        print(f"  sub-{label}: {', '.join(run.name for run in own)}")
+    memory = slurm.largest_run_memory_mb(
+        runs, lambda run: parallel.estimate_run_memory_mb(run, settings)
+    )
+    if memory is not None:
+        print(f"estimated memory of the largest run: {memory} MB")
+    return EXIT_OK
 
 
 def group_level(settings: Settings) -> int:

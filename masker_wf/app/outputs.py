@@ -1,44 +1,52 @@
 """The derivatives of one run: what each file holds, the report, the provenance record.
 
-Paths come from :mod:`masker_wf.bids.naming`; files are written atomically
-(:mod:`masker_wf.bids.derivatives`). The provenance record is written last, so that a
-record on disk always describes outputs that are complete.
+Paths come from :mod:`masker_wf.bids.naming`. The files of a run are written into its
+staging directory (:mod:`masker_wf.app.commit`) under the paths they will have in the output
+dataset; the provenance record, written last, lists each of them with its content digest
+and is what makes them a set.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
-import time
 from pathlib import Path
 
 import numpy as np
 
 from .. import _spec
 from ..bids import derivatives as deriv
-from ..bids import naming
-from ..bids.provenance import host, now, software_versions
+from ..bids import naming, spaces
+from ..bids.provenance import applied_confound_parameters, host, now, software_versions
+from . import qc as quality
 
 __all__ = [
     "OUTPUT_FILES",
     "PROVENANCE_APP_OPTIONS",
     "PROVENANCE_PARAMETERS",
     "confound_series",
+    "input_files",
     "jsonable",
+    "mask_grid_note",
     "masker_parameters",
     "output_dirs",
     "output_options",
     "output_res",
+    "planned_files",
     "provenance_parameters",
     "provenance_record",
-    "remove_stale",
+    "record_path",
     "report_file",
+    "request_digest",
     "run_path",
     "sidecars",
+    "stale_candidates",
     "summary_of",
     "t_r_of",
     "tables",
     "up_to_date_record",
+    "workflow_input",
     "write_derivatives",
     "write_report",
 ]
@@ -46,7 +54,13 @@ __all__ = [
 #: The masker parameters recorded in sidecars and provenance (the spec's provenance face).
 PROVENANCE_PARAMETERS = tuple(p.name for p in _spec.for_face("provenance"))
 #: The App's own options recorded in the provenance ``Parameters``, after the masker's.
-PROVENANCE_APP_OPTIONS = ("denoise_strategy", "confounds", "confounds_file", "desc")
+PROVENANCE_APP_OPTIONS = (
+    "denoise_strategy",
+    "confounds",
+    "confound_columns",
+    "confounds_file",
+    "desc",
+)
 
 
 def jsonable(value):
@@ -54,36 +68,91 @@ def jsonable(value):
     return json.loads(json.dumps(value, default=deriv._json_default))
 
 
+def _seconds(value) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) and number > 0 else None
+
+
 def t_r_of(run, t_r_option, n_header) -> tuple[float | None, list[str]]:
-    """The run's repetition time (option, else sidecar, else header) and notes about it."""
+    """The run's repetition time (s) and notes about where it came from.
+
+    In order: ``--t-r``, the preprocessed BOLD's sidecar, the raw BOLD's sidecar, the
+    NIfTI header (``pixdim[4]``); a note says when a later source disagrees with the one
+    used, or when the header's value is used.
+    """
+    derivative = run.raw_file != run.bold_file
+    sources = [
+        ("the preprocessed BOLD's sidecar" if derivative else "the sidecar", run.metadata),
+        *([("the raw BOLD's sidecar", run.raw_metadata)] if derivative else []),
+    ]
+    values = [
+        (where, _seconds(metadata.get("RepetitionTime")))
+        for where, metadata in sources
+        if metadata.get("RepetitionTime") is not None
+    ]
+    if n_header:
+        values.append(("the NIfTI header's pixdim[4]", float(n_header)))
+    values = [(where, value) for where, value in values if value is not None]
     notes = []
-    t_r = t_r_option
-    if t_r is None:
-        t_r = run.metadata.get("RepetitionTime")
-    if t_r is None and n_header:
-        t_r = float(n_header)
-        notes.append(f"RepetitionTime missing from the sidecar; using the header's {t_r} s.")
-    if (
-        t_r is not None
-        and n_header
-        and not math.isclose(float(n_header), float(t_r), rel_tol=1e-3)
-    ):
-        notes.append(
-            f"RepetitionTime {t_r} s differs from the NIfTI header's pixdim[4] {n_header} s; "
-            f"using {t_r} s."
-        )
-    return (None if t_r is None else float(t_r)), notes
+    if t_r_option is not None:
+        chosen = ("--t-r", float(t_r_option))
+    elif values:
+        chosen = values[0]
+        if chosen[0].startswith("the NIfTI header"):
+            notes.append(
+                f"RepetitionTime missing from the sidecar; using the header's {chosen[1]} s."
+            )
+    else:
+        return None, notes
+    for where, value in values:
+        if where != chosen[0] and not math.isclose(value, chosen[1], rel_tol=1e-3):
+            notes.append(
+                f"RepetitionTime {chosen[1]} s ({chosen[0]}) differs from {where}: "
+                f"{value} s; using {chosen[1]} s."
+            )
+    return chosen[1], notes
+
+
+def mask_grid_note(mask_file, bold_header, params) -> str | None:
+    """A warning when a given mask is not on the BOLD's grid (the BOLD is then resampled).
+
+    None when the grids match, when no mask is given, or when a target grid is asked for
+    (then both are resampled, as requested).
+    """
+    if mask_file is None or params.get("target_affine") is not None:
+        return None
+    if params.get("target_shape") is not None:
+        return None
+    import nibabel as nib
+
+    mask_header = nib.load(mask_file).header
+    shape, mask_shape = bold_header.get_data_shape()[:3], mask_header.get_data_shape()[:3]
+    affine, mask_affine = bold_header.get_best_affine(), mask_header.get_best_affine()
+    if tuple(shape) == tuple(mask_shape) and np.allclose(affine, mask_affine, atol=1e-4):
+        return None
+    shift = float(np.linalg.norm(affine[:3, 3] - mask_affine[:3, 3]))
+    return (
+        f"the mask '{mask_file}' is not on the BOLD's grid (shape {tuple(mask_shape)} vs "
+        f"{tuple(shape)}, origins {shift:.3g} mm apart): the BOLD is resampled onto the "
+        "mask's grid, as NiftiMasker does; check that the mask is registered to the BOLD."
+    )
 
 
 def output_res(in_header, cleaned_file) -> str | None:
-    """``res`` label of the output grid when it differs from the input's, else None."""
+    """``res`` label of the output voxel size when it differs from the input's, else None.
+
+    Only the voxel size names a resolution: an output on a shifted or cropped grid of the
+    same voxel size (a mask on another grid) keeps the input's name.
+    """
     import nibabel as nib
 
-    out = nib.load(cleaned_file)
-    same = tuple(out.shape[:3]) == tuple(in_header.get_data_shape()[:3]) and np.allclose(
-        out.affine, in_header.get_best_affine(), atol=1e-4
-    )
-    return None if same else naming.resolution_label(out.header.get_zooms()[:3])
+    zooms = nib.load(cleaned_file).header.get_zooms()[:3]
+    if np.allclose(zooms, in_header.get_zooms()[:3], rtol=1e-3, atol=1e-4):
+        return None
+    return naming.resolution_label(zooms)
 
 
 def run_path(out_dir, run, desc, suffix, extension, res) -> Path:
@@ -99,8 +168,52 @@ def report_file(out_dir, run, desc, res) -> Path:
     return run_path(out_dir, run, desc, "report", ".html", res)
 
 
+def workflow_input(path, work_dir) -> Path:
+    """The path to give Pydra for an input file: the file a symlink points to.
+
+    A relative symlink (DataLad, git-annex) would dangle once Pydra links it into its
+    cache. The target is used when its name keeps the input's extension (git-annex's
+    ``*E`` backends); otherwise an absolute link with the input's name is made under
+    ``<work_dir>/inputs/links/`` (nibabel reads the format from the name).
+    """
+    path = Path(path)
+    target = path.resolve()
+    suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".gz") else path.suffix
+    if target == path or target.name.endswith(suffix):
+        return target
+    link = (
+        Path(work_dir)
+        / "inputs"
+        / "links"
+        / hashlib.sha256(str(target).encode()).hexdigest()[:16]
+        / path.name
+    )
+    if not (link.is_symlink() and link.resolve() == target):
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.unlink(missing_ok=True)
+        link.symlink_to(target)
+    return link
+
+
+def record_path(out_dir, run, desc, res) -> Path:
+    """Absolute path of the run's provenance record (it identifies the run's output set)."""
+    return run_path(out_dir, run, desc, "provenance", ".json", res)
+
+
 def _uris(links, *paths) -> list[str]:
     return [deriv.bids_uri(p, links) for p in paths if p is not None]
+
+
+def _reference_uri(reference, links):
+    """``SpatialReference`` as the sidecar holds it: BIDS URIs of files, others as given."""
+    if isinstance(reference, dict):
+        return {key: _reference_uri(value, links) for key, value in reference.items()}
+    return deriv.bids_uri(reference, links) if isinstance(reference, Path) else reference
+
+
+def _has_regressors(selection) -> bool:
+    # --dummy-scans without a confound strategy selects volumes but no regressor.
+    return selection is not None and bool(selection.columns)
 
 
 def _outlier_table(selection, n_volumes: int, fd, dvars) -> str:
@@ -194,7 +307,14 @@ def sidecars(job, settings, links, *, cleaned_zooms, res) -> dict:
         "DenoiseStrategy": job.strategy,
         "ConfoundColumns": selection.columns if selection is not None else [],
         "MaskerParameters": parameters,
+        "DummyScans": quality.dummy_scan_record(job, settings),
     }
+    dof = quality.dof_record(job, settings)
+    if dof is not None:
+        bold["DegreesOfFreedom"] = dof
+    reference = spaces.spatial_reference(run)
+    if reference is not None:
+        bold["SpatialReference"] = _reference_uri(reference, links)
     if mask_source is not None:
         bold["MaskSource"] = _uris(links, mask_source)[0]
     if resolution:
@@ -205,13 +325,20 @@ def sidecars(job, settings, links, *, cleaned_zooms, res) -> dict:
     }
     if mask_source:
         mask["MaskSource"] = _uris(links, mask_source)[0]
-        if res:
-            mask["Description"] = "The given mask, resampled (nearest neighbour)."
+        mask["Description"] = "The given mask the signals were extracted in" + (
+            ", resampled (nearest neighbour)." if res else "."
+        )
     else:
+        mask["Description"] = (
+            "Brain mask computed from the BOLD with the "
+            f"'{job.params.get('mask_strategy', 'background')}' strategy."
+        )
         mask["MaskStrategy"] = job.params.get("mask_strategy", "background")
         mask["MaskArgs"] = job.params.get("mask_args") or {}
     if resolution:
         mask["Resolution"] = resolution
+    if reference is not None:
+        mask["SpatialReference"] = bold["SpatialReference"]
     result = {"bold": bold, "mask": mask}
     if settings.outputs.save_signals:
         result["signals"] = {
@@ -219,21 +346,25 @@ def sidecars(job, settings, links, *, cleaned_zooms, res) -> dict:
             "NumPy .npy format, voxels in the mask's C order (NiftiMasker.transform).",
             "Sources": _uris(links, run.bold_file, mask_source),
         }
-    if selection is not None:
+    applied = {} if selection is None else applied_confound_parameters(selection.parameters)
+    if _has_regressors(selection):
         result["confounds"] = {
             "Description": "Regressors actually used (demeaned over kept volumes) for "
             f"the '{job.strategy}' strategy.",
             "Sources": _uris(links, run.confounds_file),
-            "Strategy": jsonable(selection.parameters),
+            # nilearn's load_confounds keywords that give these columns (and no others).
+            "Strategy": jsonable(applied),
             "Columns": selection.columns,
         }
+        if selection.parameters.get("columns"):
+            result["confounds"]["ExtraColumns"] = list(selection.parameters["columns"])
     result["outliers"] = {
         "Description": "One row per input volume; censored=1 marks volumes removed "
         "(non-steady state, scrubbing).",
         "SampleMask": kept,
+        # Only the thresholds scrubbing applied (null without scrubbing).
         "Thresholds": {
-            k: (selection.parameters.get(k) if selection is not None else None)
-            for k in ("fd_threshold", "std_dvars_threshold", "scrub")
+            k: applied.get(k) for k in ("fd_threshold", "std_dvars_threshold", "scrub")
         },
         "censored": {"Levels": {"0": "kept", "1": "removed"}},
     }
@@ -255,7 +386,7 @@ def tables(job) -> dict:
     selection = job.selection
     fd, dvars = confound_series(job.run, job.n_volumes)
     result = {}
-    if selection is not None:
+    if _has_regressors(selection):
         result["confounds"] = selection.confounds.to_csv(
             sep="\t", index=False, float_format="%.10g"
         )
@@ -263,26 +394,68 @@ def tables(job) -> dict:
     return result
 
 
-def write_derivatives(job, settings, links, outputs, res) -> tuple[dict, set]:
-    """Write the run's derivatives (data files and sidecars) with its derivatives workflow.
+def _data_keys(job, settings) -> list[str]:
+    keys = ["bold", "mask", *(["signals"] if settings.outputs.save_signals else [])]
+    return keys + (["confounds"] if _has_regressors(job.selection) else []) + ["outliers"]
+
+
+def planned_files(job, settings, res) -> list[str]:
+    """Paths (relative to the output dataset) of every file of the run's set, record last."""
+    out_dir, desc, run = settings.output_dir, settings.outputs.desc, job.run
+    paths = []
+    for key in _data_keys(job, settings):
+        suffix, extension = OUTPUT_FILES[key]
+        paths += [
+            run_path(out_dir, run, desc, suffix, extension, res),
+            run_path(out_dir, run, desc, suffix, ".json", res),
+        ]
+    if settings.reports:
+        paths.append(report_file(out_dir, run, desc, res))
+    paths.append(record_path(out_dir, run, desc, res))
+    return [path.relative_to(out_dir).as_posix() for path in paths]
+
+
+def stale_candidates(run, desc: str, out_dir, res) -> list[str]:
+    """Every masker-wf output name of this run (same entities, desc and res), relative."""
+    candidates = [
+        run_path(out_dir, run, desc, suffix, extension, res)
+        for suffix, extension in naming.RUN_OUTPUTS
+    ]
+    candidates.append(report_file(out_dir, run, desc, res))
+    return [path.relative_to(out_dir).as_posix() for path in candidates]
+
+
+def write_derivatives(job, settings, links, outputs, res, stage) -> dict:
+    """Write the run's derivatives (data files and sidecars) into ``stage``.
+
+    Parameters
+    ----------
+    job, settings, links
+        The run, the invocation's settings, the dataset links.
+    outputs : dict
+        The masker workflow's outputs.
+    res : str or None
+        ``res`` label of the output grid.
+    stage : masker_wf.app.commit.Stage
+        Where the files go (at the paths they will have in the output dataset).
 
     Returns
     -------
-    (dict, set)
-        Output key -> path of each data file; every path written (sidecars included).
+    dict
+        Output key -> path of each data file, relative to the output dataset.
     """
     import nibabel as nib
 
     from . import sinks
 
     out_dir, desc, run = settings.output_dir, settings.outputs.desc, job.run
-    zooms = nib.load(outputs["cleaned_bold_file"]).header.get_zooms()[:3]
+    zooms = nib.load(outputs["mask_file"]).header.get_zooms()[:3]  # the BOLD's grid
     contents = sidecars(job, settings, links, cleaned_zooms=zooms, res=res)
-    keys = ["bold", "mask", *(["signals"] if settings.outputs.save_signals else [])]
-    keys += list(tables(job))
-    destinations = {key: run_path(out_dir, run, desc, *OUTPUT_FILES[key], res) for key in keys}
-    for path in destinations.values():
-        path.parent.mkdir(parents=True, exist_ok=True)
+    finals = {
+        key: run_path(out_dir, run, desc, *OUTPUT_FILES[key], res)
+        for key in _data_keys(job, settings)
+    }
+    destinations = {key: stage.path(path) for key, path in finals.items()}
     with sinks.staging(settings.execution.work_dir) as staging:
         files = {}
         if settings.outputs.save_signals:
@@ -290,8 +463,9 @@ def write_derivatives(job, settings, links, outputs, res) -> tuple[dict, set]:
         for key, text in tables(job).items():
             files[key] = deriv.write_text(staging / destinations[key].name, text)
         task = sinks.RunDerivatives(
-            bold_file=run.bold_file,
-            cleaned_bold_file=outputs["cleaned_bold_file"],
+            # The file itself, not a link to it (a relative link would dangle in the cache).
+            bold_file=workflow_input(run.bold_file, settings.execution.work_dir),
+            signals_file=outputs["signals_file"],
             mask_file=outputs["mask_file"],
             t_r=job.t_r,
             files=files,
@@ -299,11 +473,27 @@ def write_derivatives(job, settings, links, outputs, res) -> tuple[dict, set]:
             sidecars=contents,
         )
         sinks.run_derivatives(task, staging / "pydra")
-    written = set(destinations.values())
-    written |= {
-        run_path(out_dir, run, desc, OUTPUT_FILES[key][0], ".json", res) for key in contents
+    return {key: path.relative_to(out_dir).as_posix() for key, path in finals.items()}
+
+
+def request_digest(job, settings, links, outputs, res) -> str:
+    """Digest of everything the run's files depend on: compared to decide "up to date".
+
+    The workflow's results (its cache directories are named by the hash of every input and
+    parameter), the output options, and the exact content of every sidecar and table.
+    """
+    import nibabel as nib
+
+    zooms = nib.load(outputs["mask_file"]).header.get_zooms()[:3]  # the BOLD's grid
+    content = {
+        "output_dirs": output_dirs(outputs),
+        "options": output_options(settings, links),
+        "files": planned_files(job, settings, res),
+        "sidecars": jsonable(sidecars(job, settings, links, cleaned_zooms=zooms, res=res)),
+        "tables": tables(job),
     }
-    return destinations, written
+    text = json.dumps(content, sort_keys=True, default=deriv._json_default)
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
 
 
 def output_options(settings, links) -> dict:
@@ -326,46 +516,45 @@ def output_dirs(outputs) -> list[str]:
     return sorted({Path(p).parent.name for p in outputs.values() if p is not None})
 
 
-def up_to_date_record(provenance_file: Path, outputs, options, out_dir):
-    """The run's previous provenance record if its outputs are what this run would write.
+def input_files(job) -> dict:
+    """Role -> path (as the user sees it) of each input file the run read."""
+    run, selection = job.run, job.selection
+    return {
+        role: Path(path)
+        for role, path in (
+            ("bold", run.bold_file),
+            ("mask", job.mask_file),
+            ("confounds", run.confounds_file if selection is not None else None),
+        )
+        if path is not None
+    }
 
-    That is: the previous run succeeded with the same Pydra results (the workflow's
-    output directories are named by the hash of every input and parameter), the same
-    output options, and all its outputs are still there.
+
+def up_to_date_record(record_file: Path, request: str, input_digests: dict, output_set):
+    """The run's previous provenance record if the files on disk are what this run writes.
+
+    That is: the previous run succeeded with the same request (:func:`request_digest`) and
+    inputs of the same content, and every file its record lists is there with the content
+    it had when written (:meth:`masker_wf.app.commit.OutputSet.verify`). A record from a
+    version without content digests never counts.
     """
     try:
-        record = json.loads(Path(provenance_file).read_text())
+        record = json.loads(Path(record_file).read_text())
     except (OSError, ValueError):
         return None
-    same_results = record.get("Pydra", {}).get("output_dirs") == output_dirs(outputs)
-    if not (
-        record.get("Status") == "ok"
-        and same_results
-        and record.get("OutputOptions") == options
-        and all((Path(out_dir) / path).is_file() for path in record.get("Outputs", {}).values())
-    ):
+    if not isinstance(record, dict) or record.get("Status") != "ok":
+        return None
+    inputs = {role: entry.get("hash") for role, entry in record.get("Inputs", {}).items()}
+    files = record.get("Files")
+    if record.get("Request") != request or inputs != input_digests or not files:
+        return None
+    if output_set.verify(files):
         return None
     return record
 
 
-def remove_stale(run, desc: str, out_dir: Path, res, keep: set) -> list[str]:
-    """Delete this run's (same entities and desc) masker-wf outputs it did not write now."""
-    candidates = [
-        run_path(out_dir, run, desc, suffix, extension, res)
-        for suffix, extension in naming.RUN_OUTPUTS
-    ]
-    candidates.append(report_file(out_dir, run, desc, res))
-    keep = {Path(p).absolute() for p in keep}
-    removed = []
-    for path in candidates:
-        if path.is_file() and path.absolute() not in keep:
-            path.unlink(missing_ok=True)
-            removed.append(str(path.relative_to(out_dir)))
-    return removed
-
-
-def summary_of(job, outputs, qc) -> dict:
-    """The run's numbers for the group table (voxels, volumes, FD, tSNR)."""
+def summary_of(job, outputs, qc, settings=None) -> dict:
+    """The run's numbers for the group table (voxels, volumes, FD, tSNR, degrees of freedom)."""
     import nibabel as nib
 
     mask = np.asarray(nib.load(outputs["mask_file"]).dataobj) > 0
@@ -380,33 +569,52 @@ def summary_of(job, outputs, qc) -> dict:
         # Both tSNR maps are over the kept volumes (see masker_wf._pipeline).
         "tsnr_before": None if tsnr_before is None else float(np.median(tsnr_before)),
         "tsnr_after": None if tsnr_after is None else float(np.median(tsnr_after)),
+        **quality.budget_summary(job.dof),
+        "dummy_scans": quality.dummy_scan_record(job, settings)["Removed"] if settings else None,
+        "dof_warn": settings.denoising.warn_dof if settings else None,
     }
 
 
-def write_report(job, settings, outputs, qc, notes, res) -> Path:
-    """Write the run's HTML report from the data CleanSignals gathered (never the BOLD)."""
+def write_report(job, settings, outputs, qc, notes, res, stage) -> Path:
+    """Write the run's HTML report into ``stage``, from the data CleanSignals gathered
+    (never the BOLD); return its path relative to the output dataset."""
     import nibabel as nib
 
     from ..reports import build_run_report
 
-    mask = np.asarray(nib.load(outputs["mask_file"]).dataobj) > 0
+    mask_img = nib.load(outputs["mask_file"])
+    mask = np.asarray(mask_img.dataobj) > 0
     selection = job.selection
     kept = np.arange(job.n_volumes) if selection is None else selection.kept
     fd, _ = confound_series(job.run, job.n_volumes)
     scrubbing = selection is not None and "scrub" in selection.parameters.get("strategy", ())
+    path = report_file(settings.output_dir, job.run, settings.outputs.desc, res)
+    bold_name = naming.run_name(run_path(settings.output_dir, job.run, settings.outputs.desc,
+                                         *OUTPUT_FILES["bold"], res))  # fmt: skip
     report = build_run_report(
-        title=job.run.name,
+        title=bold_name,
+        subtitle=f"from {job.run.bold_file.name}",
+        affine=mask_img.affine,
+        denoising=_denoising_record(job, settings),
         mask=mask,
         mean_data=qc["mean_planes"] or mask.astype(np.float32),
         parameters=jsonable(
             {
-                **{k: v for k, v in job.params.items() if k != "sample_mask"},
+                **{
+                    k: v
+                    for k, v in job.params.items()
+                    # A given mask was not computed: no strategy to show.
+                    if k != "sample_mask"
+                    and not (job.mask_file is not None and k in ("mask_strategy", "mask_args"))
+                },
                 # The source table, not the work-directory copy of the selected columns.
                 **(
                     {"confounds_file": job.run.confounds_file}
                     if "confounds_file" in job.params
                     else {}
                 ),
+                # The mask as the user named it (the workflow reads the file it links to).
+                **({"mask_file": job.mask_file} if "mask_file" in job.params else {}),
             }
         ),
         signals_before=qc.get("signals_before"),
@@ -418,24 +626,56 @@ def write_report(job, settings, outputs, qc, notes, res) -> Path:
         fd_threshold=selection.parameters.get("fd_threshold") if scrubbing else None,
         tsnr_before=qc.get("tsnr_before"),
         tsnr_after=qc.get("tsnr_after"),
-        summary={"confound columns": len(selection.columns) if selection else 0},
         warnings=notes,
     )
-    path = report_file(settings.output_dir, job.run, settings.outputs.desc, res)
-    report.save_as_html(path)
-    return path
+    report.save_as_html(stage.path(path))
+    return path.relative_to(settings.output_dir).as_posix()
+
+
+def _denoising_record(job, settings) -> dict:
+    """What the run's report says about its denoising (the sidecar's facts, for a reader)."""
+    selection, masker = job.selection, settings.masker
+    applied = {} if selection is None else applied_confound_parameters(selection.parameters)
+    if job.mask_file is None:
+        mask = f"computed with the '{job.params.get('mask_strategy', 'background')}' strategy"
+    elif settings.mask_img is not None:
+        mask = f"given for every run (--mask-img {job.mask_file.name})"
+    else:
+        mask = f"the input's brain mask ({job.mask_file.name})"
+    filter_type = (masker.get("clean_args") or {}).get("filter", "butterworth")
+    low, high = masker.get("low_pass"), masker.get("high_pass")
+    if filter_type == "cosine" and high:
+        described = f"cosine drifts up to {high:g} Hz"
+    elif filter_type and (low or high):
+        band = [f"high-pass {high:g} Hz" if high else "", f"low-pass {low:g} Hz" if low else ""]
+        described = "Butterworth " + ", ".join(b for b in band if b)
+    else:
+        described = "none"
+    return {
+        "strategy": job.strategy,
+        "mask": mask,
+        "filter": described,
+        "thresholds": {
+            k: applied.get(k) for k in ("fd_threshold", "std_dvars_threshold", "scrub")
+        },
+        "dummy_scans": quality.dummy_scan_record(job, settings),
+        "degrees_of_freedom": quality.dof_record(job, settings),
+        "confound_columns": selection.columns if selection is not None else [],
+        "censored": {} if selection is None else dict(selection.censored),
+    }
 
 
 def provenance_parameters(job, settings, files) -> dict:
     """``Parameters`` of the provenance record: the masker's, then the App's own options."""
     confounds_file = files.get("confounds")
+    params = job.confound_params
     app = {
         "denoise_strategy": job.strategy,
-        "confounds": job.confound_params,
+        # nilearn's load_confounds keywords that select exactly the regressors used.
+        "confounds": None if params is None else applied_confound_parameters(params),
+        "confound_columns": None if params is None else list(params.get("columns") or []),
         # The regressors as saved in the output dataset, not the work-dir copy.
-        "confounds_file": None
-        if confounds_file is None
-        else str(Path(confounds_file).relative_to(settings.output_dir)),
+        "confounds_file": None if confounds_file is None else str(confounds_file),
         "desc": settings.outputs.desc,
     }
     return jsonable(
@@ -446,8 +686,10 @@ def provenance_parameters(job, settings, files) -> dict:
     )
 
 
-def provenance_record(job, settings, links, execution, files, summary, removed) -> dict:
-    """The run's provenance record (written last, next to its outputs).
+def provenance_record(
+    job, settings, links, execution, files, summary, removed, *, digests, request, voxel_size
+) -> dict:
+    """The run's provenance record (staged last, committed last, next to its outputs).
 
     Parameters
     ----------
@@ -458,32 +700,23 @@ def provenance_record(job, settings, links, execution, files, summary, removed) 
     execution : masker_wf.app.run.WorkflowRun
         Times, cache entries and warnings of the workflow.
     files : dict
-        Output key -> path of each data file written.
+        Output key -> path of each data file, relative to the output dataset.
     summary : dict
         The run's numbers (:func:`summary_of`).
     removed : list of str
-        Stale outputs removed.
+        Stale outputs the commit removes.
+    digests : dict
+        ``"inputs"``: role -> digest of each input; ``"files"``: relative path ->
+        ``{"sha256", "size"}`` of every file of the set but the record.
+    request : str
+        :func:`request_digest` of the run.
+    voxel_size : sequence of float
+        Voxel size of the cleaned BOLD (mm).
     """
-    import nibabel as nib
-
-    from ..bids.provenance import file_sha256
-
-    run, selection = job.run, job.selection
-    out_dir = settings.output_dir
-    inputs = {
-        role: path
-        for role, path in (
-            ("bold", run.bold_file),
-            ("mask", job.mask_file),
-            ("confounds", run.confounds_file if selection is not None else None),
-        )
-        if path is not None
-    }
-    mark = time.perf_counter()
-    hashes = {role: file_sha256(path) for role, path in inputs.items()}
-    execution.steps["provenance"] = time.perf_counter() - mark
+    selection = job.selection
+    inputs = input_files(job)
     return {
-        "Run": run.name,
+        "Run": job.run.name,
         "Status": "ok",
         "StartTime": execution.started,
         "EndTime": now(),
@@ -492,14 +725,20 @@ def provenance_record(job, settings, links, execution, files, summary, removed) 
         "Host": host(),
         "Software": software_versions(),
         "Inputs": {
-            role: {"path": str(path), "uri": _uris(links, path)[0], "hash": hashes[role]}
+            role: {
+                "path": str(path),
+                "uri": _uris(links, path)[0],
+                "hash": digests["inputs"][role],
+            }
             for role, path in inputs.items()
         },
         "Parameters": provenance_parameters(job, settings, files),
         "Confounds": selection.columns if selection is not None else [],
         "SampleMask": None if selection is None else selection.kept.tolist(),
         "MaskSource": _mask_source(settings, job.mask_file),
-        "OutputVoxelSize": [float(z) for z in nib.load(files["bold"]).header.get_zooms()[:3]],
+        "DegreesOfFreedom": quality.dof_record(job, settings),
+        "DummyScans": quality.dummy_scan_record(job, settings),
+        "OutputVoxelSize": [float(z) for z in voxel_size],
         "RemovedStaleOutputs": removed,
         "Pydra": {
             "cache_root": str(execution.cache_root),
@@ -508,7 +747,9 @@ def provenance_record(job, settings, links, execution, files, summary, removed) 
             "computed": execution.computed,
             "reused_from_cache": not execution.computed,
         },
-        "Outputs": {k: str(Path(v).relative_to(out_dir)) for k, v in files.items()},
+        "Outputs": dict(files),
+        "Files": digests["files"],
+        "Request": request,
         "OutputOptions": output_options(settings, links),
         "Summary": summary,
         "Warnings": list(execution.warnings),

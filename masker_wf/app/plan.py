@@ -24,20 +24,28 @@ from ..bids.layout import (
     collect_participants,
     collect_runs,
     dataset_kind,
+    find_confounds,
     load_filter_file,
+    preprocessed_bold_under,
 )
-from . import console
-from .errors import EXIT_CANTCREAT, EXIT_DATA, EXIT_NOINPUT, EXIT_USAGE, AppError
+from ..bids.provenance import now
+from . import commit, console
+from .errors import EXIT_DATA, EXIT_NOINPUT, EXIT_USAGE, AppError, output_exit_code
 from .settings import Denoising, Settings
 
 __all__ = [
+    "AUTO_STRATEGY_RECORD",
     "Inputs",
     "Plan",
     "check_inputs",
     "confound_parameters",
+    "decide_auto_strategy",
     "plan_runs",
     "prepare_output",
 ]
+
+#: Where ``--denoise-strategy auto`` is decided once for the output dataset.
+AUTO_STRATEGY_RECORD = Path("logs") / "denoise_strategy_auto.json"
 
 
 @dataclass(frozen=True)
@@ -214,7 +222,8 @@ def prepare_output(settings: Settings, inputs: Inputs) -> None:
     except OSError as exc:
         reason = "it is a file" if work_dir.is_file() else exc
         raise AppError(
-            f"cannot create the work directory '{work_dir}': {reason}", EXIT_CANTCREAT
+            f"cannot create the work directory '{work_dir}': {reason}",
+            output_exit_code(exc.errno),
         ) from exc
     try:
         if out_dir.resolve() == settings.selection.bids_dir.resolve():
@@ -228,8 +237,15 @@ def prepare_output(settings: Settings, inputs: Inputs) -> None:
             )
             deriv.write_bidsignore(out_dir)
         _log_options(settings)
+        # What killed invocations left (staged sets, unfinished commits) is dealt with
+        # before anything new is written.
+        for line in commit.sweep(out_dir):
+            console.progress(f"masker-wf: {line}")
     except (OSError, ValueError) as exc:
-        raise AppError(f"cannot create the output in '{out_dir}': {exc}", EXIT_CANTCREAT) from exc
+        raise AppError(
+            f"cannot create the output in '{out_dir}': {exc}",
+            output_exit_code(getattr(exc, "errno", None)),
+        ) from exc
 
 
 def _log_options(settings: Settings) -> None:
@@ -280,18 +296,74 @@ def plan_runs(settings: Settings, inputs: Inputs) -> Plan:
         )
     strategy, auto = denoising.denoise_strategy, False
     if strategy == "auto":
-        # Decided once for the selection: a run without confounds then fails instead of
-        # being processed differently from the other runs of its subject.
-        found_confounds = any(run.confounds_file is not None for run in runs)
-        strategy, auto = ("simple" if found_confounds else "none"), True
-        console.progress(
-            f"masker-wf: --denoise-strategy auto: '{strategy}' for the selected runs "
-            f"({'fMRIPrep confounds found' if strategy != 'none' else 'no confounds file'})"
-        )
+        strategy, auto = decide_auto_strategy(settings, inputs), True
+    _warn_raw_beside_preprocessed(settings, inputs)
     plan = Plan(inputs, tuple(runs), strategy, auto)
     _warn_ignored_mask_options(settings, plan)
     console.progress(f"masker-wf: {len(runs)} run(s) of {len(found)} participant(s) to process")
     return plan
+
+
+def _auto_choice(settings: Settings, inputs: Inputs) -> dict:
+    """``auto`` over the whole input: ``simple`` when any run of the preprocessed dataset(s)
+    has fMRIPrep confounds (whichever participants are selected), else ``none``."""
+    roots = []
+    if inputs.derivatives_mode:
+        roots = [settings.selection.bids_dir] if inputs.kind == "derivative" else []
+        roots += [Path(p) for p in settings.selection.derivatives.values()]
+    for root in roots:
+        found = find_confounds(root)
+        if found is not None:
+            return {"denoise_strategy": "simple", "because": f"fMRIPrep confounds ({found})"}
+    return {"denoise_strategy": "none", "because": "no fMRIPrep confounds in the input"}
+
+
+def decide_auto_strategy(settings: Settings, inputs: Inputs) -> str:
+    """The strategy ``--denoise-strategy auto`` stands for in this output dataset.
+
+    Decided once, over the whole input dataset, and recorded in
+    ``<output_dir>/logs/denoise_strategy_auto.json``; later invocations (other
+    participants, SLURM array tasks) reuse the record, so one output dataset never mixes
+    strategies and a run without confounds fails instead of being processed differently.
+    Delete the record (or pass a strategy) to decide again.
+    """
+    out_dir = settings.output_dir
+    path = out_dir / AUTO_STRATEGY_RECORD
+    lock = out_dir / commit.STATE_DIR / "locks" / "denoise_strategy_auto.lock"
+    with commit.locked(lock):
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+            strategy = record["denoise_strategy"]
+            reused = True
+        except (OSError, ValueError, KeyError, TypeError):
+            record = {**_auto_choice(settings, inputs), "decided": now()}
+            record["input"] = {k: str(v) for k, v in inputs.dataset_links.items()}
+            strategy, reused = record["denoise_strategy"], False
+            try:
+                deriv.write_json(path, record)
+            except OSError as exc:
+                raise AppError(
+                    f"cannot record the auto strategy in '{path}': {exc}",
+                    output_exit_code(exc.errno),
+                ) from exc
+    how = "as recorded in" if reused else "recorded in"
+    console.progress(
+        f"masker-wf: --denoise-strategy auto: '{strategy}' for this output dataset "
+        f"({record.get('because', 'decided earlier')}; {how} {path})"
+    )
+    return strategy
+
+
+def _warn_raw_beside_preprocessed(settings: Settings, inputs: Inputs) -> None:
+    """Raw BOLD cleaned while ``derivatives/`` holds preprocessed BOLD of the same subjects."""
+    if inputs.kind != "raw" or inputs.derivatives_mode:
+        return
+    for root in preprocessed_bold_under(settings.selection.bids_dir, inputs.participants):
+        console.warning(
+            f"cleaning the raw BOLD of '{settings.selection.bids_dir}', while '{root}' holds "
+            f"preprocessed (desc-preproc) BOLD runs of these participants; pass "
+            f"--derivatives {root.name}={root} to clean those instead."
+        )
 
 
 def _warn_ignored_mask_options(settings: Settings, plan: Plan) -> None:

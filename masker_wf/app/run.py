@@ -4,8 +4,9 @@
 file and the reason, so one corrupt run does not stop the others. Its steps are the
 functions of this module, in order: :func:`prepare_run` (header, repetition time,
 confounds), :func:`run_workflow` (the Pydra masker workflow, cached under the work
-directory), then the outputs (:mod:`masker_wf.app.outputs`): derivatives, report,
-stale outputs, provenance record last.
+directory), then the outputs (:mod:`masker_wf.app.outputs`) under the run's lock: staged
+derivatives, report and provenance record (last), committed as one set
+(:mod:`masker_wf.app.commit`), unless the set on disk is already what the run would write.
 """
 
 from __future__ import annotations
@@ -22,11 +23,14 @@ from .. import _validation
 from .._exceptions import DimensionError
 from .._niimg import describe
 from ..bids import derivatives as deriv
-from ..bids.confounds import ConfoundSelection, select_confounds
+from ..bids.confounds import ConfoundSelection, dummy_scan_selection, select_confounds
 from ..bids.layout import RunInputs
 from ..bids.provenance import cache_entries, now
-from . import console, outputs
+from ..signal import FewDegreesOfFreedomWarning
+from . import commit, console, outputs
+from .errors import OutputError
 from .plan import Plan, confound_parameters
+from .qc import check_budget
 from .settings import Settings
 
 __all__ = ["RunError", "RunJob", "RunResult", "WorkflowRun", "prepare_run", "process_run"]
@@ -58,6 +62,8 @@ class RunResult:
     summary: dict = field(default_factory=dict)
     seconds: float = 0.0
     report: str | None = None
+    #: Exit code of an output-side failure (73 or 74, see :class:`OutputError`).
+    exit_code: int | None = None
 
 
 @dataclass(frozen=True)
@@ -99,6 +105,8 @@ class RunJob:
     mask_file: Path | None
     design_file: Path | None
     params: Mapping
+    #: Degrees-of-freedom budget (:func:`masker_wf.app.qc.check_budget`), once checked.
+    dof: object = None
 
 
 @dataclass
@@ -141,7 +149,8 @@ def _select_confounds(run: RunInputs, plan: Plan, params, n_volumes: int):
         raise RunError(
             run.bold_file,
             f"no confounds file for this run; the other runs use '{plan.strategy}' "
-            "(--denoise-strategy auto); pass --denoise-strategy none to process "
+            "(--denoise-strategy auto, decided once for the output dataset: "
+            "logs/denoise_strategy_auto.json); pass --denoise-strategy none to process "
             "without confounds.",
             missing=True,
         )
@@ -184,6 +193,8 @@ def prepare_run(run: RunInputs, plan: Plan, settings: Settings) -> RunJob:
     RunError
         The BOLD or the confounds cannot be used.
     """
+    if run.sidecar_error is not None:
+        raise RunError(run.sidecar_error.file, run.sidecar_error.reason)
     header, n_volumes = _read_header(run)
     zooms = header.get_zooms()
     t_r, notes = outputs.t_r_of(
@@ -191,12 +202,26 @@ def prepare_run(run: RunInputs, plan: Plan, settings: Settings) -> RunJob:
     )
     strategy = plan.strategy
     confound_params = confound_parameters(settings.denoising, strategy)
+    dummy_scans = settings.denoising.dummy_scans
+    if confound_params is not None:
+        confound_params = {**confound_params, "dummy_scans": dummy_scans}
     selection = _select_confounds(run, plan, confound_params, n_volumes)
+    if selection is None:
+        # No regressors, but the dummy scans are still removed (--dummy-scans).
+        try:
+            selection = dummy_scan_selection(n_volumes, dummy_scans, run.confounds_file)
+        except ValueError as exc:
+            raise RunError(run.confounds_file or run.bold_file, str(exc)) from exc
     mask_file = settings.mask_img or (run.mask_file if settings.selection.use_input_mask else None)
     params = settings.workflow_parameters()
     params["t_r"] = t_r
     if mask_file is not None:
-        params["mask_file"] = Path(mask_file)
+        # Pydra gets the file a symlink points to: a relative link (DataLad, git-annex)
+        # would dangle in the cache; the outputs still name the path the user gave.
+        params["mask_file"] = outputs.workflow_input(mask_file, settings.execution.work_dir)
+        note = outputs.mask_grid_note(mask_file, header, params)
+        if note is not None:
+            notes.append(note)
     design = _design_file(settings.execution.work_dir, run, selection)
     if design is not None:
         params["confounds_file"] = design
@@ -227,11 +252,14 @@ def run_workflow(job: RunJob, settings: Settings, worker, n_procs, clock) -> Wor
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         results = run_masker_workflow(
-            job.run.bold_file,
+            outputs.workflow_input(job.run.bold_file, settings.execution.work_dir),
             cache_root=cache_root,
             worker=worker,
             n_procs=n_procs,
             out_suffix=".nii",
+            # The cleaned BOLD is written once, by its sink, from the signals: the cache
+            # keeps what resuming needs, not a 4D copy of every output.
+            cleaned_bold=False,
             # The App owns its process: it opts in to the fast file hash (4x faster on a
             # BOLD run). Not with the per-node SLURM worker, whose jobs hash in processes
             # that have not opted in.
@@ -242,7 +270,17 @@ def run_workflow(job: RunJob, settings: Settings, worker, n_procs, clock) -> Wor
         outputs=results,
         cache_root=cache_root,
         computed=sorted(cache_entries(cache_root) - before),
-        warnings=[*job.notes, *sorted({str(w.message) for w in caught})],
+        warnings=[
+            *job.notes,
+            *sorted(
+                {
+                    str(w.message)
+                    for w in caught
+                    # The App checked the budget itself, against its own thresholds.
+                    if job.dof is None or not issubclass(w.category, FewDegreesOfFreedomWarning)
+                }
+            ),
+        ],
         started=clock[0],
         clock=clock[1],
     )
@@ -251,41 +289,99 @@ def run_workflow(job: RunJob, settings: Settings, worker, n_procs, clock) -> Wor
 
 
 def _confirm_up_to_date(record, execution, provenance_file) -> None:
-    # Same workflow results and output options: the derivatives on disk are what this
-    # run would write. Rewriting them (gzip of a 4D image) is the slowest step of a
-    # resumed run, so only the provenance record is updated.
+    # Same request, inputs and files: the derivatives on disk are what this run would
+    # write. Rewriting them (gzip of a 4D image) is the slowest step of a resumed run, so
+    # only the provenance record is updated (it is not among the files it lists).
     record["Pydra"].update(computed=execution.computed, reused_from_cache=True)
     record["LastConfirmed"] = now()
-    deriv.write_json(provenance_file, record)
+    try:
+        deriv.write_json(provenance_file, record)
+    except OSError as exc:
+        raise commit.output_error(provenance_file, exc) from exc
 
 
-def _write_outputs(job, settings, links, execution, res, tag) -> RunResult:
-    """Derivatives, report, stale outputs, then the provenance record."""
+def _voxel_size(image_file) -> tuple:
+    import nibabel as nib
+
+    return nib.load(image_file).header.get_zooms()[:3]
+
+
+def _staged_error(exc: BaseException, stage) -> OutputError | None:
+    """The output-side failure in ``exc``'s chain, naming the output path (not the stage's)."""
+    seen = exc
+    while seen is not None:
+        if isinstance(seen, OutputError):
+            return seen
+        if isinstance(seen, OSError):
+            path = getattr(seen, "output_file", None)
+            filename = seen.filename and Path(seen.filename)
+            if path is None and filename and filename.is_relative_to(stage.root):
+                path = filename
+            if path is not None:
+                # The writers' message names no path ("Cannot write output: <reason>").
+                reason = (seen.strerror or str(seen)).removeprefix("Cannot write output: ")
+                return OutputError(stage.final(path), seen.errno, reason)
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _write_outputs(job, settings, links, execution, res, tag, output_set, request) -> RunResult:
+    """Stage the derivatives, the report and the provenance record (last); commit them."""
     from .._io import load_qc
 
-    out_dir, desc = settings.output_dir, settings.outputs.desc
+    out_dir = settings.output_dir
+    planned = outputs.planned_files(job, settings, res)
+    output_set.check_destinations(planned)
     console.progress(f"{tag}: writing derivatives")
     mark = time.perf_counter()
-    files, written = outputs.write_derivatives(job, settings, links, execution.outputs, res)
-    execution.steps["derivatives"], mark = time.perf_counter() - mark, time.perf_counter()
-    # Everything the report shows was gathered by CleanSignals in its one pass over the
-    # BOLD: the report never reads the run again.
-    qc = load_qc(execution.outputs["qc_file"])
-    summary = outputs.summary_of(job, execution.outputs, qc)
-    report = None
-    if settings.reports:
-        report = outputs.write_report(
-            job, settings, execution.outputs, qc, execution.warnings, res
+    stage = output_set.stage()
+    try:
+        files = outputs.write_derivatives(job, settings, links, execution.outputs, res, stage)
+        execution.steps["derivatives"], mark = time.perf_counter() - mark, time.perf_counter()
+        # Everything the report shows was gathered by CleanSignals in its one pass over the
+        # BOLD: the report never reads the run again.
+        qc = load_qc(execution.outputs["qc_file"])
+        summary = outputs.summary_of(job, execution.outputs, qc, settings)
+        report = None
+        if settings.reports:
+            report = outputs.write_report(
+                job, settings, execution.outputs, qc, execution.warnings, res, stage
+            )
+        execution.steps["report"], mark = time.perf_counter() - mark, time.perf_counter()
+        record_file = output_set.record
+        record_rel = record_file.relative_to(out_dir).as_posix()
+        candidates = outputs.stale_candidates(job.run, settings.outputs.desc, out_dir, res)
+        removed = output_set.stale(candidates, keep=planned)
+        digests = {
+            "inputs": {
+                role: output_set.memo.digest(path)
+                for role, path in outputs.input_files(job).items()
+            },
+            "files": stage.digests(exclude={record_rel}),
+        }
+        execution.steps["provenance"] = time.perf_counter() - mark
+        record = outputs.provenance_record(
+            job,
+            settings,
+            links,
+            execution,
+            files,
+            summary,
+            removed,
+            digests=digests,
+            request=request,
+            voxel_size=_voxel_size(execution.outputs["mask_file"]),  # the cleaned BOLD's grid
         )
-        written.add(report)
-    execution.steps["report"] = time.perf_counter() - mark
-    provenance_file = outputs.run_path(out_dir, job.run, desc, "provenance", ".json", res)
-    written.add(provenance_file)
-    removed = outputs.remove_stale(job.run, desc, out_dir, res, written)
+        deriv.write_json(stage.path(record_file), record)
+        output_set.commit(stage, digests["files"], stale=removed)
+    except Exception as exc:
+        stage.discard()
+        error = _staged_error(exc, stage)
+        if error is None:
+            raise
+        raise error from exc
     for path in removed:
         console.progress(f"{tag}: removed stale output {path} (not produced by this run)")
-    record = outputs.provenance_record(job, settings, links, execution, files, summary, removed)
-    deriv.write_json(provenance_file, record)
     cached = " (from cache)" if not execution.computed else ""
     console.progress(f"{tag}: done in {execution.elapsed():.1f} s{cached}")
     return RunResult(
@@ -293,10 +389,10 @@ def _write_outputs(job, settings, links, execution, res, tag) -> RunResult:
         subject=job.run.subject,
         ok=True,
         bold_file=str(job.run.bold_file),
-        outputs=files,
+        outputs={key: out_dir / path for key, path in files.items()},
         summary=summary,
         seconds=execution.elapsed(),
-        report=None if report is None else str(report),
+        report=None if report is None else str(out_dir / report),
     )
 
 
@@ -334,7 +430,7 @@ def process_run(
     links = plan.inputs.dataset_links
     try:
         console.progress(f"{tag}: reading inputs")
-        job = prepare_run(run, plan, settings)
+        job = check_budget(prepare_run(run, plan, settings), settings)
         for note in job.notes:
             console.progress(f"{tag}: warning: {note}")
         console.progress(
@@ -342,19 +438,25 @@ def process_run(
             f"{settings.execution.work_dir / 'pydra'})"
         )
         execution = run_workflow(job, settings, worker, n_procs, clock)
-        res = outputs.output_res(job.header, execution.outputs["cleaned_bold_file"])
-        provenance_file = outputs.run_path(
-            settings.output_dir, run, settings.outputs.desc, "provenance", ".json", res
-        )
-        previous = outputs.up_to_date_record(
-            provenance_file,
-            execution.outputs,
-            outputs.output_options(settings, links),
-            settings.output_dir,
-        )
-        if previous is None:
-            return _write_outputs(job, settings, links, execution, res, tag)
-        _confirm_up_to_date(previous, execution, provenance_file)
+        # The cleaned BOLD is written on the grid of the mask (from the signals).
+        res = outputs.output_res(job.header, execution.outputs["mask_file"])
+        record_file = outputs.record_path(settings.output_dir, run, settings.outputs.desc, res)
+        request = outputs.request_digest(job, settings, links, execution.outputs, res)
+        # The run's lock, from the check to the commit: another App writing the same run
+        # into the same output dataset waits, and never sees a half-written set.
+        with commit.OutputSet(settings.output_dir, record_file) as output_set:
+            inputs = {
+                role: output_set.memo.digest(path)
+                for role, path in outputs.input_files(job).items()
+            }
+            previous = outputs.up_to_date_record(record_file, request, inputs, output_set)
+            if previous is None:
+                return _write_outputs(
+                    job, settings, links, execution, res, tag, output_set, request
+                )
+            _confirm_up_to_date(previous, execution, record_file)
+            # What a killed writer of an earlier version left next to these files.
+            output_set.remove_leftovers([*previous["Files"], output_set.relative_record])
         console.progress(
             f"{tag}: outputs up to date, kept as they are ({execution.elapsed():.1f} s)"
         )
@@ -374,6 +476,20 @@ def process_run(
 
 
 def _failed(run: RunInputs, exc: Exception, tag: str, seconds: float) -> RunResult:
+    if isinstance(exc, OutputError):
+        # The output dataset is at fault, not the run's data: named as the user knows it.
+        console.progress(f"{tag}: FAILED: {exc}")
+        logger.debug("run %s failed:\n%s", run.name, traceback.format_exc())
+        return RunResult(
+            name=run.name,
+            subject=run.subject,
+            ok=False,
+            bold_file=str(run.bold_file),
+            reason=str(exc),
+            kind="output",
+            seconds=seconds,
+            exit_code=exc.exit_code,
+        )
     file, reason = explain(run, exc)
     kind = "data" if isinstance(exc, ValueError | TypeError | OSError) else "error"
     if getattr(exc, "missing", False):
@@ -388,6 +504,8 @@ def _failed(run: RunInputs, exc: Exception, tag: str, seconds: float) -> RunResu
         reason=f"{file}: {reason}",
         kind=kind,
         seconds=seconds,
+        # A refused run keeps its numbers (degrees of freedom, volumes) for the group table.
+        summary=dict(getattr(exc, "summary", None) or {}),
     )
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
 
@@ -84,6 +84,15 @@ class Denoising:
     custom_strategy: Path | None = None
     #: Overrides of the preset (None: the preset's value), see :data:`CONFOUND_OPTIONS`.
     options: Mapping = field(default_factory=lambda: _frozen(dict.fromkeys(CONFOUND_OPTIONS)))
+    #: Volumes removed at the start of each run: ``"auto"`` (fMRIPrep's
+    #: ``non_steady_state_outlierXX`` columns) or a number.
+    dummy_scans: str | int = "auto"
+    #: Degrees of freedom left by the cleaning below which a run is flagged (a warning).
+    warn_dof: int = 20
+    #: ... and below which it is refused (exit code 65 for that run).
+    min_dof: int = 1
+    #: Seconds of data left after censoring below which a run is refused (0: no minimum).
+    min_time: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -101,9 +110,27 @@ class Execution:
     """Where and how the work runs locally."""
 
     work_dir: Path = Path("work")
+    #: Runs processed at once (``--nprocs``; None: not given).
     nprocs: int | None = None
+    #: Threads inside each run (``--omp-nthreads``; None: not given).
+    omp_nthreads: int | None = None
+    #: Memory the runs in flight may use together, MB (``--mem-mb``; None: not given).
+    mem_mb: int | None = None
     verbose: int = 0
     config_file: Path | None = None
+    #: Remove a participant's work directory once its outputs are committed.
+    clean_workdir: bool = False
+    #: Print what would be processed (or submitted) and stop: nothing is written.
+    dry_run: bool = False
+
+    def participant_work_dir(self, label: str) -> Path:
+        """``<work_dir>/sub-<label>``: a participant's Pydra cache and intermediates.
+
+        One directory per participant, so that array tasks on a shared file system never
+        list or lock a directory another participant writes to, and so that a participant
+        can be cleaned up alone.
+        """
+        return self.work_dir / f"sub-{label}"
 
 
 @dataclass(frozen=True)
@@ -116,6 +143,8 @@ class SlurmSettings:
     wait: bool = False
     slurm_worker: str = "array"
     slurm_partition: str | None = None
+    #: Participants processed by each array task (None: chosen from the runs' sizes).
+    participants_per_task: int | None = None
     #: This process is one task of a job array submitted by ``--slurm``.
     array_task: bool = False
 
@@ -198,6 +227,11 @@ class Settings:
                 f"--output-desc {desc!r} is not a valid BIDS label: use letters and "
                 "digits only (e.g. 'denoised', 'smooth6mm')."
             )
+        if options.get("min_dof", 1) > options.get("warn_dof", 20):
+            raise ValueError(
+                f"--min-dof {options['min_dof']} is above --warn-dof {options['warn_dof']}: "
+                "runs are refused below --min-dof and flagged below --warn-dof."
+            )
         strategy = options["denoise_strategy"]
         if options["custom_strategy"] is not None:
             strategy = "custom"
@@ -223,6 +257,11 @@ class Settings:
                 denoise_strategy=strategy,
                 custom_strategy=_path(options["custom_strategy"]),
                 options=_frozen({name: options[name] for name in CONFOUND_OPTIONS}),
+                **{
+                    name: options[name]
+                    for name in ("dummy_scans", "warn_dof", "min_dof", "min_time")
+                    if name in options
+                },
             ),
             outputs=Outputs(
                 desc=desc,
@@ -232,13 +271,22 @@ class Settings:
             execution=Execution(
                 work_dir=Path(options["work_dir"]).absolute(),
                 nprocs=options["nprocs"],
+                omp_nthreads=options.get("omp_nthreads"),
+                mem_mb=options.get("mem_mb"),
                 verbose=options["verbose"],
                 config_file=_path(options["config_file"]),
+                clean_workdir=bool(options.get("clean_workdir", False)),
+                dry_run=bool(options.get("dry_run", False)),
             ),
             slurm=SlurmSettings.from_options(options),
             given=frozenset(options.get("_given", ())),
             options=_frozen({k: v for k, v in options.items() if not k.startswith("_")}),
         )
+
+    def for_participant(self, label: str) -> Settings:
+        """These settings with the work directory of participant ``label``."""
+        execution = replace(self.execution, work_dir=self.execution.participant_work_dir(label))
+        return replace(self, execution=execution)
 
     def workflow_parameters(self) -> dict:
         """The masker parameters the Pydra workflow takes, unset ones left out."""

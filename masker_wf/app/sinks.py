@@ -1,17 +1,20 @@
-"""The derivatives workflow of a run: every output file written by a ``DerivativesSink`` node.
+"""The derivatives workflow of a run: every output file written once, by a node of its own.
 
 Each run goes through two Pydra workflows. The masker workflow
-(:class:`masker_wf.workflow.MaskerWorkflow`) computes the mask, the signals and the cleaned
-BOLD (uncompressed) in the work directory's cache, where reruns and resumed runs find them.
-:class:`RunDerivatives` then writes the run's derivatives: one
-:class:`masker_wf.tasks.DerivativesSink` node per output file (cleaned BOLD ``.nii.gz``,
-mask ``.nii.gz``, signals ``.npy``, regressors and censored volumes ``.tsv``), each with its
-JSON sidecar, staged and renamed into place. The cleaned BOLD is compressed once, by its sink.
+(:class:`masker_wf.workflow.MaskerSignalsWorkflow`) computes the mask, the signals and the
+report data in the work directory's cache, where reruns and resumed runs find them: the
+cache keeps what resuming needs (the signals), never a 4D image. :class:`RunDerivatives`
+then writes the run's derivatives, each straight to its path in the output dataset:
 
-The two NIfTI outputs first go through :class:`MatchInputHeader`: the images of the cache
-carry the grid of the mask they were made with, while a derivative states the input BOLD's
-sform/qform codes, units (mm, s) and repetition time (the BIDS validator checks
-``pixdim[4]`` against ``RepetitionTime``).
+- the cleaned BOLD by :class:`masker_wf.tasks.Unmask` from the signals, a few volumes at a
+  time, compressed (python-isal, ordinary gzip) as it is produced: the 4D image is never
+  written uncompressed nor held whole in memory;
+- the mask, the signals ``.npy`` and the tables by :class:`masker_wf.tasks.DerivativesSink`.
+
+Both images state the input BOLD's sform/qform codes, units (mm, s) and, for the BOLD,
+the repetition time (the BIDS validator checks ``pixdim[4]`` against
+``RepetitionTime``): the images of the cache carry the grid of the mask only. Each file
+gets its JSON sidecar, staged and renamed into place after the data.
 
 The derivatives workflow runs only when the outputs on disk are not already what the run
 would write (see :func:`masker_wf.app.outputs.up_to_date_record`), and then in a cache of
@@ -22,106 +25,39 @@ again (after the file was deleted, or when the other outputs of the run change).
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 from fileformats.generic import File
-from fileformats.medimage import Nifti1
-from pydra.compose import python, workflow
+from pydra.compose import workflow
 
-from ..tasks import DerivativesSink, NiftiImage
+from ..tasks import DerivativesSink, NiftiImage, Signals, Unmask
 
-__all__ = [
-    "MatchInputHeader",
-    "RunDerivatives",
-    "run_derivatives",
-    "staging",
-    "with_input_header",
-]
-
-
-def with_input_header(img, in_header, t_r=None):
-    """Copy of ``img`` with the input's sform/qform codes and xyzt units (mm, s).
-
-    Parameters
-    ----------
-    img : nibabel.Nifti1Image
-    in_header : nibabel.Nifti1Header
-        Header of the run's input BOLD.
-    t_r : float, optional
-        Repetition time (s): the 4th voxel size of a 4D image.
-    """
-    import nibabel as nib
-
-    img = nib.Nifti1Image(img.dataobj, img.affine, img.header)
-    space, unit = in_header.get_xyzt_units()
-    img.header.set_xyzt_units(
-        space if space != "unknown" else "mm", unit if unit != "unknown" else "sec"
-    )
-    if t_r is not None and img.ndim == 4:
-        img.header.set_zooms((*img.header.get_zooms()[:3], float(t_r)))
-    sform_code, qform_code = int(in_header["sform_code"]), int(in_header["qform_code"])
-    if not (sform_code or qform_code):  # neither set: keep the affine readable as 'scanner'
-        sform_code = 1
-    affine = img.affine
-    img.set_sform(affine, code=sform_code)
-    img.set_qform(affine, code=qform_code)
-    return img
-
-
-def _match_input_header(
-    in_file: NiftiImage, reference_file: NiftiImage, t_r: float | None = None
-) -> Nifti1:
-    """``in_file`` with the sform/qform codes and xyzt units of ``reference_file``.
-
-    Parameters
-    ----------
-    in_file : NIfTI
-        Image of the masker workflow (its data and affine are kept).
-    reference_file : NIfTI
-        The run's input BOLD.
-    t_r : float, optional
-        Repetition time (s), stored as the 4th voxel size of a 4D image.
-
-    Returns
-    -------
-    out_file : NIfTI
-        Uncompressed ``image.nii`` (its sink compresses it).
-    """
-    import nibabel as nib
-
-    from .._io import save_img
-
-    reference = nib.load(str(reference_file)).header
-    image = with_input_header(nib.load(str(in_file)), reference, t_r)
-    return save_img(image, os.path.abspath("image.nii"))
-
-
-MatchInputHeader = python.define(
-    _match_input_header, outputs=["out_file"], name="MatchInputHeader"
-)
+__all__ = ["RunDerivatives", "run_derivatives", "staging"]
 
 
 def _run_derivatives(
     bold_file: NiftiImage,
-    cleaned_bold_file: NiftiImage,
+    signals_file: Signals,
     mask_file: NiftiImage,
     destinations: dict,
     sidecars: dict,
     files: dict | None = None,
     t_r: float | None = None,
+    compress_level: int = 1,
 ) -> File:
-    """Write one run's derivatives, one sink per output file.
+    """Write one run's derivatives, one node per output file.
 
     Parameters
     ----------
     bold_file : NIfTI
-        The run's input BOLD (the header the images take).
-    cleaned_bold_file, mask_file : NIfTI
-        The masker workflow's cleaned BOLD and mask.
+        The run's input BOLD (the header codes the images state).
+    signals_file : Signals
+        The masker workflow's signals: the cleaned BOLD is made from them.
+    mask_file : NIfTI
+        The masker workflow's mask.
     destinations : dict
         Output key (``bold``, ``mask``, and the keys of ``files``) -> absolute path.
     sidecars : dict
@@ -130,25 +66,36 @@ def _run_derivatives(
         Other outputs: key -> file to write as it is (signals, tables).
     t_r : float, optional
         Repetition time (s) of the cleaned BOLD.
+    compress_level : int
+        isal compression level of the ``.nii.gz`` outputs.
 
     Returns
     -------
     bold_file : File
         The cleaned BOLD at its destination.
     """
-    images = {"bold": (cleaned_bold_file, t_r), "mask": (mask_file, None)}
-    written = {}
-    for key, (image, image_t_r) in images.items():
-        header = workflow.add(
-            MatchInputHeader(in_file=image, reference_file=bold_file, t_r=image_t_r),
-            name=f"{key}_header",
-        )
-        written[key] = workflow.add(
-            DerivativesSink(
-                in_file=header.out_file, out_file=destinations[key], sidecar=sidecars.get(key)
-            ),
-            name=f"sink_{key}",
-        )
+    bold = workflow.add(
+        Unmask(
+            signals_file=signals_file,
+            mask_file=mask_file,
+            reference_file=bold_file,
+            t_r=t_r,
+            out_file=destinations["bold"],
+            sidecar=sidecars.get("bold"),
+            compress_level=compress_level,
+        ),
+        name="sink_bold",
+    )
+    workflow.add(
+        DerivativesSink(
+            in_file=mask_file,
+            out_file=destinations["mask"],
+            sidecar=sidecars.get("mask"),
+            compress_level=compress_level,
+            reference_file=bold_file,
+        ),
+        name="sink_mask",
+    )
     for key, in_file in (files or {}).items():
         workflow.add(
             DerivativesSink(
@@ -156,7 +103,7 @@ def _run_derivatives(
             ),
             name=f"sink_{key}",
         )
-    return written["bold"].out_file
+    return bold.out_file
 
 
 # Defined from a module-level function, as the masker's tasks, so that it pickles by name.
@@ -185,5 +132,10 @@ def run_derivatives(task, cache_root) -> None:
     """
     from pydra.engine.submitter import Submitter
 
+    from .._io import carry_digests
+
     with Submitter(cache_root=cache_root, worker="debug") as submitter:
         submitter(task, raise_errors=True)
+    # Pydra hard-linked the outputs into the workflow's cache: the digests the sinks
+    # computed while writing them still hold (the provenance record reuses them).
+    carry_digests(task.destinations.values())

@@ -2,27 +2,48 @@
 code, and the group level (summary table and index page over every processed run).
 
 Both read the runs' provenance records, so a page lists every run in the output dataset,
-whichever invocation (or SLURM array task) processed it.
+whichever invocation (or SLURM array task) processed it. The group table gives each run a
+``status``: ``ok`` (its set is complete and unchanged, and its last attempt succeeded),
+``kept-previous`` (the last attempt failed; the row is the earlier set, kept intact),
+``failed`` (the last attempt failed and no set exists), ``modified`` (a file of the set was
+changed or removed since it was written).
 """
 
 from __future__ import annotations
 
-import html
 import json
 from pathlib import Path
 
 from ..bids import derivatives as deriv
 from ..bids import naming
 from ..bids.methods import subject_methods
-from ..bids.provenance import software_versions
-from . import console
-from .errors import EXIT_DATA, EXIT_FAILED_RUNS, EXIT_NOINPUT, EXIT_OK
+from ..bids.provenance import now, software_versions
+from . import commit, console
+from . import qc as quality
+from .errors import EXIT_DATA, EXIT_FAILED_RUNS, EXIT_NOINPUT, EXIT_OK, output_exit_code
 from .run import RunResult
 
 __all__ = ["exit_code", "run_group", "summarise", "write_subject_report"]
 
 #: Software named in the methods paragraph.
 _METHODS_SOFTWARE = ("masker-wf", "numpy", "scipy", "nibabel", "pydra")
+#: Numbers of a run shown on the subject and group pages.
+_RUN_NUMBERS = (
+    "volumes_kept",
+    "seconds_kept",
+    "confound_regressors",
+    "dof",
+    "voxels_in_mask",
+    "mean_fd",
+    "tsnr_before",
+    "tsnr_after",
+)
+
+
+def _short_name(bold, subject) -> str:
+    """The output's name without the subject (the page is the subject's) or the suffix."""
+    name = naming.run_name(bold).removeprefix(f"{naming.participant_id(subject)}_")
+    return name.removesuffix("_bold")
 
 
 def _fmt(value):
@@ -31,13 +52,21 @@ def _fmt(value):
     return "n/a" if value is None else value
 
 
-def _provenance_records(out_dir: Path, subject: str | None = None):
+def _provenance_files(out_dir: Path, subject: str | None = None):
+    """(path, record) of every provenance record of the output dataset (or of a subject)."""
     pattern = naming.participant_id(subject) if subject else "sub-*"
     for path in sorted(Path(out_dir).glob(f"{pattern}/**/*_provenance.json")):
         try:
-            yield json.loads(path.read_text(encoding="utf-8"))
+            record = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError):
             continue
+        if isinstance(record, dict) and "Outputs" in record:
+            yield path, record
+
+
+def _provenance_records(out_dir: Path, subject: str | None = None):
+    for _, record in _provenance_files(out_dir, subject):
+        yield record
 
 
 def write_subject_report(out_dir, subject: str, results, desc: str) -> Path:
@@ -65,11 +94,14 @@ def write_subject_report(out_dir, subject: str, results, desc: str) -> Path:
     runs = []
     for key in sorted(records):
         bold = records[key]["Outputs"]["bold"]
+        summary = records[key]["Summary"]
         runs.append(
             {
-                "name": naming.run_name(bold),
+                "name": _short_name(bold, subject),
                 "report": deriv.relative_link(out_dir / naming.output_report_path(bold), out_dir),
-                **{k: _fmt(v) for k, v in records[key]["Summary"].items()},
+                **{k: v for k, v in summary.items() if k in _RUN_NUMBERS},
+                "warnings": list(records[key].get("Warnings") or []),
+                "flags": quality.quality_flags(summary),
             }
         )
     errors = [{"name": r.name, "reason": r.reason} for r in results if not r.ok]
@@ -86,25 +118,56 @@ def write_subject_report(out_dir, subject: str, results, desc: str) -> Path:
     return report.save_as_html(out_dir / naming.subject_report_path(subject))
 
 
-def _write_failure_logs(out_dir: Path, results) -> None:
-    # One failure log per subject, removed once the subject succeeds, so logs/ shows what
-    # still needs attention.
+def _write_failure_logs(out_dir: Path, results, desc: str) -> None:
+    """Update ``logs/failures_sub-<label>.json``: this invocation's runs replace their entries.
+
+    A run that succeeded now loses its entry; a run that failed gets one (with the time, so
+    that the group level can tell a failure after the outputs on disk from an older one);
+    runs this invocation did not process keep theirs. A log left empty is removed, so
+    ``logs/`` shows what still needs attention.
+    """
     for subject in sorted({r.subject for r in results}):
         path = out_dir / naming.failure_log_path(subject)
-        failures = [r for r in results if r.subject == subject and not r.ok]
-        if failures:
-            deriv.write_json(
-                path, [{"run": r.name, "bold": r.bold_file, "reason": r.reason} for r in failures]
-            )
+        mine = {(r.name, desc) for r in results if r.subject == subject}
+        entries = [e for e in _read_failure_log(path) if (e.get("run"), e.get("desc")) not in mine]
+        entries += [
+            {
+                "run": r.name,
+                "bold": r.bold_file,
+                "reason": r.reason,
+                "desc": desc,
+                "kind": r.kind,
+                "time": now(),
+                # A run refused for too little data keeps its numbers for the group table.
+                **({"summary": r.summary} if r.summary else {}),
+            }
+            for r in results
+            if r.subject == subject and not r.ok
+        ]
+        if entries:
+            deriv.write_json(path, entries)
         else:
             path.unlink(missing_ok=True)
 
 
+def _read_failure_log(path: Path) -> list[dict]:
+    try:
+        entries = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return []
+    return [e for e in entries if isinstance(e, dict)] if isinstance(entries, list) else []
+
+
 def exit_code(results) -> int:
-    """0 all succeeded; 66 all failed for a missing input; 65 all on their data; else 1."""
+    """0 all succeeded; 73/74 a run failed on the output side; 66 all failed for a missing
+    input; 65 all on their data; else 1."""
     failed = [r for r in results if not r.ok]
     if not failed:
         return EXIT_OK
+    output = [r.exit_code for r in failed if r.kind == "output" and r.exit_code]
+    if output:
+        # The output dataset cannot take the results: that comes before any run's data.
+        return max(output)
     if len(failed) == len(results) and all(r.kind == "missing" for r in failed):
         return EXIT_NOINPUT
     if len(failed) == len(results) and all(r.kind in ("data", "missing") for r in failed):
@@ -126,7 +189,14 @@ def summarise(results: list[RunResult], settings) -> int:
                 )
             except Exception as exc:  # a report must not hide the processing result
                 console.progress(f"masker-wf: subject report of sub-{subject} failed: {exc}")
-    _write_failure_logs(out_dir, results)
+    code = exit_code(results)
+    try:
+        _write_failure_logs(out_dir, results, settings.outputs.desc)
+    except OSError as exc:
+        # The runs' outcome is known; a log that cannot be written is an output failure.
+        console.error(f"cannot write the failure log in '{out_dir / 'logs'}': {exc}")
+        logged = output_exit_code(exc.errno)
+        code = max(code, logged) if code in (73, 74) else logged
     failed = [r for r in results if not r.ok]
     console.progress(
         f"\nmasker-wf: {len(results) - len(failed)}/{len(results)} runs succeeded "
@@ -134,7 +204,7 @@ def summarise(results: list[RunResult], settings) -> int:
     )
     for r in failed:
         console.progress(f"  FAILED {r.name}: {r.reason}")
-    return exit_code(results)
+    return code
 
 
 def _failures(out_dir: Path, participants=None) -> list[dict]:
@@ -165,67 +235,153 @@ _SUMMARY_COLUMNS = {
     "tsnr_after": {
         "Description": "Median of input mean / cleaned standard deviation (n/a when standardized)"
     },
+    "status": {
+        "Description": "State of the run's outputs when the group level ran",
+        "Levels": {
+            "ok": "complete set, unchanged since written; the run's last attempt succeeded",
+            "kept-previous": "the last attempt failed (see reason); the row describes the "
+            "earlier set, kept intact",
+            "failed": "the last attempt failed (see reason); no outputs",
+            "modified": "a file of the set was changed or removed after it was written",
+        },
+    },
+    "reason": {"Description": "Why the last attempt failed, or what was modified"},
+    "seconds_kept": {"Description": "Seconds of data after censoring", "Units": "s"},
+    "confound_regressors": {"Description": "Independent confound regressors of the cleaning"},
+    "dof": {
+        "Description": "Degrees of freedom left by the cleaning: volumes kept minus confound "
+        "regressors, mean/trend terms and the dimensions the temporal filter removes"
+    },
+    "dof_warn": {"Description": "--warn-dof the run was checked against"},
+    "dummy_scans": {"Description": "Volumes removed at the start of the run (--dummy-scans)"},
+    "qc_flags": {
+        "Description": "What needs a look, comma-separated (n/a: nothing)",
+        "Levels": {
+            "refused": "too little data left to clean (--min-dof, --min-time): no outputs",
+            "failed": "the run failed (see reason)",
+            "low_dof": "fewer degrees of freedom than --warn-dof",
+            "tsnr_not_finite": "the tSNR after cleaning is not a finite number",
+            "tsnr_absurd": "median tSNR after cleaning above 1000: the residuals are "
+            "rounding noise or constant",
+        },
+    },
 }
 
 
+def _set_status(out_dir: Path, path: Path, record: dict) -> tuple[str, str]:
+    """(status, reason) of one output set against its record (under the run's lock)."""
+    files = record.get("Files")
+    if not files:  # a record of a version without content digests: existence only
+        missing = [p for p in record["Outputs"].values() if not (out_dir / p).is_file()]
+        return ("modified", f"missing: {', '.join(missing)}") if missing else ("ok", "n/a")
+    with commit.OutputSet(out_dir, path) as output_set:
+        problems = output_set.verify(files)
+    return ("modified", "; ".join(problems)) if problems else ("ok", "n/a")
+
+
+def _failure_entities(failure: dict) -> dict:
+    entities = naming.run_entities(Path(str(failure.get("bold", ""))).name)
+    return entities if "subject" in entities else {"subject": failure.get("subject")}
+
+
+def _row(entities: dict, bold, summary: dict, seconds, status: str, reason: str) -> dict:
+    return {
+        "subject": entities.get("subject"),
+        "session": entities.get("session", "n/a"),
+        "task": entities.get("task", "n/a"),
+        "run": entities.get("run", "n/a"),
+        "space": entities.get("space", "n/a"),
+        "bold": bold,
+        **summary,
+        "seconds": seconds,
+        "status": status,
+        "reason": reason,
+    }
+
+
 def _group_rows(out_dir: Path, wanted: set) -> list[dict]:
-    rows = []
-    for record in _provenance_records(out_dir):
+    failures = {}
+    for failure in _failures(out_dir, wanted or None):
+        failures[(failure.get("run"), failure.get("desc"))] = failure
+    rows, matched = [], set()
+    for path, record in _provenance_files(out_dir):
         bold = record["Outputs"].get("bold")
         entities = naming.run_entities(bold)
         if wanted and entities.get("subject") not in wanted:
             continue
-        rows.append(
-            {
-                "subject": entities.get("subject"),
-                "session": entities.get("session", "n/a"),
-                "task": entities.get("task", "n/a"),
-                "run": entities.get("run", "n/a"),
-                "space": entities.get("space", "n/a"),
-                "bold": bold,
-                **record["Summary"],
-                "seconds": record.get("Seconds"),
-            }
-        )
+        status, reason = _set_status(out_dir, path, record)
+        key = (record.get("Run"), record.get("Parameters", {}).get("desc"))
+        failure = failures.get(key) or failures.get((key[0], None))
+        written = max(str(record.get("EndTime", "")), str(record.get("LastConfirmed", "")))
+        if failure is not None:
+            matched.add((failure.get("run"), failure.get("desc")))
+            if str(failure.get("time", "")) > written and status == "ok":
+                status, reason = "kept-previous", str(failure.get("reason", ""))
+        rows.append(_row(entities, bold, record["Summary"], record.get("Seconds"), status, reason))
+    numbers = list(_SUMMARY_COLUMNS)[:6]
+    for key, failure in failures.items():
+        if key not in matched:
+            rows.append(
+                _row(
+                    _failure_entities(failure),
+                    "n/a",
+                    {**dict.fromkeys(numbers), **(failure.get("summary") or {})},
+                    None,
+                    "failed",
+                    str(failure.get("reason", "")),
+                )
+            )
+    for row in rows:
+        flags = quality.quality_flags(row)
+        row.pop("refused", None)
+        row["qc_flags"] = ",".join(flags) if flags else "n/a"
     return rows
 
 
-def _index_page(frame, failures, tsv: Path, out_dir: Path):
-    from ..reports.html import HTMLReport, section, table
+def _index_page(frame, tsv: Path, out_dir: Path):
+    """``index.html``: every run of the table, flagged ones first, linked to its report."""
+    from ..reports import build_group_report
 
-    body = [f"<h1>masker-wf: {len(frame)} runs, {frame['subject'].nunique()} subjects</h1>"]
-    numeric = frame.select_dtypes("number")
-    body.append(section("Group means", table({c: float(numeric[c].mean()) for c in numeric})))
-    header = "".join(f"<th>{html.escape(str(c))}</th>" for c in frame.columns)
-    body_rows = []
-    for _, row in frame.iterrows():
-        cells = []
-        for column, value in row.items():
-            text = html.escape(str(_fmt(value)))
-            if column == "subject":
-                text = f"<a href='{naming.subject_report_path(text)}'>sub-{text}</a>"
-            cells.append(f"<td>{text}</td>")
-        body_rows.append("<tr>" + "".join(cells) + "</tr>")
-    body.append(section("Runs", f"<table><tr>{header}</tr>{''.join(body_rows)}</table>"))
-    if failures:
-        failed_rows = "".join(
-            f"<tr><td><a href='{naming.subject_report_path(html.escape(f['subject']))}'>"
-            f"sub-{html.escape(f['subject'])}</a></td>"
-            f"<td>{html.escape(str(f.get('run', '')))}</td>"
-            f"<td>{html.escape(str(f.get('reason', '')))}</td></tr>"
-            for f in failures
+    rows = []
+    for record in frame.to_dict("records"):
+        bold = record.get("bold")
+        has_outputs = isinstance(bold, str) and bold != "n/a"
+        report = out_dir / naming.output_report_path(bold) if has_outputs else None
+        flags = record.get("qc_flags")
+        rows.append(
+            {
+                "subject": record["subject"],
+                "run": _short_name(bold, record["subject"])
+                if has_outputs
+                else _failed_run_name(record),
+                "report": None
+                if report is None or not report.is_file()
+                else deriv.relative_link(report, out_dir),
+                "subject_page": naming.subject_report_path(record["subject"]),
+                "flags": [] if not isinstance(flags, str) or flags == "n/a" else flags.split(","),
+                "status": record.get("status"),
+                "reason": record.get("reason"),
+                **{c: _page_value(record.get(c)) for c in _RUN_NUMBERS if c in record},
+            }
         )
-        body.append(
-            section(
-                f"Failed runs ({len(failures)})",
-                f"<table><tr><th>subject</th><th>run</th><th>reason</th></tr>{failed_rows}"
-                "</table>",
-            )
-        )
-    body.append(section("Files", f"<p>Summary table: <code>{tsv.relative_to(out_dir)}</code></p>"))
-    return HTMLReport("".join(body), title="masker-wf group summary").save_as_html(
-        out_dir / "index.html"
+    report = build_group_report(
+        rows,
+        table_file=tsv.relative_to(out_dir).as_posix(),
+        table_json=tsv.with_suffix(".json").relative_to(out_dir).as_posix(),
     )
+    return report.save_as_html(out_dir / "index.html")
+
+
+def _failed_run_name(record) -> str:
+    parts = [f"{key}-{record[key]}" for key in ("task", "run", "space") if record.get(key)]
+    return "_".join(p for p in parts if not p.endswith("-n/a")) or "n/a"
+
+
+def _page_value(value):
+    # pandas gives NaN for the n/a of a row without the number (a failed run).
+    if isinstance(value, float) and value != value:
+        return None
+    return value.item() if hasattr(value, "item") else value
 
 
 def run_group(out_dir, participants=None) -> tuple[Path, Path, int]:
@@ -246,6 +402,8 @@ def run_group(out_dir, participants=None) -> tuple[Path, Path, int]:
 
     out_dir = Path(out_dir)
     wanted = set(participants or ())
+    # Finish what killed participant-level commits left, before reading their records.
+    commit.sweep(out_dir)
     rows = _group_rows(out_dir, wanted)
     if not rows:
         which = f" for participant(s) {', '.join(sorted(wanted))}" if wanted else ""
@@ -261,5 +419,5 @@ def run_group(out_dir, participants=None) -> tuple[Path, Path, int]:
         frame.to_csv(sep="\t", index=False, na_rep="n/a", float_format="%.6g"),
     )
     deriv.write_json(group / "summary.json", _SUMMARY_COLUMNS)
-    index = _index_page(frame, _failures(out_dir, wanted), tsv, out_dir)
+    index = _index_page(frame, tsv, out_dir)
     return tsv, index, len(frame)

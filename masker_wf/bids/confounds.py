@@ -10,9 +10,11 @@ Conventions reproduced (they matter for parity):
 
 - ``n/a`` in the first row of derivative-based columns is replaced by the second row's value;
 - columns are sorted by name (nilearn concatenates components then sorts the non-outlier ones);
-- non-steady-state volumes (``non_steady_state_outlierNN``) are always removed, and scrubbing
-  flags volumes whose ``framewise_displacement`` exceeds ``fd_threshold`` or ``std_dvars``
-  exceeds ``std_dvars_threshold``, then removes segments shorter than ``scrub`` volumes;
+- non-steady-state volumes (``non_steady_state_outlierNN``) are always removed (unless
+  ``dummy_scans`` gives their number, as XCP-D's and fMRIPost's ``--dummy-scans``), and
+  scrubbing flags volumes whose ``framewise_displacement`` exceeds ``fd_threshold`` or
+  ``std_dvars`` exceeds ``std_dvars_threshold``, then removes segments shorter than ``scrub``
+  volumes;
 - confounds are demeaned over the kept volumes only.
 """
 
@@ -29,9 +31,12 @@ import pandas as pd
 from .. import _validation
 
 __all__ = [
+    "AROMA_OUTPUTS",
     "COMPONENTS",
     "PRESETS",
     "ConfoundSelection",
+    "aroma_missing_message",
+    "dummy_scan_selection",
     "find_compcor_columns",
     "load_confounds_table",
     "load_strategy_file",
@@ -164,6 +169,24 @@ class ConfoundSelection:
         if self.sample_mask is None:
             return np.arange(self.n_volumes)
         return np.asarray(self.sample_mask)
+
+    @property
+    def dummy_scans(self) -> dict:
+        """The volumes removed at the start of the run, and how they were chosen."""
+        requested = self.parameters.get("dummy_scans", "auto")
+        reason = "non_steady_state" if requested == "auto" else "dummy_scans"
+        removed = [i for i, reasons in self.censored.items() if reason in reasons]
+        source = (
+            "fMRIPrep's non_steady_state_outlierXX confound columns"
+            if requested == "auto"
+            else "the first volumes (--dummy-scans)"
+        )
+        return {
+            "Requested": requested,
+            "Removed": len(removed),
+            "Volumes": removed,
+            "Source": source,
+        }
 
 
 def strategy_parameters(denoise_strategy: str | None = "simple", **overrides) -> dict:
@@ -426,6 +449,7 @@ def select_confounds(
     ica_aroma="full",
     demean=True,
     columns=None,
+    dummy_scans="auto",
 ) -> ConfoundSelection:
     """Build the design and ``sample_mask`` of one run from its fMRIPrep confounds file.
 
@@ -439,6 +463,10 @@ compcor, n_compcor, ica_aroma, demean
         As in ``nilearn.interfaces.fmriprep.load_confounds`` (0.11.1 defaults).
     columns : list of str, optional
         Extra columns, by exact name or anchored regular expression.
+    dummy_scans : 'auto' or int, default='auto'
+        Volumes removed at the start of the run: ``'auto'`` takes the volumes fMRIPrep
+        flagged in its ``non_steady_state_outlierXX`` columns (nilearn's behaviour); a
+        number N removes the first N volumes and ignores those columns.
 
     Returns
     -------
@@ -474,8 +502,12 @@ compcor, n_compcor, ica_aroma, demean
             censored.setdefault(int(i), []).append(reason)
 
     nss = [c for c in table.columns if "non_steady_state" in c]
-    for column in nss:
-        censor(np.flatnonzero(table[column].to_numpy() != 0), "non_steady_state")
+    _check_dummy_scans(dummy_scans)
+    if dummy_scans == "auto":
+        for column in nss:
+            censor(np.flatnonzero(table[column].to_numpy() != 0), "non_steady_state")
+    else:
+        censor(np.arange(min(int(dummy_scans), n_volumes)), "dummy_scans")
     for component in strategy:
         if component == "motion":
             motion_cols = _expanded(
@@ -505,7 +537,10 @@ compcor, n_compcor, ica_aroma, demean
             if ica_aroma == "basic":
                 aroma = [c for c in table.columns if "aroma" in c]
                 if not aroma:
-                    raise ValueError(f"confounds file '{path}': no ICA-AROMA columns ('aroma*').")
+                    raise ValueError(
+                        f"confounds file '{path}' has no ICA-AROMA columns "
+                        f"(aroma_motion_XX). {_AROMA_ADVICE}"
+                    )
                 selected += aroma
         elif component == "scrub":
             _require(table, ["framewise_displacement", "std_dvars"], "scrub", path)
@@ -530,6 +565,8 @@ compcor, n_compcor, ica_aroma, demean
     # Outlier one-hot columns asked for explicitly become censored volumes, not regressors.
     outlier_cols = [c for c in selected if "motion_outlier" in c or "non_steady_state" in c]
     for column in outlier_cols:
+        if "non_steady_state" in column and dummy_scans != "auto":
+            continue  # --dummy-scans N replaces fMRIPrep's count
         censor(np.flatnonzero(table[column].to_numpy() != 0), "outlier_column")
     design_cols = sorted(set(selected) - set(outlier_cols))
     design = table[design_cols].astype(float).copy()
@@ -554,6 +591,106 @@ compcor, n_compcor, ica_aroma, demean
         sample_mask=sample_mask,
         n_volumes=n_volumes,
         censored={k: censored[k] for k in sorted(censored)},
-        parameters={**params, "columns": list(columns or [])},
+        parameters={**params, "columns": list(columns or []), "dummy_scans": dummy_scans},
         confounds_file=path,
+    )
+
+
+def _check_dummy_scans(dummy_scans) -> None:
+    if dummy_scans == "auto":
+        return
+    if isinstance(dummy_scans, bool) or not isinstance(dummy_scans, int | np.integer):
+        raise ValueError(f"dummy_scans must be 'auto' or an integer, got {dummy_scans!r}.")
+    if dummy_scans < 0:
+        raise ValueError(f"dummy_scans must be >= 0, got {dummy_scans}.")
+
+
+def dummy_scan_selection(n_volumes: int, dummy_scans="auto", confounds_file=None):
+    """The volumes kept when no confound is regressed (``--denoise-strategy none``).
+
+    Parameters
+    ----------
+    n_volumes : int
+        Volumes of the run.
+    dummy_scans : 'auto' or int, default='auto'
+        As :func:`select_confounds`; ``'auto'`` reads only the ``non_steady_state_outlierXX``
+        columns of ``confounds_file`` (nothing is removed without a confounds file).
+    confounds_file : path, optional
+        fMRIPrep's confounds TSV of the run.
+
+    Returns
+    -------
+    ConfoundSelection or None
+        A selection without regressors whose ``sample_mask`` drops the dummy scans; None
+        when no volume is removed.
+
+    Raises
+    ------
+    ValueError
+        Every volume would be removed, or the confounds file cannot be read.
+    """
+    _check_dummy_scans(dummy_scans)
+    if dummy_scans == "auto":
+        if confounds_file is None:
+            return None
+        table, _ = load_confounds_table(confounds_file)
+        if len(table) != n_volumes:
+            raise ValueError(
+                f"confounds length mismatch: {len(table)} rows in '{confounds_file}' but the "
+                f"BOLD has {n_volumes} volumes."
+            )
+        columns = [c for c in table.columns if "non_steady_state" in c]
+        flagged = np.flatnonzero((table[columns].to_numpy() != 0).any(axis=1)) if columns else []
+        reason = "non_steady_state"
+    else:
+        flagged = np.arange(min(int(dummy_scans), n_volumes))
+        reason = "dummy_scans"
+    if len(flagged) == 0:
+        return None
+    kept = np.setdiff1d(np.arange(n_volumes), flagged)
+    if kept.size == 0:
+        raise ValueError(
+            f"--dummy-scans {dummy_scans} would remove every one of the {n_volumes} volumes."
+        )
+    return ConfoundSelection(
+        confounds=pd.DataFrame(index=range(n_volumes)),
+        sample_mask=kept,
+        n_volumes=n_volumes,
+        censored={int(i): [reason] for i in flagged},
+        parameters={"strategy": (), "dummy_scans": dummy_scans},
+        confounds_file=None if confounds_file is None else Path(confounds_file),
+    )
+
+
+#: The fMRIPrep outputs ``--denoise-strategy ica_aroma`` reads, by ``--ica-aroma`` mode.
+AROMA_OUTPUTS = {
+    "full": "the ICA-AROMA denoised BOLD "
+    "'*_space-MNI152NLin6Asym[_res-2]_desc-smoothAROMAnonaggr_bold.nii.gz'",
+    "basic": "the 'aroma_motion_XX' columns of '*_desc-confounds_timeseries.tsv' (the "
+    "noise components, regressed out)",
+}
+_AROMA_ADVICE = (
+    "fMRIPrep writes them only when run with --use-aroma, in versions 1.2 to 23.0.x "
+    "(ICA-AROMA was removed in fMRIPrep 23.1.0; it moved to fMRIPost-AROMA, which writes "
+    "its own denoised BOLD, '*_desc-nonaggrDenoised_bold.nii.gz', and "
+    "'*_desc-aroma_timeseries.tsv'). Run fMRIPrep 1.2-23.0 with --use-aroma, or use "
+    "another --denoise-strategy (simple, scrubbing, compcor)."
+)
+
+
+def aroma_missing_message(ica_aroma: str, selection: str) -> str:
+    """Why ``--denoise-strategy ica_aroma`` found nothing to process, and what would do.
+
+    Parameters
+    ----------
+    ica_aroma : {'full', 'basic'}
+        The ``--ica-aroma`` mode.
+    selection : str
+        The query that matched nothing (for the message).
+    """
+    other = {"full": "basic", "basic": "full"}[ica_aroma]
+    return (
+        f"--denoise-strategy ica_aroma (--ica-aroma {ica_aroma}) needs fMRIPrep's ICA-AROMA "
+        f"outputs: {AROMA_OUTPUTS[ica_aroma]}; none matches {selection}. {_AROMA_ADVICE} "
+        f"(--ica-aroma {other} uses {AROMA_OUTPUTS[other]}, from the same fMRIPrep runs.)"
     )

@@ -92,18 +92,26 @@ def bids_uri(path, dataset_links: dict) -> str:
     """``bids:<name>:<relative path>`` using the deepest ``dataset_links`` root holding ``path``.
 
     Falls back to a ``file://`` URI when no linked dataset contains the file.
+
+    The path users see is named, not the file a symlink points to: in a DataLad (git-annex)
+    dataset every file is a link into ``.git/annex/objects/``. Only a path outside every
+    linked dataset is resolved (it may be a link into one of them).
     """
-    path = Path(path).resolve()
-    best = None
+    roots = []
     for name, root in dataset_links.items():
-        root_path = Path(str(root).removeprefix("file://")).resolve()
-        if path.is_relative_to(root_path) and (
-            best is None or len(root_path.parts) > len(best[1].parts)
-        ):
-            best = (name, root_path)
-    if best is None:
-        return path.as_uri()
-    return f"bids:{best[0]}:{path.relative_to(best[1]).as_posix()}"
+        root = Path(str(root).removeprefix("file://"))
+        # The root as given and as resolved: the dataset itself may be reached by a link.
+        roots += [(name, Path(os.path.abspath(root))), (name, root.resolve())]
+    for candidate in (Path(os.path.abspath(path)), Path(path).resolve()):
+        best = None
+        for name, root_path in roots:
+            if candidate.is_relative_to(root_path) and (
+                best is None or len(root_path.parts) > len(best[1].parts)
+            ):
+                best = (name, root_path)
+        if best is not None:
+            return f"bids:{best[0]}:{candidate.relative_to(best[1]).as_posix()}"
+    return Path(path).resolve().as_uri()
 
 
 def _generated_by(source_descriptions) -> list[dict]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import os
 import platform
 import socket
@@ -11,7 +10,28 @@ import sys
 from importlib import metadata as _metadata
 from pathlib import Path
 
-__all__ = ["cache_entries", "file_sha256", "now", "software_versions"]
+from .._io import file_digest, stat_key
+
+__all__ = [
+    "CONFOUND_COMPONENT_PARAMETERS",
+    "applied_confound_parameters",
+    "cache_entries",
+    "file_sha256",
+    "now",
+    "software_versions",
+    "stat_key",
+]
+
+#: ``load_confounds`` parameters that only matter when their component is in ``strategy``
+#: (nilearn 0.11.1 ignores them otherwise). ``strategy`` and ``demean`` always apply.
+CONFOUND_COMPONENT_PARAMETERS = {
+    "motion": ("motion",),
+    "wm_csf": ("wm_csf",),
+    "global_signal": ("global_signal",),
+    "scrub": ("scrub", "fd_threshold", "std_dvars_threshold"),
+    "compcor": ("compcor", "n_compcor"),
+    "ica_aroma": ("ica_aroma",),
+}
 
 _PACKAGES = (
     "masker-wf",
@@ -31,13 +51,38 @@ def now() -> str:
     return _dt.datetime.now(_dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def file_sha256(path, chunk_size: int = 1 << 20) -> str:
-    """SHA-256 of a file's content, prefixed ``sha256:``."""
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as stream:
-        while chunk := stream.read(chunk_size):
-            digest.update(chunk)
-    return f"sha256:{digest.hexdigest()}"
+def file_sha256(path) -> str:
+    """SHA-256 of a file's content (of its target for a symlink), as ``sha256:<hex>``.
+
+    :func:`masker_wf._io.file_digest`: memoised in the process by the file's stat key
+    (:func:`stat_key`), so an input Pydra already hashed is not read again.
+    """
+    return file_digest(path)
+
+
+def applied_confound_parameters(parameters) -> dict:
+    """The ``load_confounds`` keyword arguments that select exactly these confounds.
+
+    Parameters
+    ----------
+    parameters : mapping
+        Parameters of :func:`masker_wf.bids.confounds.select_confounds` (a preset resolved
+        by ``strategy_parameters``; ``columns`` of a custom strategy is left out).
+
+    Returns
+    -------
+    dict
+        ``strategy``, ``demean`` and the parameters of the components in ``strategy``
+        only: replayed through nilearn's ``load_confounds`` they give the same regressors
+        and sample mask, whatever nilearn's defaults for the other parameters.
+    """
+    strategy = list(parameters["strategy"])
+    applied = {"strategy": strategy}
+    for component, names in CONFOUND_COMPONENT_PARAMETERS.items():
+        if component in strategy:
+            applied.update({name: parameters[name] for name in names})
+    applied["demean"] = parameters.get("demean", True)
+    return applied
 
 
 def software_versions() -> dict:

@@ -144,6 +144,32 @@ def _positive(kind):
     return convert
 
 
+def _dummy_scans(text: str):
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or an integer, got {text!r}") from exc
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _non_negative(kind):
+    def convert(text):
+        try:
+            value = kind(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from exc
+        if value < 0:
+            raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+        return value
+
+    convert.__name__ = kind.__name__
+    return convert
+
+
 def _add(parser: AppParser, group, *flags, default=None, **kwargs):
     """Add an option under its hyphen spelling and the underscore alias BIDS Apps accept."""
     if kwargs.get("action") is not argparse.BooleanOptionalAction:  # "--no-x_y" would confuse
@@ -237,6 +263,7 @@ def build_parser(*, with_defaults: bool = True, raise_errors: bool = False) -> A
     for parameter in _spec.for_face("cli"):
         _spec_option(parser, masker, parameter)
     _add_app_masker_options(parser, masker)
+    _add_data_guards(parser)
     _add_outputs(parser)
     _add_performance(parser)
     add_slurm_arguments(parser)
@@ -351,9 +378,58 @@ def _add_denoising(parser: AppParser) -> None:
     _add(
         parser,
         den,
+        "--dummy-scans",
+        type=_dummy_scans,
+        default="auto",
+        metavar="auto|N",
+        help="volumes removed at the start of each run: 'auto' takes those fMRIPrep flagged "
+        "(non_steady_state_outlierXX columns of the confounds, none without a confounds "
+        "file), N the first N volumes whatever the columns say",
+    )
+    _add(
+        parser,
+        den,
         "--demean",
         action=argparse.BooleanOptionalAction,
         help="demean the confounds over the kept volumes (default: yes)",
+    )
+
+
+def _add_data_guards(parser: AppParser) -> None:
+    guards = parser.add_argument_group(
+        "Data left after cleaning",
+        "The degrees of freedom of a run are its kept volumes minus the confound regressors, "
+        "the mean/trend terms and the dimensions the temporal filter removes, counted before "
+        "cleaning; they are recorded in the sidecar, the provenance and group/summary.tsv.",
+    )
+    _add(
+        parser,
+        guards,
+        "--warn-dof",
+        type=int,
+        default=20,
+        metavar="N",
+        help="warn about (and flag in the reports) runs left with fewer degrees of freedom",
+    )
+    _add(
+        parser,
+        guards,
+        "--min-dof",
+        type=int,
+        default=1,
+        metavar="N",
+        help="refuse runs left with fewer degrees of freedom (exit code 65 for the run; the "
+        "other runs go on)",
+    )
+    _add(
+        parser,
+        guards,
+        "--min-time",
+        type=_non_negative(float),
+        default=0.0,
+        metavar="SECONDS",
+        help="refuse runs left with fewer seconds of data after censoring, as XCP-D's "
+        "--min-time (XCP-D uses 240); 0: no minimum",
     )
 
 
@@ -406,7 +482,26 @@ def _add_performance(parser: AppParser) -> None:
         "--work-dir",
         type=Path,
         default=Path("work"),
-        help="working directory (Pydra cache: re-running resumes from it)",
+        help="working directory, one sub-<label>/ folder per participant (its Pydra cache: "
+        "re-running resumes from it)",
+    )
+    _add(
+        parser,
+        perf,
+        "--clean-workdir",
+        action="store_true",
+        default=False,
+        help="remove a participant's folder of the working directory once all its runs "
+        "succeeded and their outputs are committed (a rerun then recomputes them)",
+    )
+    _add(
+        parser,
+        perf,
+        "--dry-run",
+        action="store_true",
+        default=False,
+        help="print the plan (runs, and with --slurm the array tasks, arrays and estimated "
+        "memory) and stop: nothing is processed, written or submitted",
     )
     _add(
         parser,
@@ -415,7 +510,26 @@ def _add_performance(parser: AppParser) -> None:
         "--n-cpus",
         type=_positive(int),
         metavar="N",
-        help="processes for Pydra's cf worker (default 1: in-process)",
+        help="runs processed at once, each in a process of its own (default 1: one after "
+        "the other, in this process; in a SLURM task, never more than its CPUs)",
+    )
+    _add(
+        parser,
+        perf,
+        "--omp-nthreads",
+        type=_positive(int),
+        metavar="N",
+        help="threads inside each run (exported as OMP_NUM_THREADS; default: the CPUs "
+        "divided among the runs at once, capped by an OMP_NUM_THREADS already set)",
+    )
+    _add(
+        parser,
+        perf,
+        "--mem-mb",
+        type=_positive(int),
+        metavar="MB",
+        help="memory the runs in flight may use together, from each run's estimate "
+        "(logged); default: what is available (in a SLURM task: its allocation, never more)",
     )
 
 
@@ -450,7 +564,8 @@ def add_slurm_arguments(parser: AppParser):
         "--slurm",
         action=argparse.BooleanOptionalAction,
         default=False,
-        help="submit one SLURM job array, one task per participant, and return (or --wait); "
+        help="submit the participants as SLURM job arrays (several participants per task, "
+        "arrays no larger than the cluster's MaxArraySize) and return (or --wait); "
         "--no-slurm overrides 'slurm' in a --config-file (the array tasks use it)",
     )
     _add(
@@ -470,6 +585,16 @@ def add_slurm_arguments(parser: AppParser):
         type=_positive_int,
         metavar="N",
         help="run at most N array tasks at the same time (sbatch --array=...%%N)",
+    )
+    _add(
+        parser,
+        group,
+        "--participants-per-task",
+        type=_positive_int,
+        metavar="N",
+        help="participants processed by each array task, one after the other (default: "
+        "enough for the task's start-up, a few seconds, to be under a tenth of its work, "
+        "from the sizes of the runs)",
     )
     _add(
         parser,
@@ -532,8 +657,9 @@ def load_config_file(path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise OptionsError(f"--config-file '{path}' does not exist.", 66)
-    text = path.read_text(encoding="utf-8")
     try:
+        # Decoded inside: a binary file is a config file that cannot be parsed (65).
+        text = path.read_bytes().decode("utf-8")
         if path.suffix.lower() == ".toml":
             import tomllib
 

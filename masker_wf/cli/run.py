@@ -5,8 +5,9 @@ work is done by :mod:`masker_wf.app`. Exit codes follow the BIDS execution speci
 0 success, 1 some runs failed, 16 invalid dataset, 17 unknown analysis level, 18 filters
 matched nothing, 64 usage error (including a masker parameter the validator refuses),
 65 bad data (every run failed on its data, or a malformed input file), 66 missing input
-(including every run lacking a required file such as its confounds), 73 cannot create the
-output.
+(including every run lacking a required file such as its confounds), 73 cannot create an
+output (a file in the way, no permission), 74 output I/O error (disk full); output-side
+errors name the output path.
 """
 
 from __future__ import annotations

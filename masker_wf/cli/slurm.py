@@ -2,10 +2,12 @@
 
 The execution itself (job arrays, ``jobs.tsv``, waiting, Pydra's SLURM worker) lives in
 :mod:`masker_wf.app.slurm`; this module turns the submitting command line into the one
-each array task runs (:func:`array_command`): the same arguments without the SLURM options
-and participant labels, plus ``--no-slurm --array-task`` and the task's own
-``--participant-label``. Its names are re-exported here, where users of earlier versions
-import them (``masker_wf.cli.slurm.ScontrolSlurmWorker``).
+each array task runs (:func:`array_command`): the options the user gave (on the command
+line or in the ``--config-file``), every path made absolute, without the SLURM options and
+participant labels, plus ``--no-slurm --array-task`` and the task's own
+``--participant-label``. Tasks therefore do not depend on the directory they start in, nor
+on the config file still being there. Its names are re-exported here, where users of
+earlier versions import them (``masker_wf.cli.slurm.ScontrolSlurmWorker``).
 """
 
 from __future__ import annotations
@@ -22,18 +24,24 @@ from ..app.slurm import (
     JOBS_COLUMNS,
     ArrayCommand,
     ScontrolSlurmWorker,
+    in_flight_participants,
     pydra_worker,
     read_jobs,
     refresh_states,
     scontrol_records,
-    select_participants,
     squeue_states,
-    submit,
     wait_for_participants,
     write_jobs,
     write_sbatch_script,
 )
-from .parser import OptionsError, build_parser, slurm_option_strings
+from .parser import (
+    OFF,
+    POSITIONALS,
+    OptionsError,
+    build_parser,
+    option_tokens,
+    parse_options,
+)
 
 __all__ = [
     "FINAL_STATES",
@@ -41,16 +49,15 @@ __all__ = [
     "PARTICIPANT_OPTIONS",
     "ArrayCommand",
     "ScontrolSlurmWorker",
-    "app_argv",
     "array_command",
     "command_hash",
+    "in_flight_participants",
     "pydra_worker",
     "read_jobs",
     "refresh_states",
-    "run_slurm",
     "scontrol_records",
-    "select_participants",
     "squeue_states",
+    "task_arguments",
     "wait_for_participants",
     "write_jobs",
     "write_sbatch_script",
@@ -61,42 +68,61 @@ PARTICIPANT_OPTIONS = ("--participant-label", "--participant_label")
 TASK_OPTIONS = ("--no-slurm", "--array-task")
 #: The command every array task runs (the App's entry module, in this Python).
 TASK_PROGRAM = (sys.executable, "-m", "masker_wf.cli.run")
+#: Options the task command line never carries (the task gets its own labels; the config
+#: file's values are given as options).
+_NOT_FOR_TASKS = frozenset({"participant_label", "config_file"})
 
 
-def app_argv(argv):
-    """The App's command line without SLURM options and without participant labels.
+def _absolute(value, cwd: Path):
+    """``value`` with every path in it absolute (relative ones taken from ``cwd``)."""
+    if isinstance(value, Path):
+        return value if value.is_absolute() else (cwd / value).absolute()
+    if isinstance(value, list | tuple):
+        return type(value)(_absolute(item, cwd) for item in value)
+    return value
+
+
+def task_arguments(argv, cwd=None) -> list[str]:
+    """The App's arguments for the array tasks, from the submitting command line.
+
+    The options set on the command line or in the ``--config-file`` (the command line wins,
+    as for the App itself), every path absolute, without the SLURM options, the participant
+    labels and the config file.
 
     Parameters
     ----------
     argv : list of str
         Arguments as given to ``masker_wf.cli.run.main`` (without the program name).
+    cwd : path, optional
+        Directory relative paths are taken from (default: the current one); the config
+        file's relative paths too, as the App reads them.
 
     Returns
     -------
     list of str
-        What each array task passes to the App, before adding its own
-        ``--participant-label``.
+        What each array task passes to the App, before its own ``--participant-label``.
+
+    Raises
+    ------
+    OptionsError
+        ``argv`` (or its config file) is not a valid App command line.
     """
-    slurm_options = slurm_option_strings(build_parser())
-    kept = []
-    tokens = list(argv)
-    i = 0
-    while i < len(tokens):
-        token = tokens[i]
-        name = token.split("=", 1)[0]
-        if name in slurm_options:
-            # '--opt value' consumes the next token, '--opt=value' does not
-            i += 2 if slurm_options[name] and "=" not in token else 1
+    cwd = Path(os.getcwd() if cwd is None else cwd)
+    parser = build_parser(raise_errors=True)
+    options = parse_options(list(argv))
+    skipped = _NOT_FOR_TASKS | set(parser.slurm_dests)
+    tokens = [str(_absolute(Path(options[name]), cwd)) for name in POSITIONALS[:2]]
+    tokens.append(str(options["analysis_level"]))
+    for dest in parser.options:
+        if dest not in options["_given"] or dest in skipped:
             continue
-        if name in PARTICIPANT_OPTIONS:
-            i += 1
-            if "=" not in token:
-                while i < len(tokens) and not tokens[i].startswith("-"):
-                    i += 1
-            continue
-        kept.append(token)
-        i += 1
-    return kept
+        value = _absolute(options[dest], cwd)
+        if dest == "derivatives":
+            value = dict(value)
+        elif (value is None or value is False) and OFF in (parser.options[dest].choices or ()):
+            value = OFF  # a masker parameter switched off (the spec's False or None)
+        tokens += option_tokens(parser, dest, value)
+    return tokens
 
 
 #: App options that change neither what is computed nor what is written.
@@ -104,13 +130,18 @@ _OPTIONS_NOT_IN_HASH = frozenset(
     {
         "participant_label",
         "nprocs",
+        "omp_nthreads",
+        "mem_mb",
         "verbose",
         "work_dir",
         "bids_database_dir",
         "config_file",
+        "clean_workdir",
+        "dry_run",
         "slurm",
         "sbatch_args",
         "array_throttle",
+        "participants_per_task",
         "wait",
         "slurm_worker",
         "slurm_partition",
@@ -129,7 +160,7 @@ def command_hash(argv, cwd=None, config_file=None):
     Parameters
     ----------
     argv : list of str
-        The App's arguments (see :func:`app_argv`).
+        The App's arguments (see :func:`task_arguments`).
     cwd : path, optional
         Directory relative paths are taken from (default: the current one).
     config_file : path, optional
@@ -168,20 +199,17 @@ def command_hash(argv, cwd=None, config_file=None):
 
 
 def _check_no_slurm_left(task_argv) -> None:
-    """Make sure the array tasks will not submit again (e.g. an abbreviated --slurm).
-
-    A ``slurm`` key of a config file does not count: the tasks' ``--no-slurm`` wins over it.
-    """
+    """Make sure the array tasks will not submit again (their ``--no-slurm`` is last)."""
     parser = build_parser(raise_errors=True)
-    probe = vars(parser.parse_args([*task_argv, "--participant-label", "probe"]))
-    if probe.get("slurm"):
+    probe = vars(parser.parse_args([*task_argv, *TASK_OPTIONS, "--participant-label", "x"]))
+    if probe.get("slurm") or not probe.get("array_task"):
         raise OptionsError(
-            "could not remove the SLURM options from the task command line "
-            f"{shlex.join(task_argv)!r}; spell them out in full (e.g. --slurm, not --slu)"
+            f"the task command line {shlex.join(task_argv)!r} would submit again; "
+            "report this as a bug"
         )
 
 
-def array_command(argv, *, nprocs=None, config_file=None) -> ArrayCommand:
+def array_command(argv, *, nprocs=None, config_file=None, cwd=None) -> ArrayCommand:
     """What each array task runs, from the submitting command line.
 
     Parameters
@@ -192,51 +220,23 @@ def array_command(argv, *, nprocs=None, config_file=None) -> ArrayCommand:
         ``--nprocs`` of the submitting command; when set it stays in the task's command line,
         otherwise each task takes the CPUs SLURM granted it.
     config_file : path, optional
-        ``--config-file`` of the submitting command (its content is part of the signature).
+        Unused: the config file's values are part of the task's command line (kept for
+        callers of earlier versions).
+    cwd : path, optional
+        Directory the submitting command's relative paths are relative to (default: the
+        current one).
 
     Raises
     ------
     OptionsError
-        The SLURM options could not be removed (an abbreviated spelling).
+        ``argv`` is not a valid App command line.
     """
-    task_argv = app_argv(argv)
+    del config_file  # folded into the task arguments
+    task_argv = task_arguments(argv, cwd=cwd)
     _check_no_slurm_left(task_argv)
     return ArrayCommand(
         argv=(*TASK_PROGRAM, *task_argv, *TASK_OPTIONS),
-        signature=command_hash(task_argv, config_file=config_file),
+        signature=command_hash(task_argv),
         participant_option=PARTICIPANT_OPTIONS[0],
         nprocs_option=None if nprocs else "--nprocs",
     )
-
-
-def run_slurm(args, participants, argv):
-    """Submit the participants to SLURM as one job array (``--slurm-worker array``).
-
-    Parameters
-    ----------
-    args : object
-        The SLURM options as attributes (``slurm_worker``, ``wait``, ``array_throttle``,
-        ``sbatch_args``, ``slurm_partition``; any missing one takes its default) and
-        ``output_dir``; e.g. the :class:`masker_wf.app.settings.SlurmSettings` fields or an
-        ``argparse.Namespace``.
-    participants : list of str
-        Labels without ``sub-``.
-    argv : list of str or None
-        The App's command line (``None``: ``sys.argv[1:]``).
-
-    Returns
-    -------
-    int
-        See :func:`masker_wf.app.slurm.submit`.
-    """
-    from ..app.settings import SlurmSettings
-
-    argv = list(sys.argv[1:] if argv is None else argv)
-    options = SlurmSettings.from_options(vars(args))
-    nprocs, config_file = getattr(args, "nprocs", None), getattr(args, "config_file", None)
-    try:
-        command = array_command(argv, nprocs=nprocs, config_file=config_file)
-    except OptionsError as error:
-        print(f"masker-wf --slurm: {error}", file=sys.stderr)
-        return 1
-    return submit(options, Path(args.output_dir), participants, command, nprocs=nprocs)

@@ -1,35 +1,116 @@
 """HTML reports for masker-wf: per run (``NiftiMasker.generate_report``, the BIDS App's
-per-run page) and per subject (links every run, carries the methods paragraph).
+per-run page), per subject (links every run, lists their warnings, carries the methods
+paragraph) and for the group (every run, sorted and flagged by quality).
 
-The package depends on the core only (:mod:`masker_wf._qc` computes the numbers shown,
-:mod:`masker_wf.reports.methods` writes the methods paragraph); matplotlib is imported
-when a figure is drawn."""
+Pages are rendered from the jinja2 templates of the package data (``masker_wf/data/
+templates``). The package depends on the core only (:mod:`masker_wf._qc` computes the
+numbers shown, :mod:`masker_wf.reports.methods` writes the methods paragraph); matplotlib is
+imported when a figure is drawn."""
 
 from __future__ import annotations
 
-import html as _html
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 
 from .._qc import temporal_snr
 from . import figures
-from .html import HTMLReport, figure, section, table, warnings_block
+from .html import HTMLReport, render
 from .methods import methods_paragraph
 
 __all__ = [
+    "GROUP_FLAGS",
     "HTMLReport",
+    "build_group_report",
     "build_run_report",
     "build_subject_report",
     "methods_paragraph",
     "temporal_snr",
 ]
 
+#: The quality flags of the group page, most serious first, with what they mean.
+GROUP_FLAGS = {
+    "failed": "the run failed (see its reason)",
+    "refused": "too little data left to clean (--min-dof, --min-time): no outputs",
+    "tsnr_not_finite": "the tSNR after cleaning is not a finite number",
+    "tsnr_absurd": "median tSNR after cleaning above 1000: the residuals are rounding noise",
+    "low_dof": "fewer degrees of freedom than --warn-dof",
+}
+
+#: Numbers of a run on the subject and group pages: (key of the summary, heading).
+RUN_COLUMNS = (
+    ("volumes_kept", "volumes kept"),
+    ("seconds_kept", "seconds kept"),
+    ("confound_regressors", "regressors"),
+    ("dof", "DOF"),
+    ("voxels_in_mask", "voxels"),
+    ("mean_fd", "FD (mm)"),
+    ("tsnr_before", "tSNR before"),
+    ("tsnr_after", "tSNR after"),
+)
+
+TSNR_AFTER_CAPTION = (
+    "tSNR is each voxel's temporal mean over its temporal standard deviation, both over the "
+    "kept volumes. After cleaning it is the input's mean over the standard deviation of the "
+    "cleaned signals before any standardization, i.e. over the noise cleaning left: it "
+    "rises as drifts, motion and filtered-out frequencies are removed, and an enormous value "
+    "means nothing is left (the residuals are rounding noise)."
+)
+
 
 def _to_volume(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
     volume = np.zeros(mask.shape, dtype=np.float32)
     volume[mask] = values
     return volume
+
+
+def _sampled_columns(n_voxels: int, n_columns: int):
+    """Mask voxels of the report's signal columns: the pipeline keeps evenly spaced ones."""
+    if n_columns == n_voxels:
+        return np.arange(n_voxels)
+    columns = np.unique(np.linspace(0, n_voxels - 1, n_columns).round().astype(np.int64))
+    return columns if columns.size == n_columns else None
+
+
+def _median(values) -> float | None:
+    return None if values is None else float(np.median(values))
+
+
+def _denoising_rows(denoising: Mapping) -> list[tuple[str, object]]:
+    """The denoising record as (label, value) rows, in the order a reader checks them."""
+    rows = [("confound strategy", denoising.get("strategy"))]
+    if denoising.get("mask"):
+        rows.append(("mask", denoising["mask"]))
+    if denoising.get("filter"):
+        rows.append(("temporal filter", denoising["filter"]))
+    for name, value in (denoising.get("thresholds") or {}).items():
+        if value is not None:
+            rows.append((name.replace("_", " "), value))
+    dummy = denoising.get("dummy_scans")
+    if dummy:
+        rows.append(
+            ("dummy scans", f"{dummy.get('Removed', 0)} removed ({dummy.get('Requested')}: "
+             f"{dummy.get('Source')})")
+        )  # fmt: skip
+    dof = denoising.get("degrees_of_freedom")
+    if dof:
+        rows.append(("degrees of freedom", _dof_text(dof)))
+        rows.append(
+            ("thresholds", f"warn below {dof.get('WarnBelow')}, refuse below "
+             f"{dof.get('RefuseBelow')}; minimum {dof.get('MinTime') or 0:g} s of data")
+        )  # fmt: skip
+    return rows
+
+
+def _dof_text(dof: Mapping) -> str:
+    terms = [
+        f"{dof['VolumesKept']} volumes kept",
+        f"{dof['ConfoundRegressors']} confound regressors",
+        f"{dof['TrendTerms']} mean/trend terms",
+        f"{dof['FilterDimensions']} dimensions removed by the filter",
+    ]
+    estimate = "" if dof.get("Exact", True) else " (filter share estimated)"
+    return f"{dof['Remaining']} = " + " - ".join(terms) + estimate
 
 
 def build_run_report(
@@ -48,13 +129,16 @@ def build_run_report(
     tsnr_after: np.ndarray | None = None,
     summary: Mapping | None = None,
     warnings: Sequence[str] = (),
+    affine: np.ndarray | None = None,
+    subtitle: str | None = None,
+    denoising: Mapping | None = None,
 ) -> HTMLReport:
     """Build the report of one run.
 
     Parameters
     ----------
     title : str
-        Report title (e.g. the BOLD file name).
+        Report title (the BIDS App gives the output's name).
     mask : (x, y, z) bool array
         The mask used.
     mean_data : (x, y, z) array, or a list of its three planes
@@ -64,9 +148,10 @@ def build_run_report(
     parameters : mapping
         Processing parameters, shown as a table.
     signals_before, signals_after : 2D arrays, optional
-        Masked signals before and after cleaning, for the carpet plots.
+        Masked signals before and after cleaning, for the carpet plots (all mask voxels,
+        or evenly spaced ones in mask order).
     t_r : float, optional
-        Repetition time (s).
+        Repetition time (s): every time axis is in seconds.
     kept_volumes : int array, optional
         Indices of the volumes kept after scrubbing.
     framewise_displacement : 1D array, optional
@@ -76,45 +161,119 @@ def build_run_report(
     tsnr_before, tsnr_after : (n_voxels,) arrays, optional
         tSNR of each mask voxel before and after cleaning.
     summary : mapping, optional
-        Extra numbers shown first (the number of voxels and volumes is added).
+        Extra numbers shown after the computed ones.
     warnings : sequence of str
-        Warnings raised during processing.
+        Warnings raised during processing (shown first).
+    affine : (4, 4) array, optional
+        Voxel-to-world transform of the mask's grid: the views are drawn at the voxel size,
+        with directions, slice positions and the carpet rows from superior to inferior.
+    subtitle : str, optional
+        A line under the title (the input file).
+    denoising : mapping, optional
+        The run's denoising record: ``strategy``, ``mask``, ``filter``, ``thresholds``
+        (mapping), ``dummy_scans`` and ``degrees_of_freedom`` (as the App's sidecar holds
+        them), ``confound_columns`` (names) and ``censored`` (volume -> reasons).
     """
     mask = np.asarray(mask, dtype=bool)
-    numbers = {"voxels in mask": int(mask.sum())}
-    if signals_before is not None:
-        numbers["volumes in input"] = int(signals_before.shape[0])
+    n_voxels = int(mask.sum())
+    numbers: list[tuple[str, object]] = [("voxels in mask", n_voxels)]
+    n_input = None if signals_before is None else int(signals_before.shape[0])
+    if n_input is not None:
+        numbers.append(("volumes in input", n_input))
+    n_kept = None
     if signals_after is not None:
-        numbers["volumes kept"] = int(signals_after.shape[0])
+        n_kept = int(signals_after.shape[0])
     elif kept_volumes is not None:
-        numbers["volumes kept"] = len(kept_volumes)
+        n_kept = len(kept_volumes)
+    if n_kept is not None:
+        numbers.append(("volumes kept", n_kept))
+        if t_r:
+            numbers.append(("seconds kept", float(n_kept * t_r)))
+    dof = (denoising or {}).get("degrees_of_freedom")
+    if dof:
+        numbers.append(("degrees of freedom left", dof["Remaining"]))
     if tsnr_before is not None:
-        numbers["median tSNR before"] = float(np.median(tsnr_before))
+        numbers.append(("median tSNR before", _median(tsnr_before)))
     if tsnr_after is not None:
-        numbers["median tSNR after"] = float(np.median(tsnr_after))
-    numbers.update(summary or {})
-
-    parts = [f"<h1>{_html.escape(title)}</h1>", section("Summary", table(numbers), "summary")]
-    mask_view = figures.mask_overlay_figure(mean_data, mask)
-    parts.append(section("Mask over the mean image", figure(mask_view, "mask outline"), "mask"))
-    if signals_before is not None and signals_after is not None:
-        carpet = figures.carpet_figure(signals_before, signals_after, t_r, kept_volumes)
-        parts.append(section("Carpet plots", figure(carpet, "carpet plots"), "carpet"))
+        numbers.append(("median tSNR after", _median(tsnr_after)))
     if framewise_displacement is not None:
-        fd_view = figures.framewise_displacement_figure(
-            np.asarray(framewise_displacement, dtype=float), kept_volumes, fd_threshold
+        fd = np.asarray(framewise_displacement, dtype=float)
+        numbers.append(("mean FD (mm)", float(np.nanmean(fd)) if np.isfinite(fd).any() else None))
+    numbers.extend((summary or {}).items())
+
+    figure_list = [
+        {
+            "id": "mask",
+            "heading": "Mask over the mean image",
+            "uri": figures.mask_overlay_figure(mean_data, mask, affine),
+            "alt": "mask outline over the mean image, three views",
+            "caption": "Green: outline of the mask the signals were extracted in, over the "
+            "temporal mean of the input; views in millimetres through the mask's centre.",
+        }
+    ]
+    if framewise_displacement is not None:
+        figure_list.append(
+            {
+                "id": "fd",
+                "heading": "Framewise displacement",
+                "uri": figures.framewise_displacement_figure(
+                    np.asarray(framewise_displacement, dtype=float),
+                    kept_volumes,
+                    fd_threshold,
+                    t_r,
+                ),
+                "alt": "framewise displacement",
+                "caption": "fMRIPrep's framewise displacement; red dots: censored volumes"
+                + ("; dashed: the scrubbing threshold." if fd_threshold is not None else "."),
+            }
         )
-        parts.append(
-            section("Framewise displacement", figure(fd_view, "framewise displacement"), "fd")
+    if signals_before is not None and signals_after is not None:
+        columns = _sampled_columns(n_voxels, signals_before.shape[1])
+        order = None if columns is None else figures.carpet_order(mask, affine, columns)
+        figure_list.append(
+            {
+                "id": "carpet",
+                "heading": "Carpet plots",
+                "uri": figures.carpet_figure(
+                    signals_before, signals_after, t_r, kept_volumes, order=order
+                ),
+                "alt": "carpet plots before and after cleaning",
+                "caption": "One row per voxel (at most "
+                f"{figures.MAX_CARPET_ROWS}), each centred and scaled to unit variance for "
+                "display; after cleaning, censored volumes are blank.",
+            }
         )
     if tsnr_before is not None and tsnr_after is not None:
-        tsnr_view = figures.tsnr_figure(
-            _to_volume(tsnr_before, mask), _to_volume(tsnr_after, mask), mask
+        figure_list.append(
+            {
+                "id": "tsnr",
+                "heading": "Temporal SNR",
+                "uri": figures.tsnr_figure(
+                    _to_volume(tsnr_before, mask), _to_volume(tsnr_after, mask), mask, affine
+                ),
+                "alt": "tSNR maps before and after cleaning",
+                "caption": TSNR_AFTER_CAPTION + " Same views as the mask figure.",
+            }
         )
-        parts.append(section("Temporal SNR", figure(tsnr_view, "tSNR maps"), "tsnr"))
-    parts.append(section("Parameters", table(parameters, ("parameter", "value")), "parameters"))
-    parts.append(section("Warnings", warnings_block(warnings), "warnings"))
-    return HTMLReport("".join(parts), title=title)
+    record = dict(denoising or {})
+    times = None if not t_r else float(t_r)
+    censored = [
+        {"index": int(i), "time": None if times is None else i * times, "reasons": reasons}
+        for i, reasons in sorted((record.get("censored") or {}).items())
+    ]
+    document = render(
+        "run_report.html.j2",
+        title=title,
+        subtitle=subtitle,
+        warnings=list(dict.fromkeys(str(m) for m in warnings)),
+        summary=numbers,
+        denoising=_denoising_rows(record) if record else [],
+        confound_columns=list(record.get("confound_columns") or []),
+        censored=censored,
+        figures=figure_list,
+        parameters=list(parameters.items()),
+    )
+    return HTMLReport(title=title, document=document)
 
 
 def build_subject_report(
@@ -123,46 +282,125 @@ def build_subject_report(
     methods: str,
     errors: Sequence[Mapping] = (),
 ) -> HTMLReport:
-    """Build the page of one subject, linking each run's report.
+    """Build the page of one subject, linking each run's report and listing its warnings.
 
     Parameters
     ----------
     subject : str
         Subject label (without ``sub-``).
     runs : sequence of mappings
-        One per run, with ``name``, ``report`` (relative link) and any summary numbers.
+        One per run, with ``name``, ``report`` (relative link), optionally ``warnings``
+        (list of str) and ``flags`` (list of str), and its numbers (the keys of
+        :data:`RUN_COLUMNS`).
     methods : str
         The methods paragraph (plain text).
     errors : sequence of mappings
         Runs that failed, with ``name`` and ``reason``.
     """
-    rows = []
-    for run in runs:
-        link = f"<a href='{_html.escape(str(run['report']))}'>{_html.escape(run['name'])}</a>"
-        cells = "".join(
-            f"<td>{_html.escape(str(value))}</td>"
-            for key, value in run.items()
-            if key not in ("name", "report")
-        )
-        rows.append(f"<tr><td>{link}</td>{cells}</tr>")
-    header = ""
-    if runs:
-        keys = [k for k in runs[0] if k not in ("name", "report")]
-        header = "<tr><th>run</th>" + "".join(f"<th>{_html.escape(k)}</th>" for k in keys)
-        header += "</tr>"
-    parts = [
-        f"<h1>sub-{_html.escape(subject)}</h1>",
-        section("Runs", f"<table>{header}{''.join(rows)}</table>", "runs"),
+    columns = [(key, label) for key, label in RUN_COLUMNS if any(key in run for run in runs)]
+    rows = [
+        {
+            "name": run["name"],
+            "report": run["report"],
+            "warnings": list(run.get("warnings") or []),
+            "flags": list(run.get("flags") or []),
+            "numbers": {key: run.get(key) for key, _ in columns},
+        }
+        for run in runs
     ]
-    if errors:
-        parts.append(
-            section(
-                "Failed runs",
-                warnings_block(f"{e['name']}: {e['reason']}" for e in errors),
-                "errors",
-            )
-        )
-    parts.append(
-        section("Methods", f"<div class='methods'><p>{_html.escape(methods)}</p></div>", "methods")
+    document = render(
+        "subject_report.html.j2",
+        title=f"sub-{subject}",
+        runs=rows,
+        columns=columns,
+        errors=list(errors),
+        methods=methods,
     )
-    return HTMLReport("".join(parts), title=f"sub-{subject}")
+    return HTMLReport(title=f"sub-{subject}", document=document)
+
+
+def _severity(flags) -> int:
+    """0 for the most serious flag, ..., len(GROUP_FLAGS) for none."""
+    ranks = [list(GROUP_FLAGS).index(f) for f in flags if f in GROUP_FLAGS]
+    return min(ranks) if ranks else len(GROUP_FLAGS)
+
+
+def build_group_report(
+    rows: Sequence[Mapping],
+    *,
+    table_file: str,
+    table_json: str,
+    title: str = "masker-wf group summary",
+) -> HTMLReport:
+    """Build the group page: every run, flagged runs first, each linked to its report.
+
+    Parameters
+    ----------
+    rows : sequence of mappings
+        One per run: ``subject``, ``run`` (a short name), ``report`` and ``subject_page``
+        (relative links; ``report`` None when there is none), ``flags`` (names of
+        :data:`GROUP_FLAGS`), ``status`` and ``reason`` (text), and its numbers (the keys of
+        :data:`RUN_COLUMNS`).
+    table_file, table_json : str
+        Where the summary table and its description are (shown at the bottom).
+    title : str
+        Page title.
+    """
+    columns = [(key, label) for key, label in RUN_COLUMNS if any(key in row for row in rows)]
+    prepared = []
+    for row in rows:
+        flags = [f for f in row.get("flags") or () if f]
+        severity = _severity(flags)
+        css = " ".join(
+            ["flagged"] * bool(flags) + [f for f in flags if f in ("refused", "failed")]
+        )
+        prepared.append(
+            {
+                "subject": row.get("subject"),
+                "run": row.get("run"),
+                "status": row.get("status"),
+                "reason": row.get("reason"),
+                "cells": {key: row.get(key) for key, _ in columns},
+                "report": row.get("report"),
+                "subject_page": row.get("subject_page"),
+                "flags": flags,
+                "severity": severity,
+                "css": css,
+            }
+        )
+    prepared.sort(key=lambda r: (r["severity"], str(r["subject"]), str(r["run"])))
+    counts = [
+        {"name": name, "count": sum(name in r["flags"] for r in prepared), "meaning": meaning}
+        for name, meaning in GROUP_FLAGS.items()
+    ]
+    medians = []
+    for column, label in (
+        ("dof", "median degrees of freedom"),
+        ("seconds_kept", "median seconds kept"),
+        ("tsnr_before", "median tSNR before"),
+        ("tsnr_after", "median tSNR after"),
+    ):
+        values = [
+            float(r["cells"][column])
+            for r in prepared
+            if isinstance(r["cells"].get(column), int | float)
+            and np.isfinite(r["cells"][column])
+            and "failed" not in r["flags"]
+            and "refused" not in r["flags"]
+        ]
+        if values:
+            medians.append((f"{label} (processed runs)", float(np.median(values))))
+    document = render(
+        "group_report.html.j2",
+        title=title,
+        n_runs=len(prepared),
+        n_subjects=len({r["subject"] for r in prepared}),
+        n_flagged=sum(bool(r["flags"]) for r in prepared),
+        flag_counts=counts,
+        medians=medians,
+        columns=columns,
+        rows=prepared,
+        table_file=table_file,
+        table_json=table_json,
+    )
+    return HTMLReport(title=title, document=document)

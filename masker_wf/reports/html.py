@@ -1,48 +1,85 @@
-"""Self-contained HTML reports: one per run (also what ``NiftiMasker.generate_report`` returns)
-and one per subject that links the runs' reports and carries the methods paragraph."""
+"""Self-contained HTML pages rendered from the jinja2 templates of the package data
+(``masker_wf/data/templates``): the per-run report (also what ``NiftiMasker.generate_report``
+returns), the subject page and the group page.
+
+Templates escape every value they are given; only figures (``data:`` URIs) and the body of a
+pre-rendered page are inserted as they are.
+"""
 
 from __future__ import annotations
 
-import html
+import functools
 import os
 import tempfile
 import webbrowser
-from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-_STYLE = """
-body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2em auto;
-max-width:1000px;color:#1f2328;line-height:1.45}
-h1{font-size:1.5em;border-bottom:1px solid #d0d7de;padding-bottom:.3em}
-h2{font-size:1.15em;margin-top:1.6em}
-table{border-collapse:collapse;margin:.5em 0}
-td,th{border:1px solid #d0d7de;padding:.25em .6em;text-align:left;font-size:.92em}
-th{background:#f6f8fa}
-img{max-width:100%;height:auto;display:block;margin:.4em 0}
-.warning{background:#fff8c5;border:1px solid #d4a72c;padding:.5em .8em;margin:.3em 0}
-.methods{background:#f6f8fa;border-left:4px solid #0969da;padding:.6em 1em}
-code{font-size:.9em}
-"""
+__all__ = ["HTMLReport", "format_value", "render"]
+
+#: Where the templates are, inside the package.
+TEMPLATES = "data/templates"
+
+
+@functools.cache
+def _environment():
+    import jinja2
+
+    environment = jinja2.Environment(
+        loader=jinja2.PackageLoader("masker_wf", TEMPLATES),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    environment.filters["value"] = format_value
+    return environment
+
+
+def format_value(value, digits: int = 6) -> str:
+    """A value as a report shows it: floats with ``digits`` significant digits, None as n/a."""
+    if value is None:
+        return "n/a"
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, float):
+        return f"{value:.{digits}g}"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(format_value(v, digits) for v in value) if value else "none"
+    return str(value)
+
+
+def render(template: str, **context) -> str:
+    """Render one of the package's templates (``run_report.html.j2``...) to a string."""
+    return _environment().get_template(template).render(**context)
 
 
 class HTMLReport:
     """An HTML report held in memory.
 
-    Displays itself in Jupyter (``_repr_html_``), converts to a string
-    (``get_html``/``str``) and saves to disk (``save_as_html``).
+    Displays itself in Jupyter (``_repr_html_``), converts to a string (``get_html``/``str``)
+    and saves to disk (``save_as_html``).
+
+    Parameters
+    ----------
+    body : str
+        HTML of the page's body, put in the package's page template; or, with ``document``,
+        ignored.
+    title : str
+        Title of the page.
+    document : str, optional
+        A complete page already rendered from a template.
     """
 
-    def __init__(self, body: str, title: str = "masker-wf report"):
+    def __init__(self, body: str = "", title: str = "masker-wf report", *, document=None):
         self.title = title
         self.body = body
+        self._document = document
 
     def get_html(self) -> str:
         """Return the complete HTML document."""
-        return (
-            "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
-            f"<title>{html.escape(self.title)}</title><style>{_STYLE}</style></head>"
-            f"<body>{self.body}</body></html>\n"
-        )
+        if self._document is not None:
+            return self._document
+        return render("page.html.j2", title=self.title, body=self.body)
 
     def __str__(self) -> str:
         return self.get_html()
@@ -69,44 +106,3 @@ class HTMLReport:
         path = self.save_as_html(file_name)
         webbrowser.open(path.resolve().as_uri())
         return path
-
-
-def _format_value(value) -> str:
-    if isinstance(value, float):
-        return f"{value:.6g}"
-    return str(value)
-
-
-def table(rows: Mapping | Iterable, header: tuple[str, str] | None = None) -> str:
-    """An HTML table of ``key: value`` rows (values are escaped)."""
-    items = rows.items() if isinstance(rows, Mapping) else rows
-    head = (
-        f"<tr><th>{html.escape(header[0])}</th><th>{html.escape(header[1])}</th></tr>"
-        if header
-        else ""
-    )
-    body = "".join(
-        f"<tr><th>{html.escape(str(key))}</th><td><code>{html.escape(_format_value(value))}"
-        "</code></td></tr>"
-        for key, value in items
-    )
-    return f"<table>{head}{body}</table>"
-
-
-def figure(uri: str, alt: str) -> str:
-    """An ``<img>`` element for a data URI produced by :mod:`masker_wf.reports.figures`."""
-    return f"<img src='{uri}' alt='{html.escape(alt)}'>"
-
-
-def section(heading: str, content: str, anchor: str | None = None) -> str:
-    """A titled section."""
-    anchor_attr = f" id='{html.escape(anchor)}'" if anchor else ""
-    return f"<section{anchor_attr}><h2>{html.escape(heading)}</h2>{content}</section>"
-
-
-def warnings_block(messages: Iterable[str]) -> str:
-    """Warnings raised while processing, one box each (or a note that there were none)."""
-    messages = list(dict.fromkeys(str(m) for m in messages))
-    if not messages:
-        return "<p>No warnings.</p>"
-    return "".join(f"<div class='warning'>{html.escape(m)}</div>" for m in messages)

@@ -12,6 +12,8 @@
 #   export SLURM_CONF=$SLURM_LOCAL_DIR/slurm.conf
 # Settings suit containers: processes tracked via /proc (no cgroups), no CPU binding, no
 # accounting. Ports are picked free at start, so several such clusters can coexist.
+# SLURM_LOCAL_EXTRA adds slurm.conf lines, e.g. SLURM_LOCAL_EXTRA=MaxArraySize=10 to see how
+# `masker-wf --slurm` splits a dataset into several job arrays.
 set -euo pipefail
 
 DIR=${SLURM_LOCAL_DIR:-/tmp/masker-wf-slurm}
@@ -61,6 +63,7 @@ MinJobAge=300
 ReturnToService=2
 NodeName=localhost CPUs=$(nproc) RealMemory=$((mem_kb / 1024 * 3 / 4)) State=UNKNOWN
 PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
+${SLURM_LOCAL_EXTRA:-}
 EOF
 }
 

@@ -1,0 +1,83 @@
+"""Run a benchmark contender in a fresh process and measure its wall time and memory.
+
+Peak memory is the largest sum of the resident set sizes of the process and all its
+descendants, sampled every 20 ms from ``/proc``: a contender may run several processes at
+once (the App with ``--nprocs 2``), and that sum is what the machine must hold. Children
+also report their own ``ru_maxrss`` (exact, from the kernel, one process at a time), see
+:func:`self_peak_gb`.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+__all__ = ["measure", "self_peak_gb"]
+
+_PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            found += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return found
+
+
+def _tree_rss(root: int) -> int:
+    """Resident bytes of ``root`` and its descendants (processes that vanish count 0)."""
+    total, stack = 0, [root]
+    while stack:
+        pid = stack.pop()
+        try:
+            pages = int(Path(f"/proc/{pid}/statm").read_text().split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        total += pages * _PAGE_BYTES
+        stack += _children(pid)
+    return total
+
+
+def measure(command, *, env=None, cwd=None, interval=0.02) -> dict:
+    """Run ``command``; return seconds, peak memory (GB) and its output.
+
+    Raises
+    ------
+    RuntimeError
+        The command failed (its stderr's tail in the message).
+    """
+    start = time.perf_counter()
+    process = subprocess.Popen(
+        command, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    peak = [0]
+    done = threading.Event()
+
+    def sample():
+        while not done.is_set():
+            peak[0] = max(peak[0], _tree_rss(process.pid))
+            done.wait(interval)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    stdout, stderr = process.communicate()
+    seconds = time.perf_counter() - start
+    done.set()
+    sampler.join()
+    if process.returncode != 0:
+        raise RuntimeError(f"{command[:4]}... failed ({process.returncode}):\n{stderr[-4000:]}")
+    return {"seconds": seconds, "peak_gb": peak[0] / 1024**3, "stdout": stdout, "stderr": stderr}
+
+
+def self_peak_gb() -> float:
+    """Largest resident set (GB) of this process or of one of its finished children."""
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return max(own, children) / 1024**2

@@ -1,0 +1,314 @@
+"""How the BIDS App scales with the number of participants.
+
+Generates fMRIPrep-style derivatives datasets of N participants x 2 tiny runs (20 x 24 x 20
+voxels, 100 volumes, float32 ``.nii.gz``, a brain mask, a confounds TSV/JSON and sidecars), then,
+for each N, each step in a fresh process:
+
+- **planning**: :func:`masker_wf.app.plan.plan_runs` (indexing with pybids and matching every
+  run to its companions), timed in a fresh process, best of ``--repeat``;
+- **full run**: ``masker-wf DATASET OUT participant`` on an empty output and work directory;
+- **up-to-date rerun**: the same command again, which only confirms every run is up to date.
+
+It prints one table (seconds, and seconds per run), suitable for the README. The full run of
+the largest dataset can take longer than a benchmark should: ``--full-max N`` (default 160)
+skips the full run above N participants, whose rerun then needs outputs from somewhere; for
+those, the outputs are produced by running the App in ``--full-chunk`` slices of participants
+(timed as well, reported as such).
+
+Usage::
+
+    python benchmarks/bench_scale.py --data /tmp/masker-scale [--sizes 40 160 1000]
+
+The generated datasets are kept under ``--data`` and reused by later invocations.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+SPACE = "MNI152NLin2009cAsym"
+TASK = "rest"
+SHAPE = (20, 24, 20)
+N_VOLUMES = 100
+T_R = 2.0
+APP_OPTIONS = ("--denoise-strategy", "simple", "--smoothing-fwhm", "6")
+MOTION = ("trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z")
+GENERATOR_VERSION = 1
+
+
+def _brain(shape):
+    grid = np.indices(shape, dtype=np.float32)
+    centre = (np.array(shape, dtype=np.float32) - 1) / 2
+    radius = np.array(shape, dtype=np.float32) / 2.6
+    distance = (((grid - centre[:, None, None, None]) / radius[:, None, None, None]) ** 2).sum(0)
+    return distance < 1
+
+
+def _affine(shape, voxel_mm=4.0):
+    affine = np.diag([voxel_mm, voxel_mm, voxel_mm, 1.0])
+    affine[:3, 3] = -voxel_mm * (np.array(shape) - 1) / 2
+    return affine
+
+
+def _gzip_nifti(img, path: Path) -> None:
+    # ISA-L level 1: the generation of 2,000 runs is bound by compression otherwise.
+    from isal import igzip
+
+    path.write_bytes(igzip.compress(img.to_bytes(), compresslevel=1))
+
+
+def _confounds_table(rng, n_volumes: int) -> str:
+    """fMRIPrep's column names for what the ``simple`` strategy reads (plus FD and DVARS)."""
+    columns = {}
+    for name in MOTION:
+        trace = np.cumsum(rng.normal(0, 0.02, n_volumes))
+        derivative = np.r_[np.nan, np.diff(trace)]
+        columns[name] = trace
+        columns[f"{name}_derivative1"] = derivative
+        columns[f"{name}_power2"] = trace**2
+        columns[f"{name}_derivative1_power2"] = derivative**2
+    for name in ("csf", "white_matter", "global_signal"):
+        columns[name] = 500 + rng.normal(0, 5, n_volumes)
+    displacement = np.abs(rng.normal(0, 0.1, n_volumes))
+    displacement[0] = np.nan
+    columns["framewise_displacement"] = displacement
+    columns["std_dvars"] = np.r_[np.nan, 1 + np.abs(rng.normal(0, 0.2, n_volumes - 1))]
+    frame_times = np.arange(n_volumes) * T_R
+    n_cosines = int(np.floor(2 * n_volumes * T_R / 128.0))
+    for k in range(1, n_cosines + 1):
+        columns[f"cosine{k - 1:02d}"] = np.sqrt(2 / n_volumes) * np.cos(
+            np.pi * k * (frame_times / T_R + 0.5) / n_volumes
+        )
+    names = list(columns)
+    rows = ["\t".join(names)]
+    for i in range(n_volumes):
+        values = (columns[name][i] for name in names)
+        rows.append("\t".join("n/a" if np.isnan(v) else f"{v:.6g}" for v in values))
+    return "\n".join(rows) + "\n"
+
+
+def make_dataset(
+    root,
+    n_participants: int,
+    *,
+    n_runs: int = 2,
+    shape=SHAPE,
+    n_volumes: int = N_VOLUMES,
+    seed: int = 0,
+) -> Path:
+    """Write an fMRIPrep-style derivatives dataset of ``n_participants`` x ``n_runs`` runs.
+
+    Every run has its own content (a per-run drift and gain over a shared noise field), so no
+    two inputs hash alike; labels are zero-padded to the width of ``n_participants``.
+
+    Parameters
+    ----------
+    root : path
+        Dataset root (created; must not hold another dataset).
+    n_participants, n_runs : int
+        Participants ``sub-001...`` and runs ``run-1...`` per participant.
+    shape : tuple of 3 int
+        Voxels of each run (4 mm isotropic).
+    n_volumes : int
+        Volumes of each run (TR 2 s).
+    seed : int
+        Seed of the random content.
+
+    Returns
+    -------
+    pathlib.Path
+        ``root``.
+    """
+    import nibabel as nib
+
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    brain = _brain(shape)
+    affine = _affine(shape)
+    noise = rng.normal(0, 8, (*shape, n_volumes)).astype(np.float32)
+    baseline = np.where(brain, 1000.0, 0.0).astype(np.float32)[..., None]
+    frame = np.arange(n_volumes, dtype=np.float32)
+    mask_img = nib.Nifti1Image(brain.astype(np.uint8), affine)
+    mask_img.header.set_xyzt_units("mm")
+    width = max(2, len(str(n_participants)))
+    description = {
+        "Name": f"masker-wf scale benchmark, {n_participants} participants (simulated)",
+        "BIDSVersion": "1.10.0",
+        "DatasetType": "derivative",
+        "GeneratedBy": [{"Name": "masker-wf benchmarks/bench_scale.py (simulated fMRIPrep)"}],
+    }
+    (root / "dataset_description.json").write_text(json.dumps(description, indent=2))
+    for p in range(n_participants):
+        subject = f"{p + 1:0{width}d}"
+        func = root / f"sub-{subject}" / "func"
+        func.mkdir(parents=True, exist_ok=True)
+        for r in range(n_runs):
+            index = p * n_runs + r
+            stem = func / f"sub-{subject}_task-{TASK}_run-{r + 1}"
+            drift = np.float32(0.05 * (index % 17) + 0.01) * frame
+            gain = np.float32(1 + 0.001 * index)
+            data = (baseline + drift) * brain[..., None] * gain + noise * brain[..., None]
+            # a different slab of noise per run: the runs do not clean to the same values
+            data = np.roll(data, index % n_volumes, axis=3)
+            bold = nib.Nifti1Image(data.astype(np.float32), affine)
+            bold.header.set_xyzt_units("mm", "sec")
+            bold.header.set_zooms((4.0, 4.0, 4.0, T_R))
+            _gzip_nifti(bold, Path(f"{stem}_space-{SPACE}_desc-preproc_bold.nii.gz"))
+            _gzip_nifti(mask_img, Path(f"{stem}_space-{SPACE}_desc-brain_mask.nii.gz"))
+            sidecar = {"RepetitionTime": T_R, "TaskName": TASK, "SkullStripped": False}
+            Path(f"{stem}_space-{SPACE}_desc-preproc_bold.json").write_text(json.dumps(sidecar))
+            Path(f"{stem}_space-{SPACE}_desc-brain_mask.json").write_text(
+                json.dumps({"Type": "Brain"})
+            )
+            Path(f"{stem}_desc-confounds_timeseries.tsv").write_text(
+                _confounds_table(np.random.default_rng([seed, index]), n_volumes)
+            )
+            Path(f"{stem}_desc-confounds_timeseries.json").write_text("{}")
+    return root
+
+
+def dataset(data_dir: Path, n_participants: int) -> Path:
+    """The generated dataset of ``n_participants`` under ``data_dir``, made when missing."""
+    root = data_dir / f"ds-{n_participants}"
+    stamp = root / ".complete"
+    expected = f"{GENERATOR_VERSION} {n_participants}"
+    if stamp.is_file() and stamp.read_text() == expected:
+        return root
+    shutil.rmtree(root, ignore_errors=True)
+    start = time.perf_counter()
+    make_dataset(root, n_participants)
+    stamp.write_text(expected)
+    print(
+        f"generated {root} ({n_participants} participants) in {time.perf_counter() - start:.0f} s",
+        flush=True,
+    )
+    return root
+
+
+PLANNING_SCRIPT = """
+import sys, time
+from masker_wf.app.plan import check_inputs, plan_runs
+from masker_wf.app.settings import Settings
+from masker_wf.cli.parser import parse_options
+start = time.perf_counter()
+settings = Settings.from_options(parse_options(sys.argv[1:]))
+plan = plan_runs(settings, check_inputs(settings))
+print(time.perf_counter() - start, len(plan.runs))
+"""
+
+
+def _app_command(root: Path, out_dir: Path, work_dir: Path, *extra) -> list[str]:
+    command = [sys.executable, "-m", "masker_wf.cli.run", str(root), str(out_dir)]
+    return [*command, "participant", "-w", str(work_dir), *APP_OPTIONS, *extra]
+
+
+def _timed(command, label: str) -> float:
+    start = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    seconds = time.perf_counter() - start
+    if done.returncode != 0:
+        raise RuntimeError(f"{label} failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    return seconds
+
+
+def time_planning(root: Path, scratch: Path, repeat: int) -> tuple[float, int]:
+    """Best of ``repeat`` fresh processes: indexing and matching every run (imports not
+    included)."""
+    best, runs = float("inf"), 0
+    for _ in range(repeat):
+        command = [sys.executable, "-c", PLANNING_SCRIPT, str(root), str(scratch / "out")]
+        command += ["participant", *APP_OPTIONS]
+        done = subprocess.run(command, capture_output=True, text=True, check=True)
+        seconds, runs = done.stdout.split()
+        best = min(best, float(seconds))
+    return best, int(runs)
+
+
+def bench_size(data_dir: Path, n: int, *, full: bool, repeat: int, keep: bool) -> dict:
+    """Planning, full run and up-to-date rerun of the dataset of ``n`` participants.
+
+    Without ``full``, the rerun is timed only when the outputs of an earlier invocation
+    (``--keep``) are there.
+    """
+    root = dataset(data_dir, n)
+    scratch = data_dir / f"run-{n}"
+    out_dir, work_dir = scratch / "out", scratch / "work"
+    if full:
+        shutil.rmtree(scratch, ignore_errors=True)
+    planning, n_runs = time_planning(root, scratch, repeat)
+    row = {"participants": n, "runs": n_runs, "planning": planning, "full": None}
+    # What an invocation costs besides its runs: start-up, indexing, planning.
+    row["fixed"] = _timed(_app_command(root, out_dir, work_dir, "--dry-run"), f"dry run of {n}")
+    if full:
+        row["full"] = _timed(_app_command(root, out_dir, work_dir), f"full run of {n}")
+    row["rerun"] = None
+    if out_dir.is_dir():
+        row["rerun"] = _timed(_app_command(root, out_dir, work_dir), f"rerun of {n}")
+    if not keep:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return row
+
+
+def _cell(value, fmt="{:.1f} s"):
+    return "n/a" if value is None else fmt.format(value)
+
+
+def table(rows) -> str:
+    """The README table of the benchmark's rows."""
+    lines = [
+        "| participants | runs | planning | full run | per run | up-to-date rerun | per run |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        n_runs = row["runs"]
+        per_full = None if row["full"] is None else (row["full"] - row["fixed"]) / n_runs
+        per_rerun = None if row["rerun"] is None else (row["rerun"] - row["fixed"]) / n_runs
+        lines.append(
+            f"| {row['participants']} | {n_runs} | {row['planning']:.2f} s | "
+            f"{_cell(row['full'])} | {_cell(per_full, '{:.3f} s')} | {_cell(row['rerun'])} | "
+            f"{_cell(per_rerun, '{:.4f} s')} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, required=True, help="where datasets are kept")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[40, 160, 1000])
+    parser.add_argument(
+        "--full-max",
+        type=int,
+        default=160,
+        help="largest size whose full run is timed (larger: planning and, when outputs "
+        "of an earlier invocation with --keep exist, the rerun)",
+    )
+    parser.add_argument("--repeat", type=int, default=3, help="planning: best of N processes")
+    parser.add_argument(
+        "--keep", action="store_true", help="keep outputs and work directories under --data"
+    )
+    args = parser.parse_args(argv)
+    args.data.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for n in args.sizes:
+        row = bench_size(args.data, n, full=n <= args.full_max, repeat=args.repeat, keep=args.keep)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    print(
+        "\nper run = (invocation - the same invocation with --dry-run, i.e. start-up, "
+        "indexing and planning) / runs"
+    )
+    print(table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
