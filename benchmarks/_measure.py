@@ -16,7 +16,7 @@ import threading
 import time
 from pathlib import Path
 
-__all__ = ["measure", "self_peak_gb"]
+__all__ = ["cpu_seconds", "measure", "self_peak_gb"]
 
 _PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
 
@@ -81,3 +81,10 @@ def self_peak_gb() -> float:
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     return max(own, children) / 1024**2
+
+
+def cpu_seconds() -> float:
+    """CPU time (user + system, all threads) of this process and its finished children."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime

@@ -21,7 +21,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import statistics
 import sys
@@ -68,7 +67,9 @@ def _app(dataset: Path, tmp: Path, nprocs: int, repeat: int, extra) -> dict:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=Path(tempfile.gettempdir()) / "masker-bench-3mm")
+    parser.add_argument(
+        "--data", type=Path, default=Path(tempfile.gettempdir()) / "masker-bench-3mm"
+    )
     parser.add_argument("--nprocs", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument(

@@ -78,7 +78,7 @@ def _template_on_grid(shape=SHAPE, affine=AFFINE) -> np.ndarray:
 
 def _head(mask: np.ndarray, voxel_size: float) -> np.ndarray:
     """The brain plus a shell of :data:`HEAD_MARGIN_MM` around it (a ball dilation)."""
-    radius = int(round(HEAD_MARGIN_MM / voxel_size))
+    radius = round(HEAD_MARGIN_MM / voxel_size)
     ball = (np.indices((2 * radius + 1,) * 3) - radius) ** 2
     ball = ball.sum(axis=0) <= radius**2
     return ndimage.binary_dilation(mask, structure=ball)

@@ -56,6 +56,7 @@ __all__ = [
     "load_qc",
     "load_signals",
     "output_error",
+    "prefetch_digest",
     "read_sample_mask",
     "remember_digest",
     "save_img",
@@ -178,11 +179,53 @@ def file_digest(path, piece_bytes=None) -> str:
     key = stat_key(path)
     with _digests_lock:
         known = _digests.get(key)
+        pending = _pending.get(key)
     if known is not None:
         return known
+    if pending is not None:
+        with contextlib.suppress(Exception):  # computed again below, raising here
+            return pending.result()
     value = _sha256_of_file(key[0], int(piece_bytes or _HASH_SEGMENT_BYTES))
     remember_digest(key, value)
     return value
+
+
+# Digests being computed ahead of need (see prefetch_digest), by stat key; and the thread
+# computing them, one per process (a forked child starts its own).
+_pending: dict = {}
+_prefetcher: list = []
+
+
+def prefetch_digest(path) -> None:
+    """Start computing the digest of ``path`` on a background thread (hashlib releases the
+    GIL), so that it is known when :func:`file_digest` asks for it.
+
+    For a large input whose hash would otherwise be the first thing a run waits for:
+    started while the run reads its headers and builds its workflow. Errors are left to
+    :func:`file_digest` (which computes the digest again).
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    try:
+        key = stat_key(path)
+    except OSError:
+        return
+    with _digests_lock:
+        if key in _digests or key in _pending:
+            return
+        if not _prefetcher or _prefetcher[0][0] != os.getpid():
+            _prefetcher[:] = [(os.getpid(), ThreadPoolExecutor(1, "masker-wf-digest"))]
+
+        def compute():
+            try:
+                value = _sha256_of_file(key[0], _HASH_SEGMENT_BYTES)
+                remember_digest(key, value)
+                return value
+            finally:
+                with _digests_lock:
+                    _pending.pop(key, None)
+
+        _pending[key] = _prefetcher[0][1].submit(compute)
 
 
 def remember_digest(path, digest: str) -> None:

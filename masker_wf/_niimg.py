@@ -37,8 +37,10 @@ from nibabel.volumeutils import apply_read_scaling
 from ._exceptions import DimensionError
 
 _GLOB_CHARS = ("*", "?", "[")
-# ISA-L inflates fastest in reads of a few MiB (much slower in 1 MiB or 64 MiB ones).
+# Bytes copied per read into an array: a few MiB (ISA-L's own reader is fastest so).
 _GZIP_READ_BYTES = 4 * 1024**2
+# Compressed bytes inflated per call of _Inflater (about 13 MB of BOLD out).
+_GZIP_RAW_BYTES = 4 * 1024**2
 # Bytes of the blocks iter_volume_chunks yields (about 8 volumes of a 2 mm MNI run).
 _CHUNK_BYTES = 32 * 1024**2
 
@@ -98,6 +100,79 @@ def _open_gzip(path):
     return igzip.open(path, "rb")
 
 
+class _Inflater:
+    """Sequential reader of a gzip file: few large reads, one ISA-L inflate call for each.
+
+    ``isal.igzip`` refills its input 128 KiB at a time, taking the GIL back for every
+    refill; when other threads keep the GIL busy (smoothing the volumes already read),
+    those hand-overs stall it. Here each call inflates :data:`_GZIP_RAW_BYTES` of
+    compressed data with the GIL released. Multi-member files (and zero padding between
+    members) are read as Python's ``gzip`` reads them; each member's CRC-32 and length are
+    checked by ISA-L.
+    """
+
+    def __init__(self, path):
+        from isal import isal_zlib
+
+        self._new = lambda: isal_zlib.decompressobj(31)
+        self._raw = open(path, "rb", buffering=0)  # noqa: SIM115  (closed by close())
+        self._inflate = self._new()
+        self._started = False
+        self._pending = memoryview(b"")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
+    def close(self) -> None:
+        """Close the file."""
+        self._raw.close()
+
+    def _inflate_more(self) -> bool:
+        """Decompress the next raw block into the pending bytes; False at the end."""
+        while True:
+            data = self._raw.read(_GZIP_RAW_BYTES)
+            if not data:
+                if self._started and not self._inflate.eof:
+                    raise EOFError(
+                        "Compressed file ended before the end-of-stream marker was reached"
+                    )
+                return False
+            out = []
+            while data:
+                if self._inflate.eof:  # the next member (after optional zero padding)
+                    data = data.lstrip(b"\0")
+                    if not data:
+                        break
+                    self._inflate = self._new()
+                self._started = True
+                out.append(self._inflate.decompress(data))
+                data = self._inflate.unused_data if self._inflate.eof else b""
+            produced = b"".join(out)
+            if produced:
+                self._pending = memoryview(produced)
+                return True
+
+    def readinto(self, buffer) -> int:
+        """Fill ``buffer`` (a writable byte view) as far as the data go; bytes written."""
+        view = memoryview(buffer).cast("B")
+        filled = 0
+        while filled < len(view):
+            if not self._pending and not self._inflate_more():
+                break
+            count = min(len(self._pending), len(view) - filled)
+            view[filled : filled + count] = self._pending[:count]
+            self._pending = self._pending[count:]
+            filled += count
+        return filled
+
+    def seek(self, offset: int) -> None:
+        """Skip forward to uncompressed byte ``offset`` (from the start; reads forward only)."""
+        _read_exactly(self, bytearray(offset), "the header")
+
+
 def _read_exactly(stream, buffer, source) -> None:
     """Fill ``buffer`` from ``stream`` in ISA-L-friendly reads; a short file is an error."""
     view = memoryview(buffer).cast("B")
@@ -137,6 +212,7 @@ class GzipArrayProxy(ArrayProxy):
         if tuple(slicer) not in ((), whole) or 0 in self._shape:
             return super()._get_unscaled(slicer)
         data = np.empty(self._shape, self._dtype, order=self.order)
+        # ISA-L's own reader inflates straight into the array (nothing else runs meanwhile).
         with self._get_fileobj() as stream, self._lock:
             stream.seek(self._offset)
             # The array's own buffer, in file order (a Fortran array's transpose is C).
@@ -189,7 +265,7 @@ def _read_chunks(proxy, volumes_per_chunk, out: queue.Queue, stop: threading.Eve
     shape, dtype = proxy.shape, proxy.dtype
     n_volumes = int(shape[3])
     try:
-        with _open_gzip(proxy.file_like) as stream:
+        with _Inflater(proxy.file_like) as stream:
             stream.seek(proxy.offset)
             for start in range(0, n_volumes, volumes_per_chunk):
                 count = min(volumes_per_chunk, n_volumes - start)

@@ -115,6 +115,10 @@ def check_band(low_pass, high_pass) -> None:
     for label, value in (("low_pass", low_pass), ("high_pass", high_pass)):
         if value is not None and not _is_number(value):
             raise TypeError(f"{label} must be a number (Hz) or None; got {value!r}.")
+        if value is not None and not value > 0:
+            # nilearn clips such a cut-off to a tiny positive frequency with a warning;
+            # it is always a mistake, so every face refuses it.
+            raise ValueError(f"{label} must be a positive frequency (Hz); got {value!r}.")
     if low_pass is not None and high_pass is not None and high_pass >= low_pass:
         raise ValueError(
             f"high_pass ({high_pass} Hz) must be lower than low_pass ({low_pass} Hz) for a "

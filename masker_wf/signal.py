@@ -867,7 +867,9 @@ class DegreesOfFreedom:
         removed = [
             f"{count} {what}"
             for count, what in (
-                (self.n_confounds, "confound regressor(s)"),
+                # Independent after detrending, filtering and censoring: the rank, which can
+                # be below the number of confound columns.
+                (self.n_confounds, "independent confound regressor(s)"),
                 (self.n_trend, "mean/trend term(s)"),
                 (self.n_filter, "dimension(s) removed by the temporal filter"),
             )

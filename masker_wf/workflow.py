@@ -338,6 +338,47 @@ def _existing_file(name: str, path) -> Path:
     return path
 
 
+# A lock file Pydra's hash cache left empty this long ago has no live owner: filelock
+# writes its owner's PID right after creating the file, and recovers a dead owner from it.
+_RECORDLESS_LOCK_SECONDS = 60.0
+
+
+def _sweep_recordless_locks(hash_cache: Path) -> list[Path]:
+    """Remove the hash cache's empty ``.lock`` files older than a minute.
+
+    A process killed between creating a lock file and writing its PID leaves an empty
+    one, which filelock cannot tell from a live owner: every later hash of that file
+    would wait forever.
+    """
+    import time
+
+    removed = []
+    limit = time.time() - _RECORDLESS_LOCK_SECONDS
+    for lock in Path(hash_cache).glob("*.lock"):
+        try:
+            info = lock.stat()
+            if info.st_size == 0 and info.st_mtime < limit:
+                lock.unlink()
+                removed.append(lock)
+        except FileNotFoundError:  # released meanwhile
+            continue
+    return removed
+
+
+@contextlib.contextmanager
+def hash_cache_scope(hash_cache):
+    """Point Pydra's file-hash cache at ``hash_cache`` for a block (stale locks swept).
+
+    Pydra reads the location from ``PYDRA_HASH_CACHE`` only: it is set for the block and
+    restored after it. Not thread-safe: one block at a time per process.
+    """
+    hash_cache = Path(hash_cache)
+    hash_cache.mkdir(parents=True, exist_ok=True)
+    _sweep_recordless_locks(hash_cache)
+    with _environment("PYDRA_HASH_CACHE", str(hash_cache)):
+        yield hash_cache
+
+
 @contextlib.contextmanager
 def _environment(name: str, value: str):
     """Set an environment variable for the duration of a block, then restore it."""
@@ -499,7 +540,7 @@ def run_masker_workflow(
     # left as it was. Not thread-safe: one call at a time per process.
     try:
         with (
-            _environment("PYDRA_HASH_CACHE", str(hash_cache)),
+            hash_cache_scope(hash_cache),
             Submitter(cache_root=cache_root, worker=worker, **worker_kwargs) as submitter,
         ):
             result = submitter(task, hooks=hooks, raise_errors=True)

@@ -184,7 +184,7 @@ def test_clean_warns_with_the_budget_and_is_silent_with_enough_data(rng):
         )
     budget = caught[0].message.budget
     assert budget.budget == 40 - 30 - 2 - 7
-    assert "30 confound regressor(s)" in str(caught[0].message)
+    assert "30 independent confound regressor(s)" in str(caught[0].message)
     assert "dimension(s) removed by the temporal filter" in str(caught[0].message)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -232,7 +232,7 @@ def test_the_readme_options_are_refused_on_the_terminal_and_flagged(tmp_path, ca
     err = capsys.readouterr().err
     assert code == 65  # every run refused for its data
     assert err.count("refused, too little data left to clean: -22 degree(s) of freedom") == 6
-    assert "(35 of 40 volumes kept (70 s), minus 33 confound regressor(s)" in err
+    assert "(35 of 40 volumes kept (70 s), minus 33 independent confound regressor(s)" in err
     summary = _group(out)
     assert len(summary) == 4
     assert (summary["qc_flags"] == "refused").all()

@@ -101,7 +101,7 @@ def test_dummy_scans_option_is_checked(tmp_path, capsys):
 # --------------------------------------------------------------------------- ICA-AROMA
 def test_ica_aroma_without_aroma_outputs_says_what_fmriprep_must_have_made(tmp_path, capsys):
     argv = [str(FMRIPREP), str(tmp_path / "out"), "participant", "-w", str(tmp_path / "w")]
-    assert main([*argv, "--denoise-strategy", "ica_aroma"]) == 18
+    assert main([*argv, "--denoise-strategy", "ica_aroma"]) == 66  # a required input is missing
     err = capsys.readouterr().err
     for fact in (
         "desc-smoothAROMAnonaggr_bold.nii.gz",  # the file --ica-aroma full reads

@@ -583,3 +583,18 @@ def test_linear_on_bids_examples_with_fmriprep_confounds_matches_nifti_masker_an
         **params,
     )
     np.testing.assert_allclose(signals, np.load(pydra_out["signals_file"]), atol=ATOL)
+
+
+def test_a_filter_builds_without_t_r_which_the_inputnode_brings():
+    # The README's fragment: t_r is connected on inputnode.t_r when the graph runs.
+    wf = init_masker_wf(
+        smoothing_fwhm=6.0,
+        detrend=True,
+        standardize="zscore_sample",
+        low_pass=0.08,
+        high_pass=0.01,
+        omp_nthreads=2,
+    )
+    assert "clean" in wf.list_node_names()
+    with pytest.raises(ValueError, match="high_pass"):
+        init_masker_wf(low_pass=0.01, high_pass=0.08)

@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 
 import nibabel as nib
 import numpy as np
@@ -367,3 +368,43 @@ def test_runner_names_a_missing_input_file(tmp_path, ds003_path):
         run_masker_workflow(
             ds003_path, cache_root=tmp_path / "cache", confounds_file=tmp_path / "c.tsv"
         )
+
+
+def test_a_lock_left_empty_by_a_killed_process_does_not_hang_the_next_run(tmp_path, ds003_path):
+    """A process killed between creating a hash-cache lock and writing its PID leaves an
+    empty lock file that filelock cannot tell from a live owner: the next hash of that
+    file would wait forever. Such a lock, once old, is swept before the run."""
+    from masker_wf.workflow import _RECORDLESS_LOCK_SECONDS
+
+    cache_root = tmp_path / "pydra"
+    hash_cache = cache_root / "hashes"
+    hash_cache.mkdir(parents=True)
+    # Learn which entry hashing this BOLD makes, in a child process.
+    probe = (
+        "import sys; from fileformats.medimage import NiftiGz; "
+        "from pydra.utils.hash import hash_object; hash_object(NiftiGz(sys.argv[1]))"
+    )
+    env = {**os.environ, "PYDRA_HASH_CACHE": str(hash_cache)}
+    subprocess.run([sys.executable, "-c", probe, str(ds003_path)], env=env, check=True)
+    entries = [p for p in hash_cache.iterdir() if p.suffix != ".lock"]
+    assert entries
+    old = time.time() - 2 * _RECORDLESS_LOCK_SECONDS
+    for entry in entries:
+        # What a kill between creating the lock and writing its owner leaves.
+        entry.unlink()
+        lock = entry.with_suffix(".lock")
+        lock.write_bytes(b"")
+        os.utime(lock, (old, old))
+    run = (
+        "import sys; from masker_wf.workflow import run_masker_workflow; "
+        "run_masker_workflow(sys.argv[1], cache_root=sys.argv[2])"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", run, str(ds003_path), str(cache_root)],
+        timeout=120,
+        check=False,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert not [p for p in hash_cache.glob("*.lock") if p.stat().st_size == 0]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import shutil
 
+from .._io import prefetch_digest
 from ..bids.layout import strip_sub
 from . import console, parallel, slurm
 from .errors import EXIT_CANTCREAT, EXIT_NOINPUT, EXIT_NOTHING, EXIT_OK, AppError
@@ -36,6 +37,9 @@ def _process_runs(plan, settings: Settings) -> list[RunResult]:
 
     def one(i: int, worker="debug") -> RunResult:
         run = runs[i]
+        # The BOLD's digest (Pydra's key, the provenance record) is computed while the run
+        # reads its inputs and builds its workflow, not after.
+        prefetch_digest(run.bold_file)
         # each participant's Pydra cache and intermediates in its own work directory
         return process_run(
             run,

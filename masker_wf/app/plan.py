@@ -264,10 +264,12 @@ def plan_runs(settings: Settings, inputs: Inputs) -> Plan:
         The dataset cannot be indexed (16) or the selection matches no BOLD (18).
     """
     selection, denoising = settings.selection, settings.denoising
-    console.progress(
-        f"masker-wf: indexing {selection.bids_dir} for participant(s) "
-        f"{', '.join(inputs.participants)}"
-    )
+    named = ", ".join(inputs.participants)
+    if len(inputs.participants) > 12:
+        # a thousand labels are no progress message: the first and last ones, and how many
+        first, last = inputs.participants[:5], inputs.participants[-5:]
+        named = f"{', '.join(first)} ... {', '.join(last)} ({len(inputs.participants)})"
+    console.progress(f"masker-wf: indexing {selection.bids_dir} for participant(s) {named}")
     layout = build_layout(
         selection.bids_dir,
         derivatives=dict(selection.derivatives),

@@ -16,6 +16,7 @@ import time
 import traceback
 import warnings
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -300,6 +301,12 @@ def _confirm_up_to_date(record, execution, provenance_file) -> None:
         raise commit.output_error(provenance_file, exc) from exc
 
 
+def _timed(function, *args):
+    """``(function(*args), seconds it took)``."""
+    mark = time.perf_counter()
+    return function(*args), time.perf_counter() - mark
+
+
 def _voxel_size(image_file) -> tuple:
     import nibabel as nib
 
@@ -336,18 +343,29 @@ def _write_outputs(job, settings, links, execution, res, tag, output_set, reques
     mark = time.perf_counter()
     stage = output_set.stage()
     try:
-        files = outputs.write_derivatives(job, settings, links, execution.outputs, res, stage)
-        execution.steps["derivatives"], mark = time.perf_counter() - mark, time.perf_counter()
         # Everything the report shows was gathered by CleanSignals in its one pass over the
-        # BOLD: the report never reads the run again.
+        # BOLD: the report never reads the run again, so it is drawn (matplotlib, one
+        # thread) while the derivatives are written (mostly ISA-L's threads).
         qc = load_qc(execution.outputs["qc_file"])
         summary = outputs.summary_of(job, execution.outputs, qc, settings)
-        report = None
-        if settings.reports:
-            report = outputs.write_report(
-                job, settings, execution.outputs, qc, execution.warnings, res, stage
-            )
-        execution.steps["report"], mark = time.perf_counter() - mark, time.perf_counter()
+        with ThreadPoolExecutor(1, "masker-wf-report") as pool:
+            drawn = None
+            if settings.reports:
+                drawn = pool.submit(
+                    _timed,
+                    outputs.write_report,
+                    job,
+                    settings,
+                    execution.outputs,
+                    qc,
+                    execution.warnings,
+                    res,
+                    stage,
+                )
+            files = outputs.write_derivatives(job, settings, links, execution.outputs, res, stage)
+            execution.steps["derivatives"] = time.perf_counter() - mark
+            report, execution.steps["report"] = (None, 0.0) if drawn is None else drawn.result()
+        mark = time.perf_counter()
         record_file = output_set.record
         record_rel = record_file.relative_to(out_dir).as_posix()
         candidates = outputs.stale_candidates(job.run, settings.outputs.desc, out_dir, res)
@@ -438,6 +456,10 @@ def process_run(
             f"{settings.execution.work_dir / 'pydra'})"
         )
         execution = run_workflow(job, settings, worker, n_procs, clock)
+        # What the steps warned about (a cut-off above Nyquist, ...) goes to the terminal
+        # too, not only to the report.
+        for note in execution.warnings[len(job.notes) :]:
+            console.progress(f"{tag}: warning: {note}")
         # The cleaned BOLD is written on the grid of the mask (from the signals).
         res = outputs.output_res(job.header, execution.outputs["mask_file"])
         record_file = outputs.record_path(settings.output_dir, run, settings.outputs.desc, res)

@@ -126,16 +126,25 @@ def staging(work_dir) -> Iterator[Path]:
 
 
 def run_derivatives(task, cache_root) -> None:
-    """Run a :class:`RunDerivatives` task with its cache in ``cache_root``.
+    """Run a :class:`RunDerivatives` task with its cache in ``cache_root``, then remove it.
 
     In this process: the sinks are I/O, not worth a process (or a SLURM job) each.
     """
     from pydra.engine.submitter import Submitter
 
     from .._io import carry_digests
+    from ..workflow import hash_cache_scope
 
-    with Submitter(cache_root=cache_root, worker="debug") as submitter:
-        submitter(task, raise_errors=True)
-    # Pydra hard-linked the outputs into the workflow's cache: the digests the sinks
-    # computed while writing them still hold (the provenance record reuses them).
+    try:
+        # Its own hash cache, removed with it: not the user's ~/.cache/pydra.
+        with (
+            hash_cache_scope(Path(cache_root) / "hashes"),
+            Submitter(cache_root=cache_root, worker="debug") as submitter,
+        ):
+            submitter(task, raise_errors=True)
+    finally:
+        shutil.rmtree(cache_root, ignore_errors=True)
+    # Pydra hard-linked the outputs into that cache, and removing it unlinked them: the
+    # files' status changed, not their content, so the digests the sinks computed while
+    # writing them still hold (the provenance record reuses them).
     carry_digests(task.destinations.values())

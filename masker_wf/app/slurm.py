@@ -916,8 +916,9 @@ def _dry_run(slurm, runs, labels, jobs_file, command, resources, memory) -> int:
         size, where = max_array_size(), ""
         # what is still in flight, as SLURM sees it now (jobs.tsv is not rewritten)
         refresh_states(rows, jobs_file.parent / "slurm" / "results")
-    except (FileNotFoundError, RuntimeError) as error:
-        size, where = DEFAULT_MAX_ARRAY_SIZE, f" (SLURM's default: {error})"
+    except (FileNotFoundError, RuntimeError):
+        size = DEFAULT_MAX_ARRAY_SIZE
+        where = f"\n(SLURM cannot be asked here: MaxArraySize {size}, SLURM's default, assumed)"
     to_submit, in_flight = in_flight_participants(labels, rows, command.signature)
     print("masker-wf --slurm --dry-run: nothing is submitted")
     if in_flight:

@@ -12,7 +12,9 @@ Two choices keep one bad file or an unusual location from spoiling the whole dat
   patterns are anchored after the dataset root (:func:`rooted_configs`).
 - The index holds no metadata (``index_metadata=False``: a malformed JSON anywhere would stop
   pybids from indexing anything). Each run reads its own sidecars, with the BIDS inheritance
-  principle (:func:`sidecar_metadata`); a malformed one fails that run only.
+  principle (:func:`sidecar_metadata`;
+  :func:`collect_runs` applies the same rule to the indexed JSON files of every run in one
+  pass); a malformed one fails that run only.
 """
 
 from __future__ import annotations
@@ -684,7 +686,8 @@ def collect_runs(
     if not files:
         described = {k: v for k, v in query.items() if k not in ("extension", "datatype")}
         if aroma:  # say which fMRIPrep outputs ICA-AROMA needs, and which versions make them
-            raise BIDSInputError(aroma_missing_message("full", str(described)), 18)
+            # A required input is missing (66), not a selection that matched nothing (18).
+            raise BIDSInputError(aroma_missing_message("full", str(described)), 66)
         raise BIDSInputError(f"No BOLD file matches the selection {described}.", 18)
 
     def indexed(**filters):

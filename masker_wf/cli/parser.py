@@ -130,6 +130,17 @@ def _n_compcor(text: str):
     return value
 
 
+def _number(kind):
+    def convert(text):
+        try:
+            return kind(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from exc
+
+    convert.__name__ = kind.__name__  # argparse names the type in its messages
+    return convert
+
+
 def _positive(kind):
     def convert(text):
         try:
@@ -191,8 +202,9 @@ def _add(parser: AppParser, group, *flags, default=None, **kwargs):
 
 # How the spec's numpydoc type text becomes an argparse conversion.
 _SPEC_TYPES = {
-    "float": {"type": _positive(float)},
-    "float or sequence of 3 floats": {"type": _positive(float)},
+    # Conversion only: the validator checks the values, with the message every face gives.
+    "float": {"type": _number(float)},
+    "float or sequence of 3 floats": {"type": _number(float)},
     "(3, 3) or (4, 4) array": {"type": _affine},
     "tuple of 3 ints": {"type": int, "nargs": 3},
     "dict": {"type": _json_object},
@@ -327,7 +339,8 @@ def _add_denoising(parser: AppParser) -> None:
         "--denoise-strategy",
         default="auto",
         choices=["auto", "none", "simple", "scrubbing", "compcor", "ica_aroma"],
-        help="preset confound strategy; 'auto' is decided once for the selected runs: "
+        help="preset confound strategy; 'auto' is decided once per output dataset, over every "
+        "participant of the input (recorded in out/logs and reused by later invocations): "
         "'simple' when fMRIPrep confounds exist (a run without them then fails), else 'none' "
         "(default: auto)",
     )
@@ -584,7 +597,8 @@ def add_slurm_arguments(parser: AppParser):
         "--array-throttle",
         type=_positive_int,
         metavar="N",
-        help="run at most N array tasks at the same time (sbatch --array=...%%N)",
+        help="run at most N array tasks at the same time (sbatch --array=...%%N; several "
+        "arrays of a submission then run one after the other)",
     )
     _add(
         parser,
@@ -602,8 +616,8 @@ def add_slurm_arguments(parser: AppParser):
         "--wait",
         action="store_true",
         default=False,
-        help="follow the array until every task ended (squeue/scontrol, no accounting needed); "
-        "exit non-zero naming the participants whose task failed",
+        help="follow the arrays until every task ended (squeue/scontrol, no accounting "
+        "needed); exit non-zero naming the participants that failed",
     )
     _add(
         parser,
@@ -611,9 +625,10 @@ def add_slurm_arguments(parser: AppParser):
         "--slurm-worker",
         choices=("array", "pydra"),
         default="array",
-        help="with --slurm: 'array': one array task per participant running the App with "
-        "Pydra's local cf worker; 'pydra': run here and let Pydra's SLURM worker submit "
-        "every workflow node as its own job (exit status read with scontrol, else sacct)",
+        help="with --slurm: 'array': job arrays whose tasks run the App for "
+        "--participants-per-task participants each; 'pydra': run here and let Pydra's SLURM "
+        "worker submit every workflow node as its own job (exit status read with scontrol, "
+        "else sacct)",
     )
     _add(
         parser,

@@ -69,8 +69,8 @@ TASK_OPTIONS = ("--no-slurm", "--array-task")
 #: The command every array task runs (the App's entry module, in this Python).
 TASK_PROGRAM = (sys.executable, "-m", "masker_wf.cli.run")
 #: Options the task command line never carries (the task gets its own labels; the config
-#: file's values are given as options).
-_NOT_FOR_TASKS = frozenset({"participant_label", "config_file"})
+#: file's values are given as options; a dry run submits no task).
+_NOT_FOR_TASKS = frozenset({"participant_label", "config_file", "dry_run"})
 
 
 def _absolute(value, cwd: Path):

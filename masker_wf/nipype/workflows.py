@@ -258,7 +258,8 @@ def init_masker_wf(
     ['clean', 'inputnode', 'mask', 'outputnode', 'unmask']
     """
     # The door check every face makes, before any node exists.
-    checked = _validation.check_parameters(_spec.pick(locals(), "nipype"))
+    # t_r may arrive on inputnode.t_r when the graph runs: the checks that need it wait.
+    checked = _validation.check_parameters(_spec.pick(locals(), "nipype"), t_r_from_data=True)
     mask_strategy = checked["mask_strategy"]
     if smooth_as_task and high_variance_confounds:
         raise ValueError(
