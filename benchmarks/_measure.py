@@ -53,6 +53,7 @@ def measure(command, *, env=None, cwd=None, interval=0.02) -> dict:
     RuntimeError
         The command failed (its stderr's tail in the message).
     """
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     process = subprocess.Popen(
         command, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
@@ -73,7 +74,16 @@ def measure(command, *, env=None, cwd=None, interval=0.02) -> dict:
     sampler.join()
     if process.returncode != 0:
         raise RuntimeError(f"{command[:4]}... failed ({process.returncode}):\n{stderr[-4000:]}")
-    return {"seconds": seconds, "peak_gb": peak[0] / 1024**3, "stdout": stdout, "stderr": stderr}
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    # The process tree's CPU time (waited-for descendants are accumulated into it).
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return {
+        "seconds": seconds,
+        "cpu_seconds": cpu,
+        "peak_gb": peak[0] / 1024**3,
+        "stdout": stdout,
+        "stderr": stderr,
+    }
 
 
 def self_peak_gb() -> float:

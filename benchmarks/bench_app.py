@@ -281,12 +281,14 @@ def main(argv=None) -> int:
     try:
         dataset = make_dataset(args.data, tmp / "fmriprep")
         print(_describe_run(args.data), flush=True)
+        print(f"load average at the start: {os.getloadavg()[0]:.2f}", flush=True)
         results = {}
         for name in args.contenders:
             print(f"running {name} ...", flush=True)
             results[name] = _run_child(name, dataset, tmp, args.app_args)
             r = results[name]
             print(f"  {r['seconds']:7.1f} s  peak {r['peak_gb']:5.2f} GB", flush=True)
+        print(f"load average at the end: {os.getloadavg()[0]:.2f}", flush=True)
         _report(results, dataset)
     finally:
         if args.keep:
@@ -326,6 +328,17 @@ def _report(results: dict, dataset: Path) -> None:
         print(f"  {name}: {json.dumps(r['steps'])}")
         if "app_steps" in r:
             print(f"  {name}, as its provenance record states them: {json.dumps(r['app_steps'])}")
+    apps = [name for name in ("app", "app_cached") if name in results]
+    if apps:
+        print("\n| step of the App | " + " | ".join(apps) + " |")
+        print("|---|" + "---|" * len(apps))
+        steps = dict.fromkeys(k for name in apps for k in results[name]["steps"])
+        for step in steps:
+            cells = [results[name]["steps"].get(step) for name in apps]
+            text = " | ".join("" if c is None else f"{c:.2f} s" for c in cells)
+            print(f"| {step} | {text} |")
+        walls = " | ".join(f"{results[name]['seconds']:.2f} s" for name in apps)
+        print(f"| wall (whole process) | {walls} |")
 
 
 if __name__ == "__main__":

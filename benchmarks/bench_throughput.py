@@ -21,6 +21,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import statistics
 import sys
@@ -79,6 +80,7 @@ def main(argv=None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="masker-bench-throughput-", dir=args.data))
     try:
         dataset = _dataset(args.data, tmp / "fmriprep")
+        print(f"load average at the start: {os.getloadavg()[0]:.2f}", flush=True)
         results = {n: [] for n in args.nprocs}
         for repeat in range(args.repeats):
             for nprocs in args.nprocs:
@@ -86,21 +88,26 @@ def main(argv=None) -> int:
                 results[nprocs].append(r)
                 print(
                     f"--nprocs {nprocs} (repeat {repeat + 1}): {r['seconds']:6.1f} s  "
-                    f"peak {r['peak_gb']:.2f} GB",
+                    f"CPU {r['cpu_seconds']:5.1f} s  peak {r['peak_gb']:.2f} GB",
                     flush=True,
                 )
+        print(f"load average at the end: {os.getloadavg()[0]:.2f}", flush=True)
         reference = _decompressed_outputs(results[args.nprocs[0]][0]["out"])
         same = all(
             _decompressed_outputs(r["out"]) == reference for rs in results.values() for r in rs
         )
         base = statistics.median(r["seconds"] for r in results[args.nprocs[0]])
         print(f"\n{len(RUNS)} runs of 64 x 76 x 64 x 200 (.nii.gz)")
-        print("| --nprocs | wall (median) | peak memory (max) | speed-up |")
-        print("|---|---|---|---|")
+        print("| --nprocs | wall (median) | CPU (median) | peak memory (max) | speed-up |")
+        print("|---|---|---|---|---|")
         for nprocs, rs in results.items():
             seconds = statistics.median(r["seconds"] for r in rs)
+            cpu = statistics.median(r["cpu_seconds"] for r in rs)
             peak = max(r["peak_gb"] for r in rs)
-            print(f"| {nprocs} | {seconds:.1f} s | {peak:.2f} GB | {base / seconds:.2f}x |")
+            print(
+                f"| {nprocs} | {seconds:.1f} s | {cpu:.1f} s | {peak:.2f} GB "
+                f"| {base / seconds:.2f}x |"
+            )
         print(f"\noutputs identical (decompressed) across --nprocs and repeats: {same}")
         return 0 if same else 1
     finally:

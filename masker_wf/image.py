@@ -696,6 +696,16 @@ def smooth_masked_chunks(
     return plan.run(boxed, shape[3], first[1].dtype, dtype, ensure_finite, n_jobs)
 
 
+def _all_finite(values) -> bool:
+    """Whether every value is finite, in one pass and no temporary array.
+
+    The float64 sum of float32 values cannot overflow, so it is finite exactly when every
+    value is; for float64 data an overflowing sum falls back to the exact test.
+    """
+    total = np.add.reduce(values, axis=None, dtype=np.float64)
+    return bool(np.isfinite(total)) or bool(np.isfinite(values).all())
+
+
 def _chain_first(first, rest):
     yield first
     yield from rest
@@ -752,20 +762,32 @@ class _MaskedSmoothing:
 
     def _smooth_volumes(self, block, rows, out, work_dtype, layout, flat_index, ensure_finite):
         buffer = np.empty(self.sub_mask.shape, dtype=work_dtype, order=layout)
+        gaussian = self.sigmas is not None and not isinstance(self.fwhm, str)
         for t, row in rows:
-            np.copyto(buffer, block[..., t], casting="unsafe")
-            if ensure_finite and work_dtype.kind in "fc":
-                bad = ~np.isfinite(buffer)
-                if bad.any():
-                    buffer[bad] = 0
+            volume = block[..., t]
+            # The first pass can read the volume where it is (no copy into the buffer)
+            # when nothing has to be converted or zeroed first: the same numbers.
+            direct = (
+                gaussian
+                and self.sigmas[0] > 0
+                and volume.dtype == work_dtype
+                and not (ensure_finite and work_dtype.kind in "fc" and not _all_finite(volume))
+            )
+            if not direct:
+                np.copyto(buffer, volume, casting="unsafe")
+                if ensure_finite and work_dtype.kind in "fc":
+                    bad = ~np.isfinite(buffer)
+                    if bad.any():
+                        buffer[bad] = 0
             smoothed = buffer
             if isinstance(self.fwhm, str):
                 smoothed = _fast_smooth(buffer)
-            elif self.sigmas is not None:
+            elif gaussian:
                 for axis, sigma in enumerate(self.sigmas):
                     if sigma > 0:
                         region = buffer[self.pass_regions[axis]]
-                        gaussian_filter1d(region, sigma, axis=axis, output=region)
+                        source = volume if direct and axis == 0 else region
+                        gaussian_filter1d(source, sigma, axis=axis, output=region)
             values = np.take(smoothed.reshape(-1, order=layout), flat_index)
             if ensure_finite and values.dtype.kind in "fc":
                 bad = ~np.isfinite(values)

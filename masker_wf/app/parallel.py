@@ -251,10 +251,9 @@ def process_runs(
 ) -> list:
     """``process(i)`` for every run ``i``, up to ``limits.nprocs`` at once; results in order.
 
-    Runs start in order, each as soon as a process is free and the estimated memory of
-    the runs in flight leaves room for it under ``limits.mem_mb`` (a run that alone
-    exceeds the cap still runs, alone). With one process, runs are processed here, one
-    after the other.
+    Whenever a process is free, the first waiting run whose estimated memory fits beside
+    the runs in flight under ``limits.mem_mb`` starts (a run that alone exceeds the cap
+    still runs, alone). With one process, runs are processed here, one after the other.
 
     Parameters
     ----------
