@@ -637,6 +637,14 @@ def write_text_file(path, text: str) -> Path:
     return _write_atomically(Path(path), lambda stream: stream.write(data))
 
 
+def _output_path(path, suffix: str, what: str) -> Path:
+    """``path`` as a Path, refused (ValueError) unless its extension is ``suffix``."""
+    path = Path(path)
+    if path.suffix.lower() != suffix:
+        raise ValueError(f"{what} output path must end with {suffix}, got '{path}'.")
+    return path
+
+
 def save_signals(signals, path) -> Path:
     """Write a 2D signals array as ``.npy`` atomically, keeping its dtype.
 
@@ -653,9 +661,7 @@ def save_signals(signals, path) -> Path:
     pathlib.Path
         ``path``.
     """
-    path = Path(path)
-    if path.suffix.lower() != ".npy":
-        raise ValueError(f"Signals output path must end with .npy, got '{path}'.")
+    path = _output_path(path, ".npy", "Signals")
     signals = np.asarray(signals)
     if signals.ndim not in (1, 2):
         raise ValueError(
@@ -701,9 +707,7 @@ def save_qc(report: dict, path) -> Path:
     pathlib.Path
         ``path``.
     """
-    path = Path(path)
-    if path.suffix.lower() != ".npz":
-        raise ValueError(f"QC output path must end with .npz, got '{path}'.")
+    path = _output_path(path, ".npz", "QC")
     arrays = {key: np.asarray(report[key]) for key in QC_KEYS[:5] if report.get(key) is not None}
     planes = report.get("mean_planes")
     if planes is not None:

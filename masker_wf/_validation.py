@@ -174,6 +174,22 @@ def check_filter(filter, low_pass, high_pass, t_r, *, stacklevel=3):
     return filter
 
 
+def _options_dict(options, name) -> dict:
+    """A copy of a dict of named options (``{}`` for None); anything else is a TypeError."""
+    if options is None:
+        return {}
+    if not isinstance(options, Mapping):
+        raise TypeError(f"{name} must be a dict, got {type(options).__name__}.")
+    return dict(options)
+
+
+def _refuse_unknown(options, accepted, message) -> None:
+    """TypeError ``message(unknown)`` when ``options`` has keys outside ``accepted``."""
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise TypeError(message(unknown))
+
+
 def check_clean_args(clean_args, name="clean_args") -> dict:
     """A copy of ``clean_args`` after refusing what :func:`signal.clean` does not take.
 
@@ -182,17 +198,16 @@ def check_clean_args(clean_args, name="clean_args") -> dict:
     TypeError
         Not a dict, or keys that are not options of ``clean`` the masker lets through.
     """
-    if clean_args is None:
-        return {}
-    if not isinstance(clean_args, Mapping):
-        raise TypeError(f"{name} must be a dict, got {type(clean_args).__name__}.")
-    unknown = sorted(set(clean_args) - set(CLEAN_ARGS))
-    if unknown:
-        raise TypeError(
-            f"{name}: {unknown} are not options of signal.clean that the masker passes on; "
-            f"the accepted options are {list(CLEAN_ARGS)}."
-        )
-    return dict(clean_args)
+    clean_args = _options_dict(clean_args, name)
+    _refuse_unknown(
+        clean_args,
+        CLEAN_ARGS,
+        lambda unknown: (
+            f"{name}: {unknown} are not options of signal.clean that the masker "
+            f"passes on; the accepted options are {list(CLEAN_ARGS)}."
+        ),
+    )
+    return clean_args
 
 
 def split_clean_kwargs(kwargs: Mapping, owner: str = "NiftiMasker") -> dict:
@@ -252,20 +267,19 @@ def check_mask_args(mask_strategy, mask_args) -> dict:
     TypeError
         Not a dict, or unknown keys (the message lists the accepted ones).
     """
-    if mask_args is None:
-        return {}
-    if not isinstance(mask_args, Mapping):
-        raise TypeError(f"mask_args must be a dict, got {type(mask_args).__name__}.")
+    mask_args = _options_dict(mask_args, "mask_args")
     if not mask_args:
-        return {}
+        return mask_args
     accepted = mask_args_options(mask_strategy)
-    unknown = sorted(set(mask_args) - set(accepted))
-    if unknown:
-        raise TypeError(
-            f"mask_args: {unknown} are not options of the {mask_strategy!r} mask strategy; "
-            f"its options are {accepted}."
-        )
-    return dict(mask_args)
+    _refuse_unknown(
+        mask_args,
+        accepted,
+        lambda unknown: (
+            f"mask_args: {unknown} are not options of the {mask_strategy!r} mask "
+            f"strategy; its options are {accepted}."
+        ),
+    )
+    return mask_args
 
 
 def check_target_grid(target_affine, target_shape):

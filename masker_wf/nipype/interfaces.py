@@ -176,6 +176,32 @@ def _out_file(runtime, source, suffix):
     return str(Path(runtime.cwd) / f"{base}{suffix}")
 
 
+class _ImageStep(SimpleInterface):
+    """An interface whose step turns ``in_file`` into one image, ``out_file``.
+
+    The output is named after the input: ``<in_file stem><_out_label><out_suffix>``.
+    Subclasses set the step and the label, and say which inputs the step takes.
+    """
+
+    _step = None
+    _out_label = ""
+
+    def _step_kwargs(self, inputs) -> dict:
+        """The step's keyword arguments from the interface's inputs."""
+        raise NotImplementedError
+
+    def _run_interface(self, runtime):
+        inputs = self.inputs
+        self._results["out_file"] = _call_step(
+            self._step,
+            runtime,
+            inputs.in_file,
+            _out_file(runtime, inputs.in_file, self._out_label + inputs.out_suffix),
+            **self._step_kwargs(inputs),
+        )
+        return runtime
+
+
 # --------------------------------------------------------------------------------------- mask
 class _ComputeMaskInputSpec(BaseInterfaceInputSpec):
     bold_file = InputMultiObject(
@@ -269,26 +295,22 @@ class _ResampleOutputSpec(TraitedSpec):
     out_file = File(exists=True, desc="the resampled image")
 
 
-class Resample(SimpleInterface):
+class Resample(_ImageStep):
     """Resample an image to a target grid (wraps :func:`masker_wf._steps.resample`)."""
 
     input_spec = _ResampleInputSpec
     output_spec = _ResampleOutputSpec
+    _step = staticmethod(_steps.resample)
+    _out_label = "_resampled"
 
-    def _run_interface(self, runtime):
-        inputs = self.inputs
-        self._results["out_file"] = _call_step(
-            _steps.resample,
-            runtime,
-            inputs.in_file,
-            _out_file(runtime, inputs.in_file, "_resampled" + inputs.out_suffix),
-            target_affine=_affine(inputs.target_affine),
-            target_shape=_shape(inputs.target_shape),
-            reference_file=_opt(inputs.reference_file),
-            interpolation=inputs.interpolation,
-            dtype=_opt(inputs.dtype),
-        )
-        return runtime
+    def _step_kwargs(self, inputs):
+        return {
+            "target_affine": _affine(inputs.target_affine),
+            "target_shape": _shape(inputs.target_shape),
+            "reference_file": _opt(inputs.reference_file),
+            "interpolation": inputs.interpolation,
+            "dtype": _opt(inputs.dtype),
+        }
 
 
 # ------------------------------------------------------------------------------------- smooth
@@ -305,22 +327,16 @@ class _SmoothOutputSpec(TraitedSpec):
     out_file = File(exists=True, desc="the smoothed image")
 
 
-class Smooth(SimpleInterface):
+class Smooth(_ImageStep):
     """Gaussian spatial smoothing (wraps :func:`masker_wf._steps.smooth`)."""
 
     input_spec = _SmoothInputSpec
     output_spec = _SmoothOutputSpec
+    _step = staticmethod(_steps.smooth)
+    _out_label = "_smoothed"
 
-    def _run_interface(self, runtime):
-        inputs = self.inputs
-        self._results["out_file"] = _call_step(
-            _steps.smooth,
-            runtime,
-            inputs.in_file,
-            _out_file(runtime, inputs.in_file, "_smoothed" + inputs.out_suffix),
-            fwhm=inputs.fwhm,
-        )
-        return runtime
+    def _step_kwargs(self, inputs):
+        return {"fwhm": inputs.fwhm}
 
 
 # -------------------------------------------------------------------------------------- clean
