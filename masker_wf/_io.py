@@ -337,10 +337,8 @@ def save_img(img, path, *, compress_level=1, n_threads=None) -> Path:
         Image to write.
     path : str or os.PathLike
         Destination ending in ``.nii`` (uncompressed, fastest) or ``.nii.gz``.
-    compress_level : int, default=1
-        isal compression level (0 to 3) of a ``.nii.gz``.
-    n_threads : int, optional
-        Compression threads; default :func:`masker_wf._threads.default_n_threads`.
+    compress_level, n_threads
+        For a ``.nii.gz``: see :func:`gzip_writer`.
 
     Returns
     -------
@@ -564,10 +562,8 @@ def write_file(in_file, out_file, *, compress_level=1, n_threads=None) -> Path:
         The file to write.
     out_file : str or os.PathLike
         Destination; its directory must exist.
-    compress_level : {0, 1, 2, 3}, default=1
-        isal compression level, when compressing.
-    n_threads : int, optional
-        Compression threads; default :func:`masker_wf._threads.default_n_threads`.
+    compress_level, n_threads
+        When compressing: see :func:`gzip_writer`.
 
     Returns
     -------

@@ -179,12 +179,24 @@ def _out_file(runtime, source, suffix):
 class _ImageStep(SimpleInterface):
     """An interface whose step turns ``in_file`` into one image, ``out_file``.
 
-    The output is named after the input: ``<in_file stem><_out_label><out_suffix>``.
-    Subclasses set the step and the label, and say which inputs the step takes.
+    The output is named after the input: ``<in_file stem><out_label><out_suffix>``. A
+    subclass names its step, the label and what the output is on its class line, gives its
+    ``input_spec`` and says which inputs the step takes; its ``output_spec`` (one image,
+    ``out_file``) is made here.
     """
 
-    _step = None
-    _out_label = ""
+    def __init_subclass__(cls, *, step, out_label, out_desc, **kwargs):
+        super().__init_subclass__(**kwargs)
+        cls._step = staticmethod(step)
+        cls._out_label = out_label
+
+        class OutputSpec(TraitedSpec):
+            out_file = File(exists=True, desc=out_desc)
+
+        # nipype pickles a node's outputs into its result file: pickle finds the class
+        # under this name (``Smooth.OutputSpec``).
+        OutputSpec.__qualname__ = f"{cls.__qualname__}.OutputSpec"
+        cls.OutputSpec = cls.output_spec = OutputSpec
 
     def _step_kwargs(self, inputs) -> dict:
         """The step's keyword arguments from the interface's inputs."""
@@ -291,17 +303,12 @@ class _ResampleInputSpec(BaseInterfaceInputSpec):
     out_suffix = _suffix_trait()
 
 
-class _ResampleOutputSpec(TraitedSpec):
-    out_file = File(exists=True, desc="the resampled image")
-
-
-class Resample(_ImageStep):
+class Resample(
+    _ImageStep, step=_steps.resample, out_label="_resampled", out_desc="the resampled image"
+):
     """Resample an image to a target grid (wraps :func:`masker_wf._steps.resample`)."""
 
     input_spec = _ResampleInputSpec
-    output_spec = _ResampleOutputSpec
-    _step = staticmethod(_steps.resample)
-    _out_label = "_resampled"
 
     def _step_kwargs(self, inputs):
         return {
@@ -323,17 +330,10 @@ class _SmoothInputSpec(BaseInterfaceInputSpec):
     out_suffix = _suffix_trait()
 
 
-class _SmoothOutputSpec(TraitedSpec):
-    out_file = File(exists=True, desc="the smoothed image")
-
-
-class Smooth(_ImageStep):
+class Smooth(_ImageStep, step=_steps.smooth, out_label="_smoothed", out_desc="the smoothed image"):
     """Gaussian spatial smoothing (wraps :func:`masker_wf._steps.smooth`)."""
 
     input_spec = _SmoothInputSpec
-    output_spec = _SmoothOutputSpec
-    _step = staticmethod(_steps.smooth)
-    _out_label = "_smoothed"
 
     def _step_kwargs(self, inputs):
         return {"fwhm": inputs.fwhm}
