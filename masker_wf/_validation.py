@@ -64,6 +64,10 @@ def _is_number(value) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
 
 
+def _is_positive_finite(value) -> bool:
+    return _is_number(value) and 0 < value < np.inf
+
+
 # --------------------------------------------------------------------------- parameters
 def check_standardize(standardize, name="standardize"):
     """Canonical standardization strategy: ``'zscore_sample'``, ``'zscore'``, ``'psc'`` or None.
@@ -96,8 +100,8 @@ def check_smoothing_fwhm(smoothing_fwhm):
         Naming ``smoothing_fwhm`` and the value.
     """
     if smoothing_fwhm is None or _is_number(smoothing_fwhm) or smoothing_fwhm == "fast":
-        if _is_number(smoothing_fwhm) and smoothing_fwhm < 0:
-            raise ValueError(f"smoothing_fwhm must be >= 0 (mm); got {smoothing_fwhm!r}.")
+        if _is_number(smoothing_fwhm):
+            _check_fwhm_values([smoothing_fwhm], smoothing_fwhm)
         return smoothing_fwhm
     values = np.asarray(smoothing_fwhm, dtype=object).ravel()
     if values.size != 3 or not all(_is_number(v) for v in values):
@@ -105,9 +109,16 @@ def check_smoothing_fwhm(smoothing_fwhm):
             "smoothing_fwhm must be None, a number of mm, 'fast' or 3 numbers (one per axis); "
             f"got {smoothing_fwhm!r}."
         )
+    _check_fwhm_values(values, smoothing_fwhm)
+    return smoothing_fwhm
+
+
+def _check_fwhm_values(values, smoothing_fwhm) -> None:
+    # NaN compares False with everything: test finiteness first, or it passes as >= 0.
+    if not all(np.isfinite(float(v)) for v in values):
+        raise ValueError(f"smoothing_fwhm must be a finite number of mm; got {smoothing_fwhm!r}.")
     if any(v < 0 for v in values):
         raise ValueError(f"smoothing_fwhm must be >= 0 (mm); got {smoothing_fwhm!r}.")
-    return smoothing_fwhm
 
 
 def check_band(low_pass, high_pass) -> None:
@@ -119,6 +130,10 @@ def check_band(low_pass, high_pass) -> None:
             # nilearn clips such a cut-off to a tiny positive frequency with a warning;
             # it is always a mistake, so every face refuses it.
             raise ValueError(f"{label} must be a positive frequency (Hz); got {value!r}.")
+        if value is not None and not np.isfinite(value):
+            # nilearn lowers an infinite low-pass to the Nyquist frequency with a warning;
+            # no finite band or record of it follows from "inf", so it is refused too.
+            raise ValueError(f"{label} must be a finite frequency (Hz); got {value!r}.")
     if low_pass is not None and high_pass is not None and high_pass >= low_pass:
         raise ValueError(
             f"high_pass ({high_pass} Hz) must be lower than low_pass ({low_pass} Hz) for a "
@@ -164,7 +179,7 @@ def check_filter(filter, low_pass, high_pass, t_r, *, stacklevel=3):
             "The repetition time t_r (seconds) must be given for Butterworth filtering "
             f"(low_pass={low_pass!r}, high_pass={high_pass!r})."
         )
-    if not _is_number(t_r) or not t_r > 0:
+    if not _is_positive_finite(t_r):
         raise ValueError(f"t_r must be a positive number of seconds; got {t_r!r}.")
     if filter == "cosine" and low_pass is not None:
         warnings.warn(
@@ -207,7 +222,35 @@ def check_clean_args(clean_args, name="clean_args") -> dict:
             f"passes on; the accepted options are {list(CLEAN_ARGS)}."
         ),
     )
+    check_butterworth_options(
+        **{
+            key.removeprefix("butterworth__"): value
+            for key, value in clean_args.items()
+            if key in ("butterworth__order", "butterworth__padtype", "butterworth__padlen")
+        }
+    )
     return clean_args
+
+
+def check_butterworth_options(order=5, padtype="odd", padlen=None) -> None:
+    """Refuse Butterworth options that do not define a filter.
+
+    Raises
+    ------
+    ValueError
+        ``order`` not a positive integer, ``padtype`` not one of sosfiltfilt's, or
+        ``padlen`` not a non-negative integer.
+    """
+    if not isinstance(order, numbers.Integral) or isinstance(order, bool) or order < 1:
+        raise ValueError(f"butterworth order must be a positive integer; got {order!r}.")
+    if padtype not in ("odd", "even", "constant", None):
+        raise ValueError(
+            f"butterworth padtype must be 'odd', 'even', 'constant' or None; got {padtype!r}."
+        )
+    if padlen is not None and (
+        not isinstance(padlen, numbers.Integral) or isinstance(padlen, bool) or padlen < 0
+    ):
+        raise ValueError(f"butterworth padlen must be a non-negative integer; got {padlen!r}.")
 
 
 def split_clean_kwargs(kwargs: Mapping, owner: str = "NiftiMasker") -> dict:
@@ -303,6 +346,13 @@ def check_target_grid(target_affine, target_shape):
             raise ValueError(
                 f"target_affine must be a 3x3 or 4x4 matrix; got an array of shape {affine.shape}."
             )
+        if not np.isfinite(affine).all():
+            raise ValueError(f"target_affine must hold finite numbers; got {affine.tolist()}.")
+        if abs(np.linalg.det(affine[:3, :3])) < 1e-12:
+            raise ValueError(
+                "target_affine must map voxels to distinct positions (its 3x3 part invertible); "
+                f"got the singular matrix {affine.tolist()}."
+            )
     shape = None
     if target_shape is not None:
         if target_affine is None:
@@ -396,7 +446,7 @@ def check_parameters(params: Mapping, *, t_r_from_data: bool = False) -> dict:
     if "clean_args" in params:
         out["clean_args"] = params["clean_args"] if params["clean_args"] is None else clean_args
     low_pass, high_pass, t_r = (params.get(k) for k in ("low_pass", "high_pass", "t_r"))
-    if t_r is not None and (not _is_number(t_r) or not t_r > 0):
+    if t_r is not None and not _is_positive_finite(t_r):
         raise ValueError(f"t_r must be a positive number of seconds; got {t_r!r}.")
     if t_r is None and t_r_from_data:
         check_band(low_pass, high_pass)

@@ -365,8 +365,7 @@ def _butterworth_sos(sampling_rate, low_pass, high_pass, order):
     _validation.check_band(low_pass, high_pass)
     if not _is_number(sampling_rate) or not sampling_rate > 0:
         raise ValueError(f"sampling_rate must be a positive number (Hz); got {sampling_rate!r}.")
-    if not isinstance(order, numbers.Integral) or order < 1:
-        raise ValueError(f"butterworth order must be a positive integer; got {order!r}.")
+    _validation.check_butterworth_options(order=order)
     nyquist = sampling_rate * 0.5
     cutoffs = []
     if high_pass is not None:
@@ -402,12 +401,7 @@ def _edge_length(sos, padtype, padlen):
 
 
 def _check_padding(n_volumes, sos, padtype, padlen, where="signals"):
-    if padtype not in ("odd", "even", "constant", None):
-        raise ValueError(
-            f"butterworth padtype must be 'odd', 'even', 'constant' or None; got {padtype!r}."
-        )
-    if padlen is not None and (not isinstance(padlen, numbers.Integral) or padlen < 0):
-        raise ValueError(f"butterworth padlen must be a non-negative integer; got {padlen!r}.")
+    _validation.check_butterworth_options(padtype=padtype, padlen=padlen)
     edge = _edge_length(sos, padtype, padlen)
     if n_volumes <= edge:
         raise ValueError(
