@@ -318,6 +318,38 @@ def table(rows) -> str:
     return "\n".join(lines)
 
 
+#: Issue 15's targets for the up-to-date rerun: seconds per run, and how much more a run may
+#: cost at a larger size than at the smallest.
+RERUN_TARGET_SECONDS = 0.05
+RERUN_GROWTH = 0.10
+
+
+def targets(rows) -> str:
+    """One line per target of the up-to-date rerun: the numbers and whether they are met."""
+    per_run = {
+        row["participants"]: row["rerun_runs"] / row["runs"]
+        for row in rows
+        if row["rerun_runs"] is not None
+    }
+    if not per_run:
+        return "targets: no rerun timed"
+    lines = [
+        f"rerun per run <= {RERUN_TARGET_SECONDS} s at {n} participants: {seconds:.4f} s "
+        f"({'met' if seconds <= RERUN_TARGET_SECONDS else 'NOT met'})"
+        for n, seconds in per_run.items()
+    ]
+    smallest = min(per_run)
+    for n, seconds in per_run.items():
+        if n != smallest:
+            growth = seconds / per_run[smallest] - 1
+            lines.append(
+                f"rerun per run at {n} vs {smallest} participants: {growth:+.1%} "
+                f"({'met' if growth <= RERUN_GROWTH else 'NOT met'}: within "
+                f"{RERUN_GROWTH:.0%})"
+            )
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, required=True, help="where datasets are kept")
@@ -350,6 +382,7 @@ def main(argv=None) -> int:
         "rerun, per run: (rerun - its --dry-run, in one process) / runs"
     )
     print(table(rows))
+    print(targets(rows))
     return 0
 
 

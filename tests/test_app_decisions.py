@@ -50,6 +50,35 @@ def test_auto_strategy_is_decided_once_for_the_output_dataset(tmp_path, capsys):
     assert _strategies(out) == {"simple"}
 
 
+def _tree(root: Path) -> dict:
+    """Relative path -> (size, mtime) of everything under ``root``, directories included."""
+    return {
+        path.relative_to(root).as_posix(): (path.stat().st_size, path.stat().st_mtime_ns)
+        for path in sorted(root.rglob("*"))
+    }
+
+
+def test_dry_run_with_the_auto_strategy_writes_nothing(tmp_path, capsys):
+    out, work, database = tmp_path / "out", tmp_path / "w", tmp_path / "index"
+    argv = one_run_argv(FMRIPREP, out, work, "--no-reports")
+    argv[argv.index("simple")] = "auto"
+    dry_run = [*argv, "--dry-run", "--bids-database-dir", str(database)]
+    # Nothing decided yet: the dry run says what it would record, and records nothing.
+    assert main(dry_run) == 0
+    assert "'simple' for this output dataset" in capsys.readouterr().err
+    assert not out.exists()
+    assert not work.exists()
+    assert not database.exists()
+    # Decided by a real run: the dry run reads the record and leaves every file as it is.
+    assert main(argv) == 0
+    capsys.readouterr()
+    before = {"out": _tree(out), "work": _tree(work)}
+    assert main(dry_run) == 0
+    assert "as recorded in" in capsys.readouterr().err
+    assert {"out": _tree(out), "work": _tree(work)} == before
+    assert not database.exists()
+
+
 def _shifted_mask(tmp_path: Path) -> Path:
     source = FMRIPREP / "sub-01" / "func" / f"{RUN}_desc-brain_mask.nii.gz"
     image = nib.load(source)

@@ -7,14 +7,18 @@ run's, whose files match its provenance record, and whose sidecars agree with it
 """
 
 import json
+import os
 import shutil
 import signal
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
 import pytest
 from app_helpers import (
     FMRIPREP,
+    PACKAGE_ROOT,
     RUN,
     STEM,
     app_process,
@@ -189,3 +193,61 @@ def test_group_summary_has_a_status_per_run(references, tmp_path):
     assert main([str(FMRIPREP), str(out), "group"]) == 0
     summary = pd.read_csv(out / "group" / "summary.tsv", sep="\t", dtype=str)
     assert summary["status"].tolist() == ["ok"]
+
+
+#: The App in a process of its own (which knows no digest but those the output dataset and
+#: Pydra's cache remember), printing the files it read to hash them once it is done.
+COUNT_HASHED_FILES = """
+import sys
+from masker_wf import _io
+from masker_wf.cli.run import main
+
+hashed = []
+original = _io._sha256_of_file
+
+
+def counted(path, piece_bytes):
+    hashed.append(path)
+    return original(path, piece_bytes)
+
+
+_io._sha256_of_file = counted
+code = main(sys.argv[1:])
+for _, pool in _io._prefetcher:
+    pool.shutdown(wait=True)  # a hash started ahead of need counts too
+print("HASHED", *hashed)
+sys.exit(code)
+"""
+
+
+def _hashed_files(argv) -> tuple[list[str], str]:
+    env = {**os.environ, "PYTHONPATH": str(PACKAGE_ROOT), "NO_ET": "1"}
+    command = [sys.executable, "-c", COUNT_HASHED_FILES, *argv]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+    assert done.returncode == 0, done.stderr
+    (line,) = [line for line in done.stdout.splitlines() if line.startswith("HASHED")]
+    return line.split()[1:], done.stderr
+
+
+def test_up_to_date_rerun_reads_no_file_to_hash_it(references, tmp_path):
+    """Issue 15: the digests of inputs and outputs whose stat is unchanged are remembered
+    (by the output set, by Pydra's cache); a changed input is read and the run redone."""
+    work = references["work"]
+    out = tmp_path / "out"
+    six = one_run_argv(FMRIPREP, out, work, "--smoothing-fwhm", "6")
+    assert main(six) == 0
+    hashed, err = _hashed_files(six)
+    assert "outputs up to date" in err
+    assert hashed == []
+    # The same confounds, rewritten: the content is read again and found unchanged.
+    dataset = tmp_path / "fmriprep"
+    shutil.copytree(FMRIPREP, dataset)
+    moved = one_run_argv(dataset, out, work, "--smoothing-fwhm", "6")
+    assert main(moved) == 0
+    confounds = (
+        dataset / "sub-01" / "func" / f"{RUN.split('_space-')[0]}_desc-confounds_timeseries.tsv"
+    )
+    confounds.write_bytes(confounds.read_bytes())
+    hashed, err = _hashed_files(moved)
+    assert hashed == [str(confounds.resolve())]
+    assert "outputs up to date" in err

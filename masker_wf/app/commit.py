@@ -38,7 +38,7 @@ import tempfile
 import uuid
 from pathlib import Path
 
-from .._io import file_digest, remember_digest, stat_key
+from .._io import file_digest, stat_key
 from ..bids import derivatives as deriv
 from .errors import OutputError
 
@@ -101,24 +101,37 @@ class DigestMemo:
     def __init__(self, path: Path):
         self.path = path
         self.changed = False
-        try:
-            self.entries = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            self.entries = {}
-        if not isinstance(self.entries, dict):
-            self.entries = {}
+        self._entries = None
 
-    def digest(self, path) -> str:
-        """The file's digest: from the memo when its stat key is unchanged, else computed.
+    @property
+    def entries(self) -> dict:
+        """Resolved path -> ``[size, mtime, ctime, inode, digest]`` (read when first used)."""
+        if self._entries is None:
+            try:
+                entries = json.loads(self.path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                entries = {}
+            self._entries = entries if isinstance(entries, dict) else {}
+        return self._entries
 
-        A digest found here is also given to the process's own memo
-        (:func:`masker_wf._io.remember_digest`), which Pydra's file hash reads.
+    def known(self, path, key=None) -> str | None:
+        """The file's digest when the memo holds it for the file as it is now, else None.
+
+        Nothing is read; the digest is not given to the process's memo (see
+        :func:`masker_wf._io.remember_digest` for what Pydra's file hash should know).
         """
-        key = stat_key(path)
+        key = stat_key(path) if key is None else key
         entry = self.entries.get(key[0])
         if isinstance(entry, list) and entry[:-1] == list(key[1:]):
-            remember_digest(key, entry[-1])
             return entry[-1]
+        return None
+
+    def digest(self, path) -> str:
+        """The file's digest: from the memo when its stat key is unchanged, else computed."""
+        key = stat_key(path)
+        value = self.known(path, key)
+        if value is not None:
+            return value
         value = file_digest(key[0])
         self.entries[key[0]] = [*key[1:], value]
         self.changed = True
@@ -127,7 +140,6 @@ class DigestMemo:
     def remember(self, path, value: str) -> None:
         """Record ``value`` as the digest of ``path`` as it is now (after a rename)."""
         key = stat_key(path)
-        remember_digest(key, value)
         self.entries[key[0]] = [*key[1:], value]
         self.changed = True
 
@@ -284,8 +296,7 @@ class OutputSet:
 
     def remove_leftovers(self, relatives) -> None:
         """Remove the temporary files earlier writers left next to these outputs (lock held)."""
-        for relative in relatives:
-            _remove_leftovers(self.out_dir / relative)
+        _remove_leftovers(*(self.out_dir / relative for relative in relatives))
 
     # ------------------------------------------------------------------------- writing
     def stage(self) -> Stage:
@@ -378,16 +389,18 @@ class OutputSet:
             try:
                 # The previous set stops being a set first: no record ever lists a mix.
                 final_record.unlink(missing_ok=True)
-                for relative in plan["files"]:
-                    source = root / relative
-                    if source.exists():
-                        destination = self.out_dir / relative
-                        destination.parent.mkdir(parents=True, exist_ok=True)
-                        _remove_leftovers(destination)
-                        _move(source, destination)
+                moves = [
+                    (root / relative, self.out_dir / relative)
+                    for relative in plan["files"]
+                    if (root / relative).exists()
+                ]
+                for _, destination in moves:
+                    destination.parent.mkdir(parents=True, exist_ok=True)
+                _remove_leftovers(*(destination for _, destination in moves), final_record)
+                for source, destination in moves:
+                    _move(source, destination)
                 for relative in plan["remove"]:
                     (self.out_dir / relative).unlink(missing_ok=True)
-                _remove_leftovers(final_record)
                 _move(staged_record, final_record)
             except OSError as exc:
                 raise output_error(exc.filename or final_record, exc) from exc
@@ -413,15 +426,31 @@ def _read_plan(attempt: Path) -> dict | None:
     return plan
 
 
-def _remove_leftovers(destination: Path) -> None:
-    """Temporary files of earlier writers of ``destination`` (``.<name>.<random>.tmp…``)."""
-    for path in destination.parent.glob(f".{glob_escape(destination.name)}.*.tmp*"):
-        path.unlink(missing_ok=True)
+def _remove_leftovers(*destinations: Path) -> None:
+    """Temporary files of earlier writers of ``destinations`` (``.<name>.<random>.tmp…``).
+
+    Each directory is listed once, whatever the number of its destinations.
+    """
+    names_in: dict[Path, set] = {}
+    for destination in destinations:
+        names_in.setdefault(destination.parent, set()).add(destination.name)
+    for directory, names in names_in.items():
+        try:
+            entries = [entry.name for entry in os.scandir(directory)]
+        except OSError:
+            continue
+        for entry in entries:
+            if _is_leftover(entry, names):
+                (directory / entry).unlink(missing_ok=True)
 
 
-def glob_escape(name: str) -> str:
-    """``name`` with glob metacharacters escaped."""
-    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
+def _is_leftover(entry: str, names) -> bool:
+    """``entry`` is ``.<name>.<anything>.tmp<anything>`` for one of ``names``."""
+    if not entry.startswith(".") or ".tmp" not in entry:
+        return False
+    return any(
+        entry.startswith(f".{name}.") and ".tmp" in entry[len(name) + 2 :] for name in names
+    )
 
 
 def _remove_empty(directories) -> None:

@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import shutil
 
-from .._io import prefetch_digest
 from ..bids.layout import strip_sub
 from . import console, parallel, slurm
 from .errors import EXIT_CANTCREAT, EXIT_NOINPUT, EXIT_NOTHING, EXIT_OK, AppError
 from .plan import check_inputs, plan_runs, prepare_output
-from .run import RunResult, process_run
+from .run import RunResult, by_subject, process_run
 from .settings import Settings
 from .summary import exit_code, run_group, summarise
 
@@ -37,9 +36,6 @@ def _process_runs(plan, settings: Settings) -> list[RunResult]:
 
     def one(i: int, worker="debug") -> RunResult:
         run = runs[i]
-        # The BOLD's digest (Pydra's key, the provenance record) is computed while the run
-        # reads its inputs and builds its workflow, not after.
-        prefetch_digest(run.bold_file)
         # each participant's Pydra cache and intermediates in its own work directory
         return process_run(
             run,
@@ -62,14 +58,7 @@ def _process_runs(plan, settings: Settings) -> list[RunResult]:
     def failed(i: int, reason: str) -> RunResult:
         run = runs[i]
         console.progress(f"[{i + 1}/{len(runs)}] {run.name}: FAILED: {reason}")
-        return RunResult(
-            name=run.name,
-            subject=run.subject,
-            ok=False,
-            bold_file=str(run.bold_file),
-            reason=f"{run.bold_file}: {reason}",
-            kind="error",
-        )
+        return RunResult.of(run, ok=False, reason=f"{run.bold_file}: {reason}", kind="error")
 
     preload = None
     if settings.reports:
@@ -138,9 +127,7 @@ def participant_level(settings: Settings, array_command: slurm.ArrayCommand | No
 
 def _finish_participants(settings: Settings, results) -> None:
     """Tell the submitter how each participant of an array task ended; clean work dirs."""
-    by_participant: dict[str, list] = {}
-    for result in results:
-        by_participant.setdefault(result.subject, []).append(result)
+    by_participant = by_subject(results)
     if settings.slurm.array_task:
         labels = [strip_sub(label) for label in settings.selection.participant_label or ()]
         slurm.write_task_results(
@@ -164,9 +151,7 @@ def _finish_participants(settings: Settings, results) -> None:
 def _print_plan(plan, settings: Settings) -> int:
     """``--dry-run``: the runs of each participant and the largest run's memory."""
     runs = plan.runs
-    by_participant: dict[str, list] = {}
-    for run in runs:
-        by_participant.setdefault(run.subject, []).append(run)
+    by_participant = by_subject(runs)
     print(
         f"masker-wf --dry-run: {len(runs)} run(s) of {len(by_participant)} participant(s), "
         f"confounds strategy '{plan.strategy}'; nothing is processed"

@@ -18,6 +18,7 @@ import numpy as np
 from .. import _spec
 from ..bids import derivatives as deriv
 from ..bids import naming, spaces
+from ..bids.confounds import load_confounds_table
 from ..bids.provenance import applied_confound_parameters, host, now, software_versions
 from . import qc as quality
 
@@ -45,7 +46,9 @@ __all__ = [
     "summary_of",
     "t_r_of",
     "tables",
+    "tsv_text",
     "up_to_date_record",
+    "voxel_size",
     "workflow_input",
     "write_derivatives",
     "write_report",
@@ -141,15 +144,31 @@ def mask_grid_note(mask_file, bold_header, params) -> str | None:
     )
 
 
-def output_res(in_header, cleaned_file) -> str | None:
-    """``res`` label of the output voxel size when it differs from the input's, else None.
+def voxel_size(image_file) -> tuple[float, ...]:
+    """Voxel size (mm) of an image, from its header.
+
+    Parameters
+    ----------
+    image_file : path
+        A NIfTI image (only its header is read).
+
+    Returns
+    -------
+    tuple of float
+        The sizes along the three spatial axes.
+    """
+    import nibabel as nib
+
+    return tuple(float(z) for z in nib.load(image_file).header.get_zooms()[:3])
+
+
+def output_res(in_header, zooms) -> str | None:
+    """``res`` label of the output voxel size ``zooms`` (mm) when it differs from the
+    input's, else None.
 
     Only the voxel size names a resolution: an output on a shifted or cropped grid of the
     same voxel size (a mask on another grid) keeps the input's name.
     """
-    import nibabel as nib
-
-    zooms = nib.load(cleaned_file).header.get_zooms()[:3]
     if np.allclose(zooms, in_header.get_zooms()[:3], rtol=1e-3, atol=1e-4):
         return None
     return naming.resolution_label(zooms)
@@ -233,11 +252,9 @@ def confound_series(run, n_volumes: int):
     """Framewise displacement and std DVARS of the run (None when unavailable)."""
     if run.confounds_file is None:
         return None, None
-    import pandas as pd
-
     try:
-        table = pd.read_csv(run.confounds_file, sep="\t", na_values=["n/a"])
-    except Exception:
+        table, _ = load_confounds_table(run.confounds_file)
+    except ValueError:
         return None, None
     if len(table) != n_volumes:
         return None, None
@@ -381,15 +398,42 @@ OUTPUT_FILES = {
 }
 
 
+def tsv_text(frame, float_format: str) -> str:
+    """What ``frame.to_csv(sep="\t", index=False, float_format=float_format)`` writes.
+
+    For a table of floats with plain column names (a design, fMRIPrep's names), the text
+    is made here, row by row (pandas formats every value through Python calls of its own:
+    ten times slower, and a run writes its tables at every rerun to compare them); NaN
+    is written as an empty field, as pandas does. Anything else is left to pandas.
+
+    Parameters
+    ----------
+    frame : pandas.DataFrame
+    float_format : str
+        ``%``-format of each value, e.g. ``"%.10g"``.
+
+    Returns
+    -------
+    str
+        The header line and one line per row, each ending with a newline.
+    """
+    names = [str(name) for name in frame.columns]
+    plain = not any(char in name for name in names for char in '\t"\n\r')
+    if not (plain and names and all(dtype.kind == "f" for dtype in frame.dtypes)):
+        return frame.to_csv(sep="\t", index=False, float_format=float_format)
+    lines = ["\t".join(names)]
+    for row in frame.to_numpy().tolist():
+        lines.append("\t".join("" if value != value else float_format % value for value in row))
+    return "\n".join(lines) + "\n"
+
+
 def tables(job) -> dict:
     """Text content of the run's TSV outputs, by output key."""
     selection = job.selection
     fd, dvars = confound_series(job.run, job.n_volumes)
     result = {}
     if _has_regressors(selection):
-        result["confounds"] = selection.confounds.to_csv(
-            sep="\t", index=False, float_format="%.10g"
-        )
+        result["confounds"] = tsv_text(selection.confounds, "%.10g")
     result["outliers"] = _outlier_table(selection, job.n_volumes, fd, dvars)
     return result
 
@@ -425,7 +469,7 @@ def stale_candidates(run, desc: str, out_dir, res) -> list[str]:
     return [path.relative_to(out_dir).as_posix() for path in candidates]
 
 
-def write_derivatives(job, settings, links, outputs, res, stage) -> dict:
+def write_derivatives(job, settings, links, outputs, res, stage, zooms) -> dict:
     """Write the run's derivatives (data files and sidecars) into ``stage``.
 
     Parameters
@@ -438,18 +482,17 @@ def write_derivatives(job, settings, links, outputs, res, stage) -> dict:
         ``res`` label of the output grid.
     stage : masker_wf.app.commit.Stage
         Where the files go (at the paths they will have in the output dataset).
+    zooms : tuple of float
+        Voxel size of the cleaned BOLD (mm): the workflow's mask's.
 
     Returns
     -------
     dict
         Output key -> path of each data file, relative to the output dataset.
     """
-    import nibabel as nib
-
     from . import sinks
 
     out_dir, desc, run = settings.output_dir, settings.outputs.desc, job.run
-    zooms = nib.load(outputs["mask_file"]).header.get_zooms()[:3]  # the BOLD's grid
     contents = sidecars(job, settings, links, cleaned_zooms=zooms, res=res)
     finals = {
         key: run_path(out_dir, run, desc, *OUTPUT_FILES[key], res)
@@ -462,29 +505,25 @@ def write_derivatives(job, settings, links, outputs, res, stage) -> dict:
             files["signals"] = Path(outputs["signals_file"])
         for key, text in tables(job).items():
             files[key] = deriv.write_text(staging / destinations[key].name, text)
-        task = sinks.RunDerivatives(
-            # The file itself, not a link to it (a relative link would dangle in the cache).
-            bold_file=workflow_input(run.bold_file, settings.execution.work_dir),
+        sinks.write_run_derivatives(
+            bold_file=run.bold_file,
             signals_file=outputs["signals_file"],
             mask_file=outputs["mask_file"],
             t_r=job.t_r,
             files=files,
-            destinations={key: str(path) for key, path in destinations.items()},
+            destinations=destinations,
             sidecars=contents,
         )
-        sinks.run_derivatives(task, staging / "pydra")
     return {key: path.relative_to(out_dir).as_posix() for key, path in finals.items()}
 
 
-def request_digest(job, settings, links, outputs, res) -> str:
+def request_digest(job, settings, links, outputs, res, zooms) -> str:
     """Digest of everything the run's files depend on: compared to decide "up to date".
 
     The workflow's results (its cache directories are named by the hash of every input and
-    parameter), the output options, and the exact content of every sidecar and table.
+    parameter), the output options, and the exact content of every sidecar and table;
+    ``zooms`` is the voxel size of the cleaned BOLD (mm).
     """
-    import nibabel as nib
-
-    zooms = nib.load(outputs["mask_file"]).header.get_zooms()[:3]  # the BOLD's grid
     content = {
         "output_dirs": output_dirs(outputs),
         "options": output_options(settings, links),

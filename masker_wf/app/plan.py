@@ -258,6 +258,10 @@ def _log_options(settings: Settings) -> None:
 def plan_runs(settings: Settings, inputs: Inputs) -> Plan:
     """Index the dataset, resolve every run to plain paths, decide ``auto`` once.
 
+    With ``--dry-run`` nothing is written: the ``auto`` decision is read or made without
+    being recorded, and the index is built in memory (``--bids-database-dir`` is neither
+    created nor updated).
+
     Raises
     ------
     BIDSInputError
@@ -274,7 +278,8 @@ def plan_runs(settings: Settings, inputs: Inputs) -> Plan:
         selection.bids_dir,
         derivatives=dict(selection.derivatives),
         participants=list(inputs.participants),
-        database_dir=selection.bids_database_dir,
+        # A dry run writes nothing, not even pybids' index: it indexes in memory.
+        database_dir=None if settings.execution.dry_run else selection.bids_database_dir,
         raw_kind=inputs.kind,
     )
     aroma = denoising.denoise_strategy == "ica_aroma"
@@ -320,6 +325,15 @@ def _auto_choice(settings: Settings, inputs: Inputs) -> dict:
     return {"denoise_strategy": "none", "because": "no fMRIPrep confounds in the input"}
 
 
+def _read_auto_record(path: Path) -> dict | None:
+    """The recorded ``auto`` decision, or None when there is none (or it is unreadable)."""
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) and "denoise_strategy" in record else None
+
+
 def decide_auto_strategy(settings: Settings, inputs: Inputs) -> str:
     """The strategy ``--denoise-strategy auto`` stands for in this output dataset.
 
@@ -327,28 +341,35 @@ def decide_auto_strategy(settings: Settings, inputs: Inputs) -> str:
     ``<output_dir>/logs/denoise_strategy_auto.json``; later invocations (other
     participants, SLURM array tasks) reuse the record, so one output dataset never mixes
     strategies and a run without confounds fails instead of being processed differently.
-    Delete the record (or pass a strategy) to decide again.
+    Delete the record (or pass a strategy) to decide again. A dry run reads the record
+    when there is one and otherwise says what would be recorded: it writes nothing (no
+    record, no lock, no directory).
     """
     out_dir = settings.output_dir
     path = out_dir / AUTO_STRATEGY_RECORD
-    lock = out_dir / commit.STATE_DIR / "locks" / "denoise_strategy_auto.lock"
-    with commit.locked(lock):
-        try:
-            record = json.loads(path.read_text(encoding="utf-8"))
-            strategy = record["denoise_strategy"]
-            reused = True
-        except (OSError, ValueError, KeyError, TypeError):
-            record = {**_auto_choice(settings, inputs), "decided": now()}
-            record["input"] = {k: str(v) for k, v in inputs.dataset_links.items()}
-            strategy, reused = record["denoise_strategy"], False
-            try:
-                deriv.write_json(path, record)
-            except OSError as exc:
-                raise AppError(
-                    f"cannot record the auto strategy in '{path}': {exc}",
-                    output_exit_code(exc.errno),
-                ) from exc
-    how = "as recorded in" if reused else "recorded in"
+    if settings.execution.dry_run:
+        # The record is replaced atomically: reading it needs no lock.
+        record = _read_auto_record(path)
+        how = "as recorded in" if record is not None else "would be recorded in"
+        if record is None:
+            record = _auto_choice(settings, inputs)
+    else:
+        lock = out_dir / commit.STATE_DIR / "locks" / "denoise_strategy_auto.lock"
+        with commit.locked(lock):
+            record = _read_auto_record(path)
+            how = "as recorded in"
+            if record is None:
+                record = {**_auto_choice(settings, inputs), "decided": now()}
+                record["input"] = {k: str(v) for k, v in inputs.dataset_links.items()}
+                how = "recorded in"
+                try:
+                    deriv.write_json(path, record)
+                except OSError as exc:
+                    raise AppError(
+                        f"cannot record the auto strategy in '{path}': {exc}",
+                        output_exit_code(exc.errno),
+                    ) from exc
+    strategy = record["denoise_strategy"]
     console.progress(
         f"masker-wf: --denoise-strategy auto: '{strategy}' for this output dataset "
         f"({record.get('because', 'decided earlier')}; {how} {path})"

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from .. import _validation
 from .._exceptions import DimensionError
+from .._io import prefetch_digest, remember_digest, stat_key
 from .._niimg import describe
 from ..bids import derivatives as deriv
 from ..bids.confounds import ConfoundSelection, dummy_scan_selection, select_confounds
@@ -34,7 +35,15 @@ from .plan import Plan, confound_parameters
 from .qc import check_budget
 from .settings import Settings
 
-__all__ = ["RunError", "RunJob", "RunResult", "WorkflowRun", "prepare_run", "process_run"]
+__all__ = [
+    "RunError",
+    "RunJob",
+    "RunResult",
+    "WorkflowRun",
+    "by_subject",
+    "prepare_run",
+    "process_run",
+]
 
 logger = logging.getLogger("masker_wf.app")
 
@@ -65,6 +74,44 @@ class RunResult:
     report: str | None = None
     #: Exit code of an output-side failure (73 or 74, see :class:`OutputError`).
     exit_code: int | None = None
+
+    @classmethod
+    def of(cls, run: RunInputs, *, ok: bool, **fields) -> RunResult:
+        """The outcome of ``run`` (its name, subject and BOLD), with ``fields`` set.
+
+        Parameters
+        ----------
+        run : RunInputs
+            The run the result is about.
+        ok : bool
+            Whether it succeeded.
+        **fields
+            The other attributes (``reason``, ``kind``, ``outputs``...).
+        """
+        return cls(
+            name=run.name, subject=run.subject, ok=ok, bold_file=str(run.bold_file), **fields
+        )
+
+
+def by_subject(items) -> dict:
+    """Subject label -> its items (runs or results, anything with ``subject``), in order.
+
+    One pass over the items: per-subject work over a thousand subjects stays linear.
+
+    Parameters
+    ----------
+    items : iterable
+        Objects with a ``subject`` attribute.
+
+    Returns
+    -------
+    dict
+        Subjects in the order they first appear, each with its items in order.
+    """
+    grouped: dict = {}
+    for item in items:
+        grouped.setdefault(item.subject, []).append(item)
+    return grouped
 
 
 @dataclass(frozen=True)
@@ -120,6 +167,8 @@ class WorkflowRun:
     warnings: list[str]
     started: str
     clock: float
+    #: Voxel size (mm) of the cleaned BOLD: the grid of the workflow's mask.
+    voxel_size: tuple = ()
     steps: dict = field(default_factory=dict)
 
     def elapsed(self) -> float:
@@ -180,7 +229,7 @@ def _design_file(work_dir: Path, run: RunInputs, selection) -> Path | None:
     if selection is None or selection.confounds.shape[1] == 0:
         return None
     path = work_dir / "inputs" / f"{run.name}_design.tsv"
-    text = selection.confounds.to_csv(sep="\t", index=False, float_format="%.17g")
+    text = outputs.tsv_text(selection.confounds, "%.17g")
     if not (path.is_file() and path.read_text(encoding="utf-8") == text):
         deriv.write_text(path, text)
     return path
@@ -284,6 +333,7 @@ def run_workflow(job: RunJob, settings: Settings, worker, n_procs, clock) -> Wor
         ],
         started=clock[0],
         clock=clock[1],
+        voxel_size=outputs.voxel_size(results["mask_file"]),
     )
     execution.steps["workflow"] = time.perf_counter() - mark
     return execution
@@ -305,12 +355,6 @@ def _timed(function, *args):
     """``(function(*args), seconds it took)``."""
     mark = time.perf_counter()
     return function(*args), time.perf_counter() - mark
-
-
-def _voxel_size(image_file) -> tuple:
-    import nibabel as nib
-
-    return nib.load(image_file).header.get_zooms()[:3]
 
 
 def _staged_error(exc: BaseException, stage) -> OutputError | None:
@@ -362,7 +406,9 @@ def _write_outputs(job, settings, links, execution, res, tag, output_set, reques
                     res,
                     stage,
                 )
-            files = outputs.write_derivatives(job, settings, links, execution.outputs, res, stage)
+            files = outputs.write_derivatives(
+                job, settings, links, execution.outputs, res, stage, execution.voxel_size
+            )
             execution.steps["derivatives"] = time.perf_counter() - mark
             report, execution.steps["report"] = (None, 0.0) if drawn is None else drawn.result()
         mark = time.perf_counter()
@@ -388,7 +434,7 @@ def _write_outputs(job, settings, links, execution, res, tag, output_set, reques
             removed,
             digests=digests,
             request=request,
-            voxel_size=_voxel_size(execution.outputs["mask_file"]),  # the cleaned BOLD's grid
+            voxel_size=execution.voxel_size,
         )
         deriv.write_json(stage.path(record_file), record)
         output_set.commit(stage, digests["files"], stale=removed)
@@ -402,11 +448,9 @@ def _write_outputs(job, settings, links, execution, res, tag, output_set, reques
         console.progress(f"{tag}: removed stale output {path} (not produced by this run)")
     cached = " (from cache)" if not execution.computed else ""
     console.progress(f"{tag}: done in {execution.elapsed():.1f} s{cached}")
-    return RunResult(
-        name=job.run.name,
-        subject=job.run.subject,
+    return RunResult.of(
+        job.run,
         ok=True,
-        bold_file=str(job.run.bold_file),
         outputs={key: out_dir / path for key, path in files.items()},
         summary=summary,
         seconds=execution.elapsed(),
@@ -447,6 +491,13 @@ def process_run(
     tag = f"[{index}/{total}] {run.name}"
     links = plan.inputs.dataset_links
     try:
+        # The run's output set at the input's resolution (the usual case): what it
+        # remembers spares the BOLD's hash when the run turns out up to date.
+        output_set = commit.OutputSet(
+            settings.output_dir,
+            outputs.record_path(settings.output_dir, run, settings.outputs.desc, None),
+        )
+        _hash_ahead(run, output_set)
         console.progress(f"{tag}: reading inputs")
         job = check_budget(prepare_run(run, plan, settings), settings)
         for note in job.notes:
@@ -461,12 +512,16 @@ def process_run(
         for note in execution.warnings[len(job.notes) :]:
             console.progress(f"{tag}: warning: {note}")
         # The cleaned BOLD is written on the grid of the mask (from the signals).
-        res = outputs.output_res(job.header, execution.outputs["mask_file"])
+        res = outputs.output_res(job.header, execution.voxel_size)
         record_file = outputs.record_path(settings.output_dir, run, settings.outputs.desc, res)
-        request = outputs.request_digest(job, settings, links, execution.outputs, res)
+        request = outputs.request_digest(
+            job, settings, links, execution.outputs, res, execution.voxel_size
+        )
         # The run's lock, from the check to the commit: another App writing the same run
         # into the same output dataset waits, and never sees a half-written set.
-        with commit.OutputSet(settings.output_dir, record_file) as output_set:
+        if record_file != output_set.record:
+            output_set = commit.OutputSet(settings.output_dir, record_file)
+        with output_set:
             inputs = {
                 role: output_set.memo.digest(path)
                 for role, path in outputs.input_files(job).items()
@@ -483,11 +538,9 @@ def process_run(
             f"{tag}: outputs up to date, kept as they are ({execution.elapsed():.1f} s)"
         )
         report = outputs.report_file(settings.output_dir, run, settings.outputs.desc, res)
-        return RunResult(
-            name=run.name,
-            subject=run.subject,
+        return RunResult.of(
+            run,
             ok=True,
-            bold_file=str(run.bold_file),
             outputs={k: settings.output_dir / v for k, v in previous["Outputs"].items()},
             summary=previous["Summary"],
             seconds=execution.elapsed(),
@@ -497,38 +550,45 @@ def process_run(
         return _failed(run, exc, tag, time.perf_counter() - clock[1])
 
 
+def _hash_ahead(run: RunInputs, output_set: commit.OutputSet) -> None:
+    """Have the BOLD's digest (Pydra's key, the provenance record) when it is needed.
+
+    Known without reading when ``output_set`` recorded it for the file as it is now (same
+    stat key: an up-to-date rerun hashes nothing); otherwise computed on a thread while the
+    run reads its inputs and builds its workflow, not after.
+    """
+    try:
+        key = stat_key(run.bold_file)
+    except OSError:
+        return  # a BOLD that cannot be read fails its run when it is read, with the reason
+    known = output_set.memo.known(run.bold_file, key)
+    if known is None:
+        prefetch_digest(run.bold_file)
+    else:
+        # Pydra's file hash reads the process's memo: the BOLD is not read for its key.
+        remember_digest(key, known)
+
+
 def _failed(run: RunInputs, exc: Exception, tag: str, seconds: float) -> RunResult:
     if isinstance(exc, OutputError):
         # The output dataset is at fault, not the run's data: named as the user knows it.
         console.progress(f"{tag}: FAILED: {exc}")
-        logger.debug("run %s failed:\n%s", run.name, traceback.format_exc())
-        return RunResult(
-            name=run.name,
-            subject=run.subject,
-            ok=False,
-            bold_file=str(run.bold_file),
-            reason=str(exc),
-            kind="output",
-            seconds=seconds,
-            exit_code=exc.exit_code,
-        )
-    file, reason = explain(run, exc)
-    kind = "data" if isinstance(exc, ValueError | TypeError | OSError) else "error"
-    if getattr(exc, "missing", False):
-        kind = "missing"
-    console.progress(f"{tag}: FAILED on {file}: {reason}")
+        fields = {"reason": str(exc), "kind": "output", "exit_code": exc.exit_code}
+    else:
+        file, reason = explain(run, exc)
+        kind = "data" if isinstance(exc, ValueError | TypeError | OSError) else "error"
+        if getattr(exc, "missing", False):
+            kind = "missing"
+        console.progress(f"{tag}: FAILED on {file}: {reason}")
+        fields = {
+            "reason": f"{file}: {reason}",
+            "kind": kind,
+            # A refused run keeps its numbers (degrees of freedom, volumes) for the group
+            # table.
+            "summary": dict(getattr(exc, "summary", None) or {}),
+        }
     logger.debug("run %s failed:\n%s", run.name, traceback.format_exc())
-    return RunResult(
-        name=run.name,
-        subject=run.subject,
-        ok=False,
-        bold_file=str(run.bold_file),
-        reason=f"{file}: {reason}",
-        kind=kind,
-        seconds=seconds,
-        # A refused run keeps its numbers (degrees of freedom, volumes) for the group table.
-        summary=dict(getattr(exc, "summary", None) or {}),
-    )
+    return RunResult.of(run, ok=False, seconds=seconds, **fields)
 
 
 def _file_text(files) -> str:

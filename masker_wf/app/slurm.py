@@ -808,12 +808,19 @@ def largest_run_memory_mb(runs, estimate) -> int | None:
     return estimate(max(runs, key=lambda run: _file_size(run.bold_file)))
 
 
-def _runs_by_participant(runs, participants) -> dict:
-    grouped = {label: [] for label in participants}
+def _submission(slurm, runs, labels, size, memory, resources) -> Submission:
+    """The submission of the participants ``labels`` (made, or described by a dry run)."""
+    grouped = {label: [] for label in labels}
     for run in runs:
         if run.subject in grouped:
             grouped[run.subject].append(run.bold_file)
-    return {label: bolds for label, bolds in grouped.items() if bolds}
+    return plan_submission(
+        {label: bolds for label, bolds in grouped.items() if bolds},
+        participants_per_task=slurm.participants_per_task,
+        max_array_size=size,
+        run_memory_mb=memory,
+        runs_at_once=(resources and resources.nprocs) or 1,
+    )
 
 
 def submit(
@@ -885,12 +892,9 @@ def submit(
             if in_flight:
                 print(f"masker-wf --slurm: still queued or running, skipped: {_names(in_flight)}")
             if to_submit:
-                submission = plan_submission(
-                    _runs_by_participant(runs, to_submit),
-                    participants_per_task=slurm.participants_per_task,
-                    max_array_size=max_array_size(),
-                    run_memory_mb=largest_run_memory_mb(runs, estimate_memory),
-                    runs_at_once=(resources and resources.nprocs) or 1,
+                memory = largest_run_memory_mb(runs, estimate_memory)
+                submission = _submission(
+                    slurm, runs, to_submit, max_array_size(), memory, resources
                 )
                 print("masker-wf --slurm: " + submission.describe().replace("\n", "\n  "))
 
@@ -925,13 +929,7 @@ def _dry_run(slurm, runs, labels, jobs_file, command, resources, memory) -> int:
         print(f"still queued or running, would be skipped: {_names(in_flight)}")
     if not to_submit:
         return 0
-    submission = plan_submission(
-        _runs_by_participant(runs, to_submit),
-        participants_per_task=slurm.participants_per_task,
-        max_array_size=size,
-        run_memory_mb=memory,
-        runs_at_once=(resources and resources.nprocs) or 1,
-    )
+    submission = _submission(slurm, runs, to_submit, size, memory, resources)
     print(submission.describe() + where)
     sbatch = ["sbatch", "--parsable", f"--array=0-(n-1){_throttle(slurm)}"]
     sbatch += [*_sbatch_options(slurm, resources), "SCRIPT", "TASK_LIST"]

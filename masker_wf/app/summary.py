@@ -21,7 +21,7 @@ from ..bids.provenance import now, software_versions
 from . import commit, console
 from . import qc as quality
 from .errors import EXIT_DATA, EXIT_FAILED_RUNS, EXIT_NOINPUT, EXIT_OK, output_exit_code
-from .run import RunResult
+from .run import RunResult, by_subject
 
 __all__ = ["exit_code", "run_group", "summarise", "write_subject_report"]
 
@@ -126,9 +126,9 @@ def _write_failure_logs(out_dir: Path, results, desc: str) -> None:
     runs this invocation did not process keep theirs. A log left empty is removed, so
     ``logs/`` shows what still needs attention.
     """
-    for subject in sorted({r.subject for r in results}):
+    for subject, own in sorted(by_subject(results).items()):
         path = out_dir / naming.failure_log_path(subject)
-        mine = {(r.name, desc) for r in results if r.subject == subject}
+        mine = {(r.name, desc) for r in own}
         entries = [e for e in _read_failure_log(path) if (e.get("run"), e.get("desc")) not in mine]
         entries += [
             {
@@ -141,8 +141,8 @@ def _write_failure_logs(out_dir: Path, results, desc: str) -> None:
                 # A run refused for too little data keeps its numbers for the group table.
                 **({"summary": r.summary} if r.summary else {}),
             }
-            for r in results
-            if r.subject == subject and not r.ok
+            for r in own
+            if not r.ok
         ]
         if entries:
             deriv.write_json(path, entries)
@@ -179,14 +179,9 @@ def summarise(results: list[RunResult], settings) -> int:
     """Subject pages, failure logs and the final message; return the exit code."""
     out_dir = settings.output_dir
     if settings.reports:
-        for subject in sorted({r.subject for r in results}):
+        for subject, own in sorted(by_subject(results).items()):
             try:
-                write_subject_report(
-                    out_dir,
-                    subject,
-                    [r for r in results if r.subject == subject],
-                    settings.outputs.desc,
-                )
+                write_subject_report(out_dir, subject, own, settings.outputs.desc)
             except Exception as exc:  # a report must not hide the processing result
                 console.progress(f"masker-wf: subject report of sub-{subject} failed: {exc}")
     code = exit_code(results)

@@ -20,6 +20,7 @@ Conventions reproduced (they matter for parity):
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from .. import _validation
+from .._io import stat_key
 
 __all__ = [
     "AROMA_OUTPUTS",
@@ -323,6 +325,11 @@ def load_strategy_file(path) -> dict:
 def load_confounds_table(confounds_file) -> tuple[pd.DataFrame, dict]:
     """Read an fMRIPrep confounds TSV (``n/a`` → NaN) and its JSON sidecar ({} if absent).
 
+    A run reads its table several times (selection, outlier table, report, group numbers):
+    the TSV is parsed once per content, remembered by its stat key
+    (:func:`masker_wf._io.stat_key`: an edited file is parsed again), and each call gets its
+    own copy.
+
     Raises
     ------
     ValueError
@@ -331,6 +338,20 @@ def load_confounds_table(confounds_file) -> tuple[pd.DataFrame, dict]:
     path = Path(confounds_file)
     if not path.is_file():
         raise ValueError(f"confounds file '{path}' does not exist.")
+    table = _parsed_table(path, stat_key(path)).copy()
+    sidecar = _sidecar(path)
+    meta = {}
+    if sidecar.is_file():
+        try:
+            meta = json.loads(sidecar.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"confounds sidecar '{sidecar}' is not valid JSON: {exc}") from exc
+    return table, meta
+
+
+@functools.lru_cache(maxsize=16)
+def _parsed_table(path: Path, key: tuple) -> pd.DataFrame:
+    # ``key`` (the file's stat key) identifies the content; the file is read by its path.
     try:
         table = pd.read_csv(path, sep="\t", na_values=["n/a"], encoding="utf-8")
     except Exception as exc:
@@ -351,14 +372,7 @@ def load_confounds_table(confounds_file) -> tuple[pd.DataFrame, dict]:
     non_numeric = [c for c in table.columns if not pd.api.types.is_numeric_dtype(table[c])]
     if non_numeric:
         raise ValueError(f"confounds file '{path}': non-numeric columns {non_numeric[:5]}.")
-    sidecar = _sidecar(path)
-    meta = {}
-    if sidecar.is_file():
-        try:
-            meta = json.loads(sidecar.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"confounds sidecar '{sidecar}' is not valid JSON: {exc}") from exc
-    return table, meta
+    return table
 
 
 def _sidecar(path: Path) -> Path:

@@ -18,7 +18,7 @@ Rules kept from the first App (output names must not change between versions):
 from __future__ import annotations
 
 import json
-from functools import cache
+from functools import cache, lru_cache
 from importlib import resources
 from pathlib import Path
 
@@ -108,19 +108,32 @@ def source_entities(bold_file, dataset_root=None) -> dict:
     dict
         Entity name -> value (``run`` keeps its zero padding when cast to ``str``).
     """
-    relative = _relative_to_dataset(Path(bold_file), dataset_root)
+    return dict(_parsed_entities(_relative_to_dataset(Path(bold_file), dataset_root)))
+
+
+# A run's outputs are named from the same source name a dozen times (each output, the
+# set's record, the report, the stale-output check): pybids parses and builds each once.
+@lru_cache(maxsize=4096)
+def _parsed_entities(relative: str) -> tuple:
     from bids.layout import parse_file_entities
 
-    return parse_file_entities(relative, config=list(_entity_configs()))
+    return tuple(parse_file_entities(relative, config=list(_entity_configs())).items())
+
+
+@lru_cache(maxsize=4096)
+def _built_path(entities: tuple) -> Path:
+    from bids.layout.writing import build_path
+
+    given = {name: value for name, value, _ in entities}
+    path = build_path(given, _patterns())
+    if path is None:
+        raise ValueError(f"No masker-wf output pattern matches the entities {given}.")
+    return Path(path)
 
 
 def _build(entities: dict) -> Path:
-    from bids.layout.writing import build_path
-
-    path = build_path(entities, _patterns())
-    if path is None:
-        raise ValueError(f"No masker-wf output pattern matches the entities {entities}.")
-    return Path(path)
+    # Keyed by each value's text too: pybids' run 1 and run 01 are equal numbers, not names.
+    return _built_path(tuple((k, v, str(v)) for k, v in sorted(entities.items())))
 
 
 def derivative_path(
