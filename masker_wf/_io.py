@@ -392,10 +392,8 @@ def save_img(img, path, *, compress_level=1, n_threads=None) -> Path:
         Image to write.
     path : str or os.PathLike
         Destination ending in ``.nii`` (uncompressed, fastest) or ``.nii.gz``.
-    compress_level : int, default=1
-        isal compression level (0 to 3) of a ``.nii.gz``.
-    n_threads : int, optional
-        Compression threads; default :func:`masker_wf._threads.default_n_threads`.
+    compress_level, n_threads
+        For a ``.nii.gz``: see :func:`gzip_writer`.
 
     Returns
     -------
@@ -671,10 +669,8 @@ def write_file(in_file, out_file, *, compress_level=1, n_threads=None) -> Path:
         The file to write.
     out_file : str or os.PathLike
         Destination; its directory must exist.
-    compress_level : {0, 1, 2, 3}, default=1
-        isal compression level, when compressing.
-    n_threads : int, optional
-        Compression threads; default :func:`masker_wf._threads.default_n_threads`.
+    compress_level, n_threads
+        When compressing: see :func:`gzip_writer`.
 
     Returns
     -------
@@ -744,6 +740,14 @@ def write_text_file(path, text: str) -> Path:
     return _write_atomically(Path(path), lambda stream: stream.write(data))
 
 
+def _output_path(path, suffix: str, what: str) -> Path:
+    """``path`` as a Path, refused (ValueError) unless its extension is ``suffix``."""
+    path = Path(path)
+    if path.suffix.lower() != suffix:
+        raise ValueError(f"{what} output path must end with {suffix}, got '{path}'.")
+    return path
+
+
 def save_signals(signals, path) -> Path:
     """Write a 2D signals array as ``.npy`` atomically, keeping its dtype.
 
@@ -760,9 +764,7 @@ def save_signals(signals, path) -> Path:
     pathlib.Path
         ``path``.
     """
-    path = Path(path)
-    if path.suffix.lower() != ".npy":
-        raise ValueError(f"Signals output path must end with .npy, got '{path}'.")
+    path = _output_path(path, ".npy", "Signals")
     signals = np.asarray(signals)
     if signals.ndim not in (1, 2):
         raise ValueError(
@@ -808,9 +810,7 @@ def save_qc(report: dict, path) -> Path:
     pathlib.Path
         ``path``.
     """
-    path = Path(path)
-    if path.suffix.lower() != ".npz":
-        raise ValueError(f"QC output path must end with .npz, got '{path}'.")
+    path = _output_path(path, ".npz", "QC")
     arrays = {key: np.asarray(report[key]) for key in QC_KEYS[:5] if report.get(key) is not None}
     planes = report.get("mean_planes")
     if planes is not None:

@@ -25,6 +25,7 @@ single implementation to test against nilearn.
 from __future__ import annotations
 
 import glob
+import inspect
 import os
 import warnings
 
@@ -54,9 +55,14 @@ __all__ = [
     "resolve_dtype",
 ]
 
-# The parameters filter_and_extract takes under their spec names (clean_args is
-# clean_kwargs here).
-_CHECKED = tuple(p for p in _spec.for_face("CleanSignals") if p.name != "clean_args")
+# filter_and_extract takes the parameters of the CleanSignals face but clean_args (which it
+# takes as clean_kwargs: the masker adds its clean__ keywords); those signal.clean also
+# takes are passed on to it under the same names.
+_CLEANING = tuple(
+    p.name
+    for p in _spec.for_face("CleanSignals")
+    if p.name in inspect.signature(signal.clean).parameters
+)
 
 # Number of voxels kept for the carpet plots of the report.
 _REPORT_VOXELS = 2000
@@ -566,29 +572,19 @@ def load_img(imgs, dtype=None, name="imgs", whole=False):
     return img, raw, ndim
 
 
+@_spec.with_face_signature("CleanSignals", after="sample_mask", exclude=("clean_args",))
 def filter_and_extract(
     imgs,
     mask_img,
     *,
-    smoothing_fwhm=None,
-    target_affine=None,
-    target_shape=None,
-    dtype=None,
-    high_variance_confounds=False,
     confounds=None,
     sample_mask=None,
-    runs=None,
-    detrend=False,
-    standardize=False,
-    standardize_confounds=True,
-    low_pass=None,
-    high_pass=None,
-    t_r=None,
     clean_kwargs=None,
     verbose=0,
     report=None,
     log_name="filter_and_extract",
     hv_confounds=None,
+    **params,
 ) -> np.ndarray:
     """Resample, smooth, mask and clean images: ``NiftiMasker.transform`` numerics.
 
@@ -642,14 +638,16 @@ def filter_and_extract(
         integer data with ``dtype=None``).
     """
     # The door check of every face, repeated here for callers of this function alone.
-    given = locals()
-    checked = _validation.check_parameters(
-        {p.name: given[p.name] for p in _CHECKED} | {"clean_args": clean_kwargs}
-    )
+    params = _spec.bind("CleanSignals", params, "filter_and_extract", exclude=("clean_args",))
+    checked = _validation.check_parameters(params | {"clean_args": clean_kwargs})
     clean_kwargs = checked["clean_args"] or {}
+    smoothing_fwhm, target_affine, target_shape = (
+        params[name] for name in ("smoothing_fwhm", "target_affine", "target_shape")
+    )
+    high_variance_confounds, runs = params["high_variance_confounds"], params["runs"]
 
     log(f"Loading data from {describe(imgs)}", verbose, log_name)
-    img, raw_img, ndim = load_img(imgs, dtype=dtype, whole=high_variance_confounds)
+    img, raw_img, ndim = load_img(imgs, dtype=params["dtype"], whole=high_variance_confounds)
     n_volumes = _n_volumes(img)
     mask_img = check_niimg_3d(mask_img, name="mask_img")
     if not _on_target_grid(mask_img, target_affine, target_shape):
@@ -710,21 +708,15 @@ def filter_and_extract(
         clean_kwargs = {**clean_kwargs, "_noise_std_out": noise_std}
     cleaned = signal.clean(
         signals,
-        runs=runs,
-        detrend=detrend,
-        standardize=standardize,
         sample_mask=sample_mask,
         confounds=all_confounds,
-        standardize_confounds=standardize_confounds,
-        low_pass=low_pass,
-        high_pass=high_pass,
-        t_r=t_r,
+        **{name: params[name] for name in _CLEANING},
         **clean_kwargs,
     )
     del signals
     if report is not None:
         report["signals_after"] = cleaned[:, voxels].copy()
-        report["standardized"] = bool(standardize)
+        report["standardized"] = bool(params["standardize"])
         # Mean of the input over the noise left after cleaning (before any standardization).
         report["tsnr_after"] = _qc.tsnr(mean_before, noise_std) if n_volumes > 1 else None
     return cleaned

@@ -15,6 +15,7 @@ This module is part of the core: it imports nothing beyond the standard library.
 
 from __future__ import annotations
 
+import inspect
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,11 +26,14 @@ __all__ = [
     "PARAMETERS",
     "STANDARDIZE_VALUES",
     "Parameter",
+    "bind",
     "by_name",
     "defaults",
     "fill_doc",
+    "fill_doc_with",
     "for_face",
     "pick",
+    "with_face_signature",
 ]
 
 #: Where a parameter can appear.
@@ -336,6 +340,69 @@ def defaults(face: str) -> dict:
     return {p.name: p.default for p in for_face(face)}
 
 
+def bind(face: str, given, owner: str, *, exclude=()) -> dict:
+    """The parameters of ``face`` a function received as ``**params``, over the spec defaults.
+
+    Parameters
+    ----------
+    face : str
+        One of :data:`FACES`.
+    given : mapping
+        The keyword arguments received.
+    owner : str
+        The function's name, for the error.
+    exclude : tuple of str, default=()
+        Parameters of the face the function does not take.
+
+    Raises
+    ------
+    TypeError
+        A name that is not a parameter of ``face``, worded as Python words it.
+    """
+    values = {p.name: p.default for p in for_face(face) if p.name not in exclude}
+    for name in given:
+        if name not in values:
+            raise TypeError(f"{owner}() got an unexpected keyword argument {name!r}")
+    values.update(given)
+    return values
+
+
+def with_face_signature(face: str, *, after: str, exclude=()):
+    """Decorator: the signature of a ``function(*, ..., **params)`` lists the face's parameters.
+
+    They become keyword-only parameters with the spec defaults, placed after the
+    function's own parameter ``after``; the ``**params`` catch-all leaves the signature.
+    The function itself receives them in ``**params`` (see :func:`bind`, with the same
+    ``exclude``), so the spec is the one list of their names and defaults.
+
+    Parameters
+    ----------
+    face : str
+        One of :data:`FACES`.
+    after : str
+        The function's own parameter the face's parameters follow.
+    exclude : tuple of str, default=()
+        Parameters of the face the function does not take.
+    """
+
+    def decorate(function):
+        own = [
+            p
+            for p in inspect.signature(function).parameters.values()
+            if p.kind is not p.VAR_KEYWORD
+        ]
+        at = next(i for i, p in enumerate(own) if p.name == after) + 1
+        spec = [
+            inspect.Parameter(p.name, inspect.Parameter.KEYWORD_ONLY, default=p.default)
+            for p in for_face(face)
+            if p.name not in exclude
+        ]
+        function.__signature__ = inspect.Signature([*own[:at], *spec, *own[at:]])
+        return function
+
+    return decorate
+
+
 _FILL = re.compile(r"^(?P<indent>[ \t]*)%\((?P<name>[\w:]+)\)s[ \t]*$", re.M)
 
 
@@ -347,21 +414,41 @@ def fill_doc(obj):
     re-indented to the placeholder's indentation, so one text serves every docstring
     (nilearn's ``fill_doc`` idea). Unknown names are left as they are.
     """
+
+    def entry(name):
+        if name.startswith("parameters:") and name.split(":", 1)[1] in FACES:
+            parameters = for_face(name.split(":", 1)[1])
+        elif name in _BY_NAME:
+            parameters = (_BY_NAME[name],)
+        else:
+            return None
+        return "\n".join(p.docstring for p in parameters)
+
+    return _fill(obj, entry)
+
+
+def fill_doc_with(texts: dict):
+    """Decorator: like :func:`fill_doc`, for texts that are not spec parameters.
+
+    Parameters
+    ----------
+    texts : dict
+        ``{name: text}``; a ``%(name)s`` line becomes ``text``, re-indented.
+    """
+    return lambda obj: _fill(obj, texts.get)
+
+
+def _fill(obj, entry):
+    """Replace each ``%(name)s`` line of ``obj.__doc__`` by ``entry(name)``, re-indented."""
     doc = obj.__doc__
     if doc:
 
-        def entry(match):
-            name = match["name"]
-            if name.startswith("parameters:") and name.split(":", 1)[1] in FACES:
-                parameters = for_face(name.split(":", 1)[1])
-            elif name in _BY_NAME:
-                parameters = (_BY_NAME[name],)
-            else:
+        def replace(match):
+            text = entry(match["name"])
+            if text is None:
                 return match[0]
             indent = match["indent"]
-            return "\n".join(
-                indent + line for p in parameters for line in p.docstring.splitlines()
-            )
+            return "\n".join(indent + line if line else line for line in text.splitlines())
 
-        obj.__doc__ = _FILL.sub(entry, doc)
+        obj.__doc__ = _FILL.sub(replace, doc)
     return obj

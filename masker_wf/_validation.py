@@ -64,6 +64,10 @@ def _is_number(value) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
 
 
+def _is_positive_finite(value) -> bool:
+    return _is_number(value) and 0 < value < np.inf
+
+
 # --------------------------------------------------------------------------- parameters
 def check_standardize(standardize, name="standardize"):
     """Canonical standardization strategy: ``'zscore_sample'``, ``'zscore'``, ``'psc'`` or None.
@@ -96,8 +100,8 @@ def check_smoothing_fwhm(smoothing_fwhm):
         Naming ``smoothing_fwhm`` and the value.
     """
     if smoothing_fwhm is None or _is_number(smoothing_fwhm) or smoothing_fwhm == "fast":
-        if _is_number(smoothing_fwhm) and smoothing_fwhm < 0:
-            raise ValueError(f"smoothing_fwhm must be >= 0 (mm); got {smoothing_fwhm!r}.")
+        if _is_number(smoothing_fwhm):
+            _check_fwhm_values([smoothing_fwhm], smoothing_fwhm)
         return smoothing_fwhm
     values = np.asarray(smoothing_fwhm, dtype=object).ravel()
     if values.size != 3 or not all(_is_number(v) for v in values):
@@ -105,9 +109,16 @@ def check_smoothing_fwhm(smoothing_fwhm):
             "smoothing_fwhm must be None, a number of mm, 'fast' or 3 numbers (one per axis); "
             f"got {smoothing_fwhm!r}."
         )
+    _check_fwhm_values(values, smoothing_fwhm)
+    return smoothing_fwhm
+
+
+def _check_fwhm_values(values, smoothing_fwhm) -> None:
+    # NaN compares False with everything: test finiteness first, or it passes as >= 0.
+    if not all(np.isfinite(float(v)) for v in values):
+        raise ValueError(f"smoothing_fwhm must be a finite number of mm; got {smoothing_fwhm!r}.")
     if any(v < 0 for v in values):
         raise ValueError(f"smoothing_fwhm must be >= 0 (mm); got {smoothing_fwhm!r}.")
-    return smoothing_fwhm
 
 
 def check_band(low_pass, high_pass) -> None:
@@ -119,6 +130,10 @@ def check_band(low_pass, high_pass) -> None:
             # nilearn clips such a cut-off to a tiny positive frequency with a warning;
             # it is always a mistake, so every face refuses it.
             raise ValueError(f"{label} must be a positive frequency (Hz); got {value!r}.")
+        if value is not None and not np.isfinite(value):
+            # nilearn lowers an infinite low-pass to the Nyquist frequency with a warning;
+            # no finite band or record of it follows from "inf", so it is refused too.
+            raise ValueError(f"{label} must be a finite frequency (Hz); got {value!r}.")
     if low_pass is not None and high_pass is not None and high_pass >= low_pass:
         raise ValueError(
             f"high_pass ({high_pass} Hz) must be lower than low_pass ({low_pass} Hz) for a "
@@ -164,7 +179,7 @@ def check_filter(filter, low_pass, high_pass, t_r, *, stacklevel=3):
             "The repetition time t_r (seconds) must be given for Butterworth filtering "
             f"(low_pass={low_pass!r}, high_pass={high_pass!r})."
         )
-    if not _is_number(t_r) or not t_r > 0:
+    if not _is_positive_finite(t_r):
         raise ValueError(f"t_r must be a positive number of seconds; got {t_r!r}.")
     if filter == "cosine" and low_pass is not None:
         warnings.warn(
@@ -172,6 +187,22 @@ def check_filter(filter, low_pass, high_pass, t_r, *, stacklevel=3):
             stacklevel=stacklevel,
         )
     return filter
+
+
+def _options_dict(options, name) -> dict:
+    """A copy of a dict of named options (``{}`` for None); anything else is a TypeError."""
+    if options is None:
+        return {}
+    if not isinstance(options, Mapping):
+        raise TypeError(f"{name} must be a dict, got {type(options).__name__}.")
+    return dict(options)
+
+
+def _refuse_unknown(options, accepted, message) -> None:
+    """TypeError ``message(unknown)`` when ``options`` has keys outside ``accepted``."""
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise TypeError(message(unknown))
 
 
 def check_clean_args(clean_args, name="clean_args") -> dict:
@@ -182,17 +213,44 @@ def check_clean_args(clean_args, name="clean_args") -> dict:
     TypeError
         Not a dict, or keys that are not options of ``clean`` the masker lets through.
     """
-    if clean_args is None:
-        return {}
-    if not isinstance(clean_args, Mapping):
-        raise TypeError(f"{name} must be a dict, got {type(clean_args).__name__}.")
-    unknown = sorted(set(clean_args) - set(CLEAN_ARGS))
-    if unknown:
-        raise TypeError(
-            f"{name}: {unknown} are not options of signal.clean that the masker passes on; "
-            f"the accepted options are {list(CLEAN_ARGS)}."
+    clean_args = _options_dict(clean_args, name)
+    _refuse_unknown(
+        clean_args,
+        CLEAN_ARGS,
+        lambda unknown: (
+            f"{name}: {unknown} are not options of signal.clean that the masker "
+            f"passes on; the accepted options are {list(CLEAN_ARGS)}."
+        ),
+    )
+    check_butterworth_options(
+        **{
+            key.removeprefix("butterworth__"): value
+            for key, value in clean_args.items()
+            if key in ("butterworth__order", "butterworth__padtype", "butterworth__padlen")
+        }
+    )
+    return clean_args
+
+
+def check_butterworth_options(order=5, padtype="odd", padlen=None) -> None:
+    """Refuse Butterworth options that do not define a filter.
+
+    Raises
+    ------
+    ValueError
+        ``order`` not a positive integer, ``padtype`` not one of sosfiltfilt's, or
+        ``padlen`` not a non-negative integer.
+    """
+    if not isinstance(order, numbers.Integral) or isinstance(order, bool) or order < 1:
+        raise ValueError(f"butterworth order must be a positive integer; got {order!r}.")
+    if padtype not in ("odd", "even", "constant", None):
+        raise ValueError(
+            f"butterworth padtype must be 'odd', 'even', 'constant' or None; got {padtype!r}."
         )
-    return dict(clean_args)
+    if padlen is not None and (
+        not isinstance(padlen, numbers.Integral) or isinstance(padlen, bool) or padlen < 0
+    ):
+        raise ValueError(f"butterworth padlen must be a non-negative integer; got {padlen!r}.")
 
 
 def split_clean_kwargs(kwargs: Mapping, owner: str = "NiftiMasker") -> dict:
@@ -252,20 +310,19 @@ def check_mask_args(mask_strategy, mask_args) -> dict:
     TypeError
         Not a dict, or unknown keys (the message lists the accepted ones).
     """
-    if mask_args is None:
-        return {}
-    if not isinstance(mask_args, Mapping):
-        raise TypeError(f"mask_args must be a dict, got {type(mask_args).__name__}.")
+    mask_args = _options_dict(mask_args, "mask_args")
     if not mask_args:
-        return {}
+        return mask_args
     accepted = mask_args_options(mask_strategy)
-    unknown = sorted(set(mask_args) - set(accepted))
-    if unknown:
-        raise TypeError(
-            f"mask_args: {unknown} are not options of the {mask_strategy!r} mask strategy; "
-            f"its options are {accepted}."
-        )
-    return dict(mask_args)
+    _refuse_unknown(
+        mask_args,
+        accepted,
+        lambda unknown: (
+            f"mask_args: {unknown} are not options of the {mask_strategy!r} mask "
+            f"strategy; its options are {accepted}."
+        ),
+    )
+    return mask_args
 
 
 def check_target_grid(target_affine, target_shape):
@@ -288,6 +345,13 @@ def check_target_grid(target_affine, target_shape):
         if affine.shape not in ((3, 3), (4, 4)):
             raise ValueError(
                 f"target_affine must be a 3x3 or 4x4 matrix; got an array of shape {affine.shape}."
+            )
+        if not np.isfinite(affine).all():
+            raise ValueError(f"target_affine must hold finite numbers; got {affine.tolist()}.")
+        if abs(np.linalg.det(affine[:3, :3])) < 1e-12:
+            raise ValueError(
+                "target_affine must map voxels to distinct positions (its 3x3 part invertible); "
+                f"got the singular matrix {affine.tolist()}."
             )
     shape = None
     if target_shape is not None:
@@ -382,7 +446,7 @@ def check_parameters(params: Mapping, *, t_r_from_data: bool = False) -> dict:
     if "clean_args" in params:
         out["clean_args"] = params["clean_args"] if params["clean_args"] is None else clean_args
     low_pass, high_pass, t_r = (params.get(k) for k in ("low_pass", "high_pass", "t_r"))
-    if t_r is not None and (not _is_number(t_r) or not t_r > 0):
+    if t_r is not None and not _is_positive_finite(t_r):
         raise ValueError(f"t_r must be a positive number of seconds; got {t_r!r}.")
     if t_r is None and t_r_from_data:
         check_band(low_pass, high_pass)

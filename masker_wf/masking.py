@@ -17,6 +17,7 @@ Deliberate differences from nilearn 0.11.1:
 
 from __future__ import annotations
 
+import inspect
 import numbers
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -24,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from scipy.ndimage import binary_dilation, binary_erosion, label
 
+from . import _spec
 from ._exceptions import MaskWarning
 from ._niimg import (
     _is_list_like,
@@ -351,6 +353,42 @@ def _map(function, items, n_jobs):
         return list(pool.map(function, items))
 
 
+def _intersect_run_masks(compute_mask, imgs_name, arguments):
+    """One ``compute_mask`` per run (in threads), then the intersection of the run masks.
+
+    ``arguments`` are those of the multi-run function (its ``locals()``): the ones
+    ``compute_mask`` also takes are passed on, so the two signatures cannot drift apart;
+    ``threshold`` and ``n_jobs`` are used here.
+    """
+    imgs = _check_nonempty_list(arguments[imgs_name], imgs_name)
+    passed_on = inspect.signature(compute_mask).parameters.keys() - {"memory", "verbose"}
+    options = {name: arguments[name] for name in passed_on & (arguments.keys() - {imgs_name})}
+    masks = _map(lambda img: compute_mask(img, **options), imgs, arguments["n_jobs"])
+    return intersect_masks(
+        masks, threshold=arguments["threshold"], connected=arguments["connected"]
+    )
+
+
+# The parameters every multi-run mask function adds to its one-run function's, documented once.
+_multi_run_doc = _spec.fill_doc_with(
+    {
+        "multi_run_parameters": """threshold : float, default=0.5
+    Fraction of the run masks a voxel must belong to (see :func:`intersect_masks`).
+target_affine, target_shape : optional
+    Resample the mean images first.
+n_jobs : int, default=1
+    Number of threads.
+memory, verbose
+    Accepted for nilearn compatibility; unused.
+
+Returns
+-------
+nibabel.Nifti1Image"""
+    }
+)
+
+
+@_multi_run_doc
 def compute_multi_epi_mask(
     epi_imgs,
     lower_cutoff=0.2,
@@ -373,39 +411,12 @@ def compute_multi_epi_mask(
         One 4D (or 3D) image per run.
     lower_cutoff, upper_cutoff, connected, opening, exclude_zeros
         Passed to :func:`compute_epi_mask`.
-    threshold : float, default=0.5
-        Fraction of the run masks a voxel must belong to (see
-        :func:`intersect_masks`).
-    target_affine, target_shape : optional
-        Resample the mean images first.
-    n_jobs : int, default=1
-        Number of threads.
-    memory, verbose
-        Accepted for nilearn compatibility; unused.
-
-    Returns
-    -------
-    nibabel.Nifti1Image
+    %(multi_run_parameters)s
     """
-    del memory, verbose
-    items = _check_nonempty_list(epi_imgs, "epi_imgs")
-    masks = _map(
-        lambda img: compute_epi_mask(
-            img,
-            lower_cutoff=lower_cutoff,
-            upper_cutoff=upper_cutoff,
-            connected=connected,
-            opening=opening,
-            exclude_zeros=exclude_zeros,
-            target_affine=target_affine,
-            target_shape=target_shape,
-        ),
-        items,
-        n_jobs,
-    )
-    return intersect_masks(masks, threshold=threshold, connected=connected)
+    return _intersect_run_masks(compute_epi_mask, "epi_imgs", locals())
 
 
+@_multi_run_doc
 def compute_multi_background_mask(
     data_imgs,
     border_size=2,
@@ -426,34 +437,9 @@ def compute_multi_background_mask(
         One image per run.
     border_size, connected, opening
         Passed to :func:`compute_background_mask`.
-    threshold : float, default=0.5
-        Fraction of the run masks a voxel must belong to.
-    target_affine, target_shape : optional
-        Resample the mean images first.
-    n_jobs : int, default=1
-        Number of threads.
-    memory, verbose
-        Accepted for nilearn compatibility; unused.
-
-    Returns
-    -------
-    nibabel.Nifti1Image
+    %(multi_run_parameters)s
     """
-    del memory, verbose
-    items = _check_nonempty_list(data_imgs, "data_imgs")
-    masks = _map(
-        lambda img: compute_background_mask(
-            img,
-            border_size=border_size,
-            connected=connected,
-            opening=opening,
-            target_affine=target_affine,
-            target_shape=target_shape,
-        ),
-        items,
-        n_jobs,
-    )
-    return intersect_masks(masks, threshold=threshold, connected=connected)
+    return _intersect_run_masks(compute_background_mask, "data_imgs", locals())
 
 
 def compute_multi_brain_mask(

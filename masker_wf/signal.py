@@ -33,6 +33,7 @@ Either way computation is float64 per column chunk and the result is written int
 array of the input's float dtype, so float32 stays float32 and no full float64 copy exists.
 """
 
+import inspect
 import numbers
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -364,8 +365,7 @@ def _butterworth_sos(sampling_rate, low_pass, high_pass, order):
     _validation.check_band(low_pass, high_pass)
     if not _is_number(sampling_rate) or not sampling_rate > 0:
         raise ValueError(f"sampling_rate must be a positive number (Hz); got {sampling_rate!r}.")
-    if not isinstance(order, numbers.Integral) or order < 1:
-        raise ValueError(f"butterworth order must be a positive integer; got {order!r}.")
+    _validation.check_butterworth_options(order=order)
     nyquist = sampling_rate * 0.5
     cutoffs = []
     if high_pass is not None:
@@ -401,12 +401,7 @@ def _edge_length(sos, padtype, padlen):
 
 
 def _check_padding(n_volumes, sos, padtype, padlen, where="signals"):
-    if padtype not in ("odd", "even", "constant", None):
-        raise ValueError(
-            f"butterworth padtype must be 'odd', 'even', 'constant' or None; got {padtype!r}."
-        )
-    if padlen is not None and (not isinstance(padlen, numbers.Integral) or padlen < 0):
-        raise ValueError(f"butterworth padlen must be a non-negative integer; got {padlen!r}.")
+    _validation.check_butterworth_options(padtype=padtype, padlen=padlen)
     edge = _edge_length(sos, padtype, padlen)
     if n_volumes <= edge:
         raise ValueError(
@@ -964,23 +959,7 @@ def _warn_few_degrees_of_freedom(budget: DegreesOfFreedom, where: str) -> None:
         )
 
 
-def degrees_of_freedom(
-    n_volumes,
-    *,
-    runs=None,
-    sample_mask=None,
-    confounds=None,
-    detrend=True,
-    standardize="zscore",
-    standardize_confounds=True,
-    filter="butterworth",
-    low_pass=None,
-    high_pass=None,
-    t_r=2.5,
-    extrapolate=True,
-    n_extra_confounds=0,
-    **kwargs,
-):
+def degrees_of_freedom(n_volumes, *, n_extra_confounds=0, **kwargs):
     """Degrees-of-freedom budget of :func:`clean` with these arguments, before cleaning.
 
     Counts, on the grid of the kept volumes, what each step of the cleaning removes:
@@ -995,7 +974,8 @@ def degrees_of_freedom(
         Number of time points of the signals.
     runs, sample_mask, confounds, detrend, standardize, standardize_confounds, filter, \
 low_pass, high_pass, t_r, extrapolate, **kwargs
-        As :func:`clean` takes them (``butterworth__*`` keyword arguments included).
+        As :func:`clean` takes them, with its defaults (``butterworth__*`` keyword arguments
+        included); keyword-only.
     n_extra_confounds : int, default=0
         Regressors computed from the data later (``high_variance_confounds``), counted as
         independent.
@@ -1011,21 +991,26 @@ low_pass, high_pass, t_r, extrapolate, **kwargs
     """
     # Private: the longest series decomposed exactly (tests compare the estimate with it).
     exact_max = kwargs.pop("_exact_max", None)
-    butterworth_kwargs = {"order": 5, "padtype": "odd", "padlen": None}
-    for key, value in kwargs.items():
-        option = key.removeprefix("butterworth__")
-        if not key.startswith("butterworth__") or option not in BUTTERWORTH_KWARGS:
-            raise TypeError(f"degrees_of_freedom() got an unexpected keyword argument {key!r}.")
-        if option != "copy":
-            butterworth_kwargs[option] = value
+    options = {name: kwargs.pop(name, default) for name, default in _CLEAN_OPTIONS.items()}
+    butterworth_kwargs = _butterworth_options(
+        kwargs,
+        lambda key: TypeError(f"degrees_of_freedom() got an unexpected keyword argument {key!r}."),
+    )
+    t_r = options["t_r"]
     with warnings.catch_warnings():
         # clean() gives the warnings about these arguments; the budget only counts.
         warnings.simplefilter("ignore")
-        filter_type = _validation.check_filter(filter, low_pass, high_pass, t_r)
-        strategy = _check_standardize(standardize)
-        run_labels, run_rows, masks, confounds = check_clean_inputs(
-            int(n_volumes), runs=runs, sample_mask=sample_mask, confounds=confounds
+        filter_type = _validation.check_filter(
+            options["filter"], options["low_pass"], options["high_pass"], t_r
         )
+        strategy = _check_standardize(options["standardize"])
+        run_labels, run_rows, masks, confounds = check_clean_inputs(
+            int(n_volumes),
+            runs=options["runs"],
+            sample_mask=options["sample_mask"],
+            confounds=options["confounds"],
+        )
+        plan_options = {k: options[k] for k in ("low_pass", "high_pass", "detrend", "extrapolate")}
         budgets = []
         for label, rows, kept in zip(run_labels, run_rows, masks, strict=True):
             plan, _ = _make_plan(
@@ -1033,19 +1018,31 @@ low_pass, high_pass, t_r, extrapolate, **kwargs
                 kept,
                 None if confounds is None else confounds[rows],
                 filter_type=filter_type,
-                low_pass=low_pass,
-                high_pass=high_pass,
                 t_r=t_r,
-                detrend=detrend,
-                standardize_confounds=bool(standardize_confounds),
-                extrapolate=extrapolate,
+                standardize_confounds=bool(options["standardize_confounds"]),
                 butterworth_kwargs=butterworth_kwargs,
                 run_label=label,
+                **plan_options,
             )
             budgets.append(
                 _plan_budget(plan, rows.size, strategy, t_r, n_extra_confounds, exact_max)
             )
-    return budgets if runs is not None else budgets[0]
+    return budgets if options["runs"] is not None else budgets[0]
+
+
+def _butterworth_options(kwargs, unexpected):
+    """``butterworth__*`` keyword arguments of :func:`clean` as :func:`_make_plan` takes them.
+
+    ``unexpected(key)`` is the exception raised for any other key (its caller's wording).
+    """
+    options = {"order": 5, "padtype": "odd", "padlen": None}
+    for key, value in kwargs.items():
+        option = key.removeprefix("butterworth__")
+        if not key.startswith("butterworth__") or option not in BUTTERWORTH_KWARGS:
+            raise unexpected(key)
+        if option != "copy":
+            options[option] = value
+    return options
 
 
 # --------------------------------------------------------------------------- clean
@@ -1184,17 +1181,14 @@ def clean(
     # Private: an (n_features,) float64 array that receives the standard deviation of the
     # cleaned signals before standardization (the noise of the report's tSNR), for free.
     noise_std_out = kwargs.pop("_noise_std_out", None)
-    butterworth_kwargs = {"order": 5, "padtype": "odd", "padlen": None}
-    for key, value in kwargs.items():
-        option = key.removeprefix("butterworth__")
-        if not key.startswith("butterworth__") or option not in BUTTERWORTH_KWARGS:
-            raise TypeError(
-                f"clean() got an unexpected keyword argument {key!r}; the accepted extra "
-                "options are butterworth__order, butterworth__padtype, butterworth__padlen "
-                "and butterworth__copy."
-            )
-        if option != "copy":
-            butterworth_kwargs[option] = value
+    butterworth_kwargs = _butterworth_options(
+        kwargs,
+        lambda key: TypeError(
+            f"clean() got an unexpected keyword argument {key!r}; the accepted extra "
+            "options are butterworth__order, butterworth__padtype, butterworth__padlen "
+            "and butterworth__copy."
+        ),
+    )
     if isinstance(confounds, Path):
         confounds = str(confounds)
     if confounds is not None and not detrend and not standardize_confounds:
@@ -1275,6 +1269,27 @@ def clean(
     if noise_std_out is not None:
         noise_std_out[:] = np.sqrt(sum_of_squares / max(out.shape[0], 1))
     return out
+
+
+# degrees_of_freedom() takes clean()'s arguments (but the signals and ensure_finite), with
+# its defaults: one list, so that the budget counts what clean() will be asked to do.
+_CLEAN_OPTIONS = {
+    name: parameter.default
+    for name, parameter in inspect.signature(clean).parameters.items()
+    if parameter.kind is parameter.POSITIONAL_OR_KEYWORD
+    and name not in ("signals", "ensure_finite")
+}
+degrees_of_freedom.__signature__ = inspect.Signature(
+    [
+        inspect.Parameter("n_volumes", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+        *(
+            inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default)
+            for name, default in _CLEAN_OPTIONS.items()
+        ),
+        inspect.Parameter("n_extra_confounds", inspect.Parameter.KEYWORD_ONLY, default=0),
+        inspect.Parameter("kwargs", inspect.Parameter.VAR_KEYWORD),
+    ]
+)
 
 
 def _run_chunks(function, chunks):

@@ -37,6 +37,8 @@ class Case:
     expected: type = ValueError
     #: The App takes neither a sample_mask nor in-memory values: those cases do not apply.
     app: bool = True
+    #: A bad parameter value: the App refuses it as a usage error (exit 64).
+    usage: bool = False
 
 
 CASES = {
@@ -63,6 +65,24 @@ CASES = {
     ),
     "filter without t_r": Case(
         bold="bold_no_tr.nii.gz", params={"low_pass": 0.1}, expected=ValueError
+    ),
+    # NaN compares False with every bound and passed the door checks; inf made a sidecar
+    # that JSON cannot hold, or an OverflowError deep in the smoothing.
+    "NaN smoothing_fwhm": Case(params={"smoothing_fwhm": float("nan")}, usage=True),
+    "infinite smoothing_fwhm": Case(params={"smoothing_fwhm": float("inf")}, usage=True),
+    "infinite low_pass": Case(params={"low_pass": float("inf"), "t_r": 2.0}, usage=True),
+    "infinite t_r": Case(params={"low_pass": 0.1, "t_r": float("inf")}, usage=True),
+    "singular target_affine": Case(
+        params={"target_affine": [[2.0, 0.0, 0.0], [0.0, 2.0, 0.0], [0.0, 0.0, 0.0]]},
+        usage=True,
+    ),
+    "NaN in target_affine": Case(
+        params={"target_affine": [[2.0, 0.0, 0.0], [0.0, float("nan"), 0.0], [0, 0, 2.0]]},
+        usage=True,
+    ),
+    "Butterworth order 0": Case(
+        params={"low_pass": 0.1, "t_r": 2.0, "clean_args": {"butterworth__order": 0}},
+        usage=True,
     ),
 }
 
@@ -212,6 +232,8 @@ def _app_argv(case, dataset, tmp_path) -> list[str]:
             argv += ["--mask-args", json.dumps(value), "--no-use-input-mask"]
         elif value is True:
             argv.append(f"--{key.replace('_', '-')}")
+        elif isinstance(value, (dict, list)):
+            argv += [f"--{key.replace('_', '-')}", json.dumps(value)]
         else:
             argv += [f"--{key.replace('_', '-')}", str(value)]
     return argv
@@ -229,7 +251,7 @@ def test_the_app_reports_the_estimators_error(name, files, tmp_path, capsys):
     usage = isinstance(reference, TypeError) and not isinstance(reference, DimensionError)
     # Parameter errors are usage errors (64), found before any output; data errors fail
     # the run (65).
-    assert code == (64 if usage or "high_pass" in name else 65), stderr
+    assert code == (64 if usage or case.usage or "high_pass" in name else 65), stderr
     # The App's dataset names the same files the BIDS way.
     stem = f"sub-01_task-rest_space-{SPACE}"
     expected = (

@@ -194,6 +194,22 @@ def test_a_file_rewritten_in_place_is_hashed_again(tmp_path):
     assert _io.file_digest(tmp_path / "other.tsv") == _io.file_digest(path)
 
 
+@pytest.mark.parametrize("trailer_byte", [-8, -1], ids=["crc32", "length"])
+def test_a_gzip_whose_trailer_does_not_match_fails_the_stream_naming_it(
+    tmp_path, ds003_path, trailer_byte
+):
+    # The data inflate cleanly; only the member's CRC-32 (or length) in the trailer is
+    # wrong, as after a bit flip on disk: the stream must not pass such data on.
+    damaged = bytearray(ds003_path.read_bytes())
+    damaged[trailer_byte] ^= 0xFF
+    path = tmp_path / "bold.nii.gz"
+    path.write_bytes(bytes(damaged))
+    img = check_niimg(path)
+    with pytest.raises(ValueError, match=r"bold\.nii\.gz.*truncated or corrupt"):
+        for _ in iter_volume_chunks(img, 2):
+            pass
+
+
 def test_a_multi_member_gzip_streams_as_pythons_gzip_reads_it(tmp_path, synthetic_bold):
     # As bgzip or pigz --independent write them: several members, zero padding between.
     plain = tmp_path / "bold.nii"

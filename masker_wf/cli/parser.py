@@ -14,6 +14,7 @@ the same way wherever it comes from (``space = "MNI"`` is the one-item list ``["
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 from pathlib import Path
 
@@ -118,67 +119,55 @@ def _derivative(text: str) -> tuple[str, Path]:
     return name, Path(path)
 
 
-def _n_compcor(text: str):
-    if text == "all":
-        return text
-    try:
-        value = int(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"expected an integer or 'all', got {text!r}") from exc
-    if value < 0:
-        raise argparse.ArgumentTypeError("must be >= 0")
-    return value
+def _word_or_count(word: str, not_a_count: str, negative: str):
+    """An argparse type: ``word`` itself, or an integer >= 0.
+
+    ``not_a_count`` and ``negative`` are the messages (``str.format`` templates given
+    ``text`` and ``value``).
+    """
+
+    def convert(text: str):
+        if text == word:
+            return text
+        try:
+            value = int(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(not_a_count.format(text=text)) from exc
+        if value < 0:
+            raise argparse.ArgumentTypeError(negative.format(value=value))
+        return value
+
+    return convert
 
 
-def _number(kind):
+_n_compcor = _word_or_count("all", "expected an integer or 'all', got {text!r}", "must be >= 0")
+_dummy_scans = _word_or_count(
+    "auto", "expected 'auto' or an integer, got {text!r}", "must be >= 0, got {value}"
+)
+
+
+def _number(kind, bound=None):
+    """An argparse type: ``kind(text)``; ``bound`` ``"> 0"`` or ``">= 0"`` refuses the rest."""
+
     def convert(text):
         try:
-            return kind(text)
+            value = kind(text)
         except ValueError as exc:
             raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from exc
+        if bound is not None and not (value > 0 if bound == "> 0" else value >= 0):
+            raise argparse.ArgumentTypeError(f"must be {bound}, got {text}")
+        return value
 
     convert.__name__ = kind.__name__  # argparse names the type in its messages
     return convert
 
 
 def _positive(kind):
-    def convert(text):
-        try:
-            value = kind(text)
-        except ValueError as exc:
-            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from exc
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-        return value
-
-    convert.__name__ = kind.__name__  # argparse names the type in its messages
-    return convert
-
-
-def _dummy_scans(text: str):
-    if text == "auto":
-        return text
-    try:
-        value = int(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"expected 'auto' or an integer, got {text!r}") from exc
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
+    return _number(kind, "> 0")
 
 
 def _non_negative(kind):
-    def convert(text):
-        try:
-            value = kind(text)
-        except ValueError as exc:
-            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from exc
-        if value < 0:
-            raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-        return value
-
-    convert.__name__ = kind.__name__
-    return convert
+    return _number(kind, ">= 0")
 
 
 def _add(parser: AppParser, group, *flags, default=None, **kwargs):
@@ -200,6 +189,11 @@ def _add(parser: AppParser, group, *flags, default=None, **kwargs):
     return action
 
 
+def _adder(parser: AppParser, group):
+    """:func:`_add` for the options of one group: ``add(*flags, **kwargs)``."""
+    return functools.partial(_add, parser, group)
+
+
 # How the spec's numpydoc type text becomes an argparse conversion.
 _SPEC_TYPES = {
     # Conversion only: the validator checks the values, with the message every face gives.
@@ -212,7 +206,7 @@ _SPEC_TYPES = {
 }
 
 
-def _spec_option(parser: AppParser, group, parameter: _spec.Parameter) -> None:
+def _spec_option(add, parameter: _spec.Parameter) -> None:
     """The flag of one spec parameter: its name, doc, default, choices and metavar."""
     kwargs: dict = {"help": parameter.doc.replace("%", "%%"), "dest": parameter.name}
     if parameter.type == "bool":
@@ -226,7 +220,7 @@ def _spec_option(parser: AppParser, group, parameter: _spec.Parameter) -> None:
         kwargs.update(_SPEC_TYPES[parameter.type])
     if parameter.cli_metavar is not None:
         kwargs["metavar"] = parameter.cli_metavar
-    _add(parser, group, parameter.flag, default=parameter.default, **kwargs)
+    add(parameter.flag, default=parameter.default, **kwargs)
 
 
 def spec_value(name: str, value):
@@ -260,60 +254,43 @@ def build_parser(*, with_defaults: bool = True, raise_errors: bool = False) -> A
         "analysis_level", help="'participant' (process runs) or 'group' (summary over runs)"
     )
     parser.add_argument("--version", action="version", version=f"masker-wf {__version__}")
-    _add(parser, parser, "-v", "--verbose", action="count", default=0, help="more log output")
-    _add(
-        parser,
-        parser,
+    add = _adder(parser, parser)
+    add("-v", "--verbose", action="count", default=0, help="more log output")
+    add(
         "--config-file",
         type=Path,
         help="TOML or JSON file of option values (keys are option names); the command line "
         "wins over it",
     )
-    _add_selection(parser)
-    _add_denoising(parser)
-    masker = parser.add_argument_group("NiftiMasker parameters")
-    for parameter in _spec.for_face("cli"):
-        _spec_option(parser, masker, parameter)
-    _add_app_masker_options(parser, masker)
-    _add_data_guards(parser)
-    _add_outputs(parser)
-    _add_performance(parser)
+    for title, description, add_options in _OPTION_GROUPS:
+        add_options(_adder(parser, parser.add_argument_group(title, description)))
     add_slurm_arguments(parser)
     return parser
 
 
-def _add_selection(parser: AppParser) -> None:
-    sel = parser.add_argument_group("Selecting data")
-    _add(
-        parser,
-        sel,
+def _selection_options(add) -> None:
+    add(
         "--participant-label",
         nargs="+",
         metavar="LABEL",
         help="participants to process, with or without 'sub-' (default: all)",
     )
-    _add(parser, sel, "--session-id", nargs="+", metavar="LABEL", help="sessions to process")
-    _add(parser, sel, "--task-id", nargs="+", metavar="LABEL", help="tasks to process")
-    _add(parser, sel, "--run-id", nargs="+", metavar="LABEL", help="runs to process")
-    _add(
-        parser,
-        sel,
+    add("--session-id", nargs="+", metavar="LABEL", help="sessions to process")
+    add("--task-id", nargs="+", metavar="LABEL", help="tasks to process")
+    add("--run-id", nargs="+", metavar="LABEL", help="runs to process")
+    add(
         "--space",
         nargs="+",
         metavar="SPACE",
         help="output spaces of fMRIPrep to process (default: every space found)",
     )
-    _add(
-        parser,
-        sel,
+    add(
         "--bids-filter-file",
         type=Path,
         metavar="FILE",
         help="JSON {'bold': {entity: value}} (null: absent, '*': any) restricting the query",
     )
-    _add(
-        parser,
-        sel,
+    add(
         "--derivatives",
         nargs="+",
         type=_derivative,
@@ -321,9 +298,7 @@ def _add_selection(parser: AppParser) -> None:
         help="preprocessed derivatives for a raw bids_dir, e.g. fmriprep=/data/derivatives/"
         "fmriprep",
     )
-    _add(
-        parser,
-        sel,
+    add(
         "--bids-database-dir",
         type=Path,
         metavar="DIR",
@@ -331,11 +306,8 @@ def _add_selection(parser: AppParser) -> None:
     )
 
 
-def _add_denoising(parser: AppParser) -> None:
-    den = parser.add_argument_group("Denoising (nilearn load_confounds vocabulary)")
-    _add(
-        parser,
-        den,
+def _denoising_options(add) -> None:
+    add(
         "--denoise-strategy",
         default="auto",
         nargs="+",
@@ -348,9 +320,7 @@ def _add_denoising(parser: AppParser) -> None:
         "--output-desc followed by the strategy (desc-denoisedSimple, desc-denoisedCompcor) "
         "(default: auto)",
     )
-    _add(
-        parser,
-        den,
+    add(
         "--custom-strategy",
         type=Path,
         nargs="+",
@@ -361,22 +331,18 @@ def _add_denoising(parser: AppParser) -> None:
         "label --output-desc followed by the file's name (letters and digits)",
     )
     levels = ["basic", "power2", "derivatives", "full"]
-    _add(parser, den, "--motion", choices=levels, help="motion regressors (preset if unset)")
-    _add(parser, den, "--wm-csf", choices=levels, help="white matter / CSF regressors")
-    _add(parser, den, "--global-signal", choices=levels, help="add global signal regressors")
-    _add(parser, den, "--scrub", type=int, metavar="N", help="minimum kept segment length")
-    _add(
-        parser,
-        den,
+    add("--motion", choices=levels, help="motion regressors (preset if unset)")
+    add("--wm-csf", choices=levels, help="white matter / CSF regressors")
+    add("--global-signal", choices=levels, help="add global signal regressors")
+    add("--scrub", type=int, metavar="N", help="minimum kept segment length")
+    add(
         "--fd-threshold",
         type=float,
         metavar="MM",
         help="framewise displacement limit",
     )
-    _add(parser, den, "--std-dvars-threshold", type=float, help="standardized DVARS limit")
-    _add(
-        parser,
-        den,
+    add("--std-dvars-threshold", type=float, help="standardized DVARS limit")
+    add(
         "--compcor",
         choices=[
             "anat_combined",
@@ -387,18 +353,14 @@ def _add_denoising(parser: AppParser) -> None:
         ],
         help="CompCor components",
     )
-    _add(
-        parser,
-        den,
+    add(
         "--n-compcor",
         type=_n_compcor,
         metavar="N|all",
         help="CompCor components kept",
     )
-    _add(parser, den, "--ica-aroma", choices=["full", "basic"], help="ICA-AROMA mode")
-    _add(
-        parser,
-        den,
+    add("--ica-aroma", choices=["full", "basic"], help="ICA-AROMA mode")
+    add(
         "--dummy-scans",
         type=_dummy_scans,
         default="auto",
@@ -407,34 +369,22 @@ def _add_denoising(parser: AppParser) -> None:
         "(non_steady_state_outlierXX columns of the confounds, none without a confounds "
         "file), N the first N volumes whatever the columns say",
     )
-    _add(
-        parser,
-        den,
+    add(
         "--demean",
         action=argparse.BooleanOptionalAction,
         help="demean the confounds over the kept volumes (default: yes)",
     )
 
 
-def _add_data_guards(parser: AppParser) -> None:
-    guards = parser.add_argument_group(
-        "Data left after cleaning",
-        "The degrees of freedom of a run are its kept volumes minus the confound regressors, "
-        "the mean/trend terms and the dimensions the temporal filter removes, counted before "
-        "cleaning; they are recorded in the sidecar, the provenance and group/summary.tsv.",
-    )
-    _add(
-        parser,
-        guards,
+def _data_guards_options(add) -> None:
+    add(
         "--warn-dof",
         type=int,
         default=20,
         metavar="N",
         help="warn about (and flag in the reports) runs left with fewer degrees of freedom",
     )
-    _add(
-        parser,
-        guards,
+    add(
         "--min-dof",
         type=int,
         default=1,
@@ -442,9 +392,7 @@ def _add_data_guards(parser: AppParser) -> None:
         help="refuse runs left with fewer degrees of freedom (exit code 65 for the run; the "
         "other runs go on)",
     )
-    _add(
-        parser,
-        guards,
+    add(
         "--min-time",
         type=_non_negative(float),
         default=0.0,
@@ -454,19 +402,17 @@ def _add_data_guards(parser: AppParser) -> None:
     )
 
 
-def _add_app_masker_options(parser: AppParser, msk) -> None:
-    """The App's own options about masking and grids (not NiftiMasker parameters)."""
-    _add(
-        parser,
-        msk,
+def _masker_options(add) -> None:
+    """The NiftiMasker parameters, then the App's own options about masking and grids."""
+    for parameter in _spec.for_face("cli"):
+        _spec_option(add, parameter)
+    add(
         "--target-resolution",
         type=_positive(float),
         metavar="MM",
         help="resample to isotropic voxels of this size (outputs named res-<size>mm)",
     )
-    _add(
-        parser,
-        msk,
+    add(
         "--use-input-mask",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -474,19 +420,14 @@ def _add_app_masker_options(parser: AppParser, msk) -> None:
     )
 
 
-def _add_outputs(parser: AppParser) -> None:
-    out = parser.add_argument_group("Outputs")
-    _add(
-        parser,
-        out,
+def _outputs_options(add) -> None:
+    add(
         "--output-desc",
         default="denoised",
         metavar="LABEL",
         help="desc- label of the outputs (letters and digits only)",
     )
-    _add(
-        parser,
-        out,
+    add(
         "--save-signals",
         action="store_true",
         default=False,
@@ -494,11 +435,8 @@ def _add_outputs(parser: AppParser) -> None:
     )
 
 
-def _add_performance(parser: AppParser) -> None:
-    perf = parser.add_argument_group("Performance")
-    _add(
-        parser,
-        perf,
+def _performance_options(add) -> None:
+    add(
         "-w",
         "--work-dir",
         type=Path,
@@ -506,27 +444,21 @@ def _add_performance(parser: AppParser) -> None:
         help="working directory, one sub-<label>/ folder per participant (its Pydra cache: "
         "re-running resumes from it)",
     )
-    _add(
-        parser,
-        perf,
+    add(
         "--clean-workdir",
         action="store_true",
         default=False,
         help="remove a participant's folder of the working directory once all its runs "
         "succeeded and their outputs are committed (a rerun then recomputes them)",
     )
-    _add(
-        parser,
-        perf,
+    add(
         "--dry-run",
         action="store_true",
         default=False,
         help="print the plan (runs, and with --slurm the array tasks, arrays and estimated "
         "memory) and stop: nothing is processed, written or submitted",
     )
-    _add(
-        parser,
-        perf,
+    add(
         "--nprocs",
         "--n-cpus",
         type=_positive(int),
@@ -534,24 +466,36 @@ def _add_performance(parser: AppParser) -> None:
         help="runs processed at once, each in a process of its own (default 1: one after "
         "the other, in this process; in a SLURM task, never more than its CPUs)",
     )
-    _add(
-        parser,
-        perf,
+    add(
         "--omp-nthreads",
         type=_positive(int),
         metavar="N",
         help="threads inside each run (exported as OMP_NUM_THREADS; default: the CPUs "
         "divided among the runs at once, capped by an OMP_NUM_THREADS already set)",
     )
-    _add(
-        parser,
-        perf,
+    add(
         "--mem-mb",
         type=_positive(int),
         metavar="MB",
         help="memory the runs in flight may use together, from each run's estimate "
         "(logged); default: what is available (in a SLURM task: its allocation, never more)",
     )
+
+
+_DOF_TEXT = (
+    "The degrees of freedom of a run are its kept volumes minus the confound regressors, "
+    "the mean/trend terms and the dimensions the temporal filter removes, counted before "
+    "cleaning; they are recorded in the sidecar, the provenance and group/summary.tsv."
+)
+#: The App's option groups but SLURM's, in --help order: title, description, options.
+_OPTION_GROUPS = (
+    ("Selecting data", None, _selection_options),
+    ("Denoising (nilearn load_confounds vocabulary)", None, _denoising_options),
+    ("NiftiMasker parameters", None, _masker_options),
+    ("Data left after cleaning", _DOF_TEXT, _data_guards_options),
+    ("Outputs", None, _outputs_options),
+    ("Performance", None, _performance_options),
+)
 
 
 def _positive_int(text):
@@ -579,9 +523,8 @@ def add_slurm_arguments(parser: AppParser):
         "Paths (dataset, output, work directory, Python environment) must be the same on the "
         "compute nodes.",
     )
-    _add(
-        parser,
-        group,
+    add = _adder(parser, group)
+    add(
         "--slurm",
         action=argparse.BooleanOptionalAction,
         default=False,
@@ -589,9 +532,7 @@ def add_slurm_arguments(parser: AppParser):
         "arrays no larger than the cluster's MaxArraySize) and return (or --wait); "
         "--no-slurm overrides 'slurm' in a --config-file (the array tasks use it)",
     )
-    _add(
-        parser,
-        group,
+    add(
         "--sbatch-args",
         default="",
         metavar="ARGS",
@@ -599,18 +540,14 @@ def add_slurm_arguments(parser: AppParser):
         "--sbatch-args='--cpus-per-task=4 --mem=8G --time=2:00:00' "
         "(use the '=' form when the string starts with '-')",
     )
-    _add(
-        parser,
-        group,
+    add(
         "--array-throttle",
         type=_positive_int,
         metavar="N",
         help="run at most N array tasks at the same time (sbatch --array=...%%N; several "
         "arrays of a submission then run one after the other)",
     )
-    _add(
-        parser,
-        group,
+    add(
         "--participants-per-task",
         type=_positive_int,
         metavar="N",
@@ -618,18 +555,14 @@ def add_slurm_arguments(parser: AppParser):
         "enough for the task's start-up, a few seconds, to be under a tenth of its work, "
         "from the sizes of the runs)",
     )
-    _add(
-        parser,
-        group,
+    add(
         "--wait",
         action="store_true",
         default=False,
         help="follow the arrays until every task ended (squeue/scontrol, no accounting "
         "needed); exit non-zero naming the participants that failed",
     )
-    _add(
-        parser,
-        group,
+    add(
         "--slurm-worker",
         choices=("array", "pydra"),
         default="array",
@@ -638,16 +571,12 @@ def add_slurm_arguments(parser: AppParser):
         "worker submit every workflow node as its own job (exit status read with scontrol, "
         "else sacct)",
     )
-    _add(
-        parser,
-        group,
+    add(
         "--slurm-partition",
         metavar="NAME",
         help="SLURM partition for the jobs (default: the cluster's default partition)",
     )
-    _add(
-        parser,
-        group,
+    add(
         "--array-task",
         action="store_true",
         default=False,

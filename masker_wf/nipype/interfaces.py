@@ -176,6 +176,44 @@ def _out_file(runtime, source, suffix):
     return str(Path(runtime.cwd) / f"{base}{suffix}")
 
 
+class _ImageStep(SimpleInterface):
+    """An interface whose step turns ``in_file`` into one image, ``out_file``.
+
+    The output is named after the input: ``<in_file stem><out_label><out_suffix>``. A
+    subclass names its step, the label and what the output is on its class line, gives its
+    ``input_spec`` and says which inputs the step takes; its ``output_spec`` (one image,
+    ``out_file``) is made here.
+    """
+
+    def __init_subclass__(cls, *, step, out_label, out_desc, **kwargs):
+        super().__init_subclass__(**kwargs)
+        cls._step = staticmethod(step)
+        cls._out_label = out_label
+
+        class OutputSpec(TraitedSpec):
+            out_file = File(exists=True, desc=out_desc)
+
+        # nipype pickles a node's outputs into its result file: pickle finds the class
+        # under this name (``Smooth.OutputSpec``).
+        OutputSpec.__qualname__ = f"{cls.__qualname__}.OutputSpec"
+        cls.OutputSpec = cls.output_spec = OutputSpec
+
+    def _step_kwargs(self, inputs) -> dict:
+        """The step's keyword arguments from the interface's inputs."""
+        raise NotImplementedError
+
+    def _run_interface(self, runtime):
+        inputs = self.inputs
+        self._results["out_file"] = _call_step(
+            self._step,
+            runtime,
+            inputs.in_file,
+            _out_file(runtime, inputs.in_file, self._out_label + inputs.out_suffix),
+            **self._step_kwargs(inputs),
+        )
+        return runtime
+
+
 # --------------------------------------------------------------------------------------- mask
 class _ComputeMaskInputSpec(BaseInterfaceInputSpec):
     bold_file = InputMultiObject(
@@ -265,30 +303,21 @@ class _ResampleInputSpec(BaseInterfaceInputSpec):
     out_suffix = _suffix_trait()
 
 
-class _ResampleOutputSpec(TraitedSpec):
-    out_file = File(exists=True, desc="the resampled image")
-
-
-class Resample(SimpleInterface):
+class Resample(
+    _ImageStep, step=_steps.resample, out_label="_resampled", out_desc="the resampled image"
+):
     """Resample an image to a target grid (wraps :func:`masker_wf._steps.resample`)."""
 
     input_spec = _ResampleInputSpec
-    output_spec = _ResampleOutputSpec
 
-    def _run_interface(self, runtime):
-        inputs = self.inputs
-        self._results["out_file"] = _call_step(
-            _steps.resample,
-            runtime,
-            inputs.in_file,
-            _out_file(runtime, inputs.in_file, "_resampled" + inputs.out_suffix),
-            target_affine=_affine(inputs.target_affine),
-            target_shape=_shape(inputs.target_shape),
-            reference_file=_opt(inputs.reference_file),
-            interpolation=inputs.interpolation,
-            dtype=_opt(inputs.dtype),
-        )
-        return runtime
+    def _step_kwargs(self, inputs):
+        return {
+            "target_affine": _affine(inputs.target_affine),
+            "target_shape": _shape(inputs.target_shape),
+            "reference_file": _opt(inputs.reference_file),
+            "interpolation": inputs.interpolation,
+            "dtype": _opt(inputs.dtype),
+        }
 
 
 # ------------------------------------------------------------------------------------- smooth
@@ -301,26 +330,13 @@ class _SmoothInputSpec(BaseInterfaceInputSpec):
     out_suffix = _suffix_trait()
 
 
-class _SmoothOutputSpec(TraitedSpec):
-    out_file = File(exists=True, desc="the smoothed image")
-
-
-class Smooth(SimpleInterface):
+class Smooth(_ImageStep, step=_steps.smooth, out_label="_smoothed", out_desc="the smoothed image"):
     """Gaussian spatial smoothing (wraps :func:`masker_wf._steps.smooth`)."""
 
     input_spec = _SmoothInputSpec
-    output_spec = _SmoothOutputSpec
 
-    def _run_interface(self, runtime):
-        inputs = self.inputs
-        self._results["out_file"] = _call_step(
-            _steps.smooth,
-            runtime,
-            inputs.in_file,
-            _out_file(runtime, inputs.in_file, "_smoothed" + inputs.out_suffix),
-            fwhm=inputs.fwhm,
-        )
-        return runtime
+    def _step_kwargs(self, inputs):
+        return {"fwhm": inputs.fwhm}
 
 
 # -------------------------------------------------------------------------------------- clean

@@ -136,32 +136,24 @@ def _renamed_smooth_as_node(function):
 
 @_renamed_smooth_as_node
 @_spec.fill_doc
+@_spec.with_face_signature("nipype", after="omp_nthreads")
 def init_masker_wf(
     *,
     name="masker_wf",
     mem_gb=1.0,
     omp_nthreads=1,
-    mask_strategy="background",
-    mask_args=None,
-    smoothing_fwhm=None,
-    standardize=False,
-    standardize_confounds=True,
-    detrend=False,
-    high_variance_confounds=False,
-    low_pass=None,
-    high_pass=None,
-    t_r=None,
-    target_affine=None,
-    target_shape=None,
-    dtype=None,
-    clean_args=None,
     smooth_as_task=False,
     out_suffix=".nii",
+    **params,
 ):
     """Build the masker-wf nipype sub-workflow: mask, clean, unmask.
 
-    Every parameter is explicit; nothing is read from a global configuration, so the factory
-    can be called from any pipeline and from tests.
+    Every parameter is a keyword; nothing is read from a global configuration, so the
+    factory can be called from any pipeline and from tests. The masker parameters are those
+    of :mod:`masker_wf._spec` (the signature lists them; an unknown keyword is a
+    ``TypeError``). ``t_r`` becomes the default value of ``inputnode.t_r``: a value set or
+    connected on the inputnode overrides it. With ``target_affine``, the BOLD is resampled
+    with continuous interpolation, the mask nearest neighbour.
 
     Parameters
     ----------
@@ -175,23 +167,7 @@ def init_masker_wf(
     omp_nthreads : int, default=1
         Processors the mask, smooth and clean nodes reserve from MultiProc. The core smooths
         with up to 2 threads, so 2 reserves what smoothing really uses.
-    %(mask_strategy)s
-    %(mask_args)s
-    %(smoothing_fwhm)s
-    %(standardize)s
-    %(standardize_confounds)s
-    %(detrend)s
-    %(high_variance_confounds)s
-    %(low_pass)s
-    %(high_pass)s
-    %(t_r)s
-        It becomes the default value of ``inputnode.t_r``: a value set or connected on the
-        inputnode overrides it.
-    %(target_affine)s
-        The BOLD is resampled with continuous interpolation, the mask nearest neighbour.
-    %(target_shape)s
-    %(dtype)s
-    %(clean_args)s
+    %(parameters:nipype)s
     smooth_as_task : bool, default=False
         Smooth in a separate ``smooth`` node (:class:`~masker_wf.nipype.interfaces.Smooth`)
         that writes the smoothed 4D BOLD, which can then be inspected or reused. By default
@@ -240,6 +216,8 @@ def init_masker_wf(
     ------
     ValueError
         When a parameter is invalid (checked here, at build time, not when the graph runs).
+    TypeError
+        An unknown keyword, or a parameter of the wrong type.
 
     Workflow Graph
         .. workflow::
@@ -259,9 +237,11 @@ def init_masker_wf(
     """
     # The door check every face makes, before any node exists.
     # t_r may arrive on inputnode.t_r when the graph runs: the checks that need it wait.
-    checked = _validation.check_parameters(_spec.pick(locals(), "nipype"), t_r_from_data=True)
+    params = _spec.bind("nipype", params, "init_masker_wf")
+    checked = _validation.check_parameters(params, t_r_from_data=True)
     mask_strategy = checked["mask_strategy"]
-    if smooth_as_task and high_variance_confounds:
+    target_affine, target_shape = params["target_affine"], params["target_shape"]
+    if smooth_as_task and params["high_variance_confounds"]:
         raise ValueError(
             "smooth_as_task=True cannot be combined with high_variance_confounds=True: the "
             "high-variance confounds are computed on the unsmoothed BOLD, which the clean "
@@ -282,15 +262,20 @@ def init_masker_wf(
         raise ValueError(f"omp_nthreads must be >= 1; got {omp_nthreads!r}.")
     affine_list = _as_list_affine(target_affine)
     shape_list = _as_list_shape(target_shape, target_affine)
+    smoothing_fwhm = params["smoothing_fwhm"]
     if isinstance(smoothing_fwhm, (list, tuple, np.ndarray)):
         smoothing_fwhm = [float(v) for v in smoothing_fwhm]
     elif smoothing_fwhm is not None:
         smoothing_fwhm = float(smoothing_fwhm)
+    dtype = params["dtype"]
     dtype = None if dtype is None else str(np.dtype(dtype)) if dtype != "auto" else "auto"
 
     params = {
-        **_spec.pick(locals(), "nipype"),
-        "mask_args": dict(mask_args) if mask_args else None,
+        **params,
+        "mask_strategy": mask_strategy,
+        "smoothing_fwhm": smoothing_fwhm,
+        "dtype": dtype,
+        "mask_args": dict(params["mask_args"]) if params["mask_args"] else None,
         "target_affine": affine_list,
         "target_shape": shape_list,
     }
@@ -300,8 +285,8 @@ def init_masker_wf(
 
     inputnode = pe.Node(niu.IdentityInterface(fields=INPUT_FIELDS), name="inputnode")
     # A default, not a constant: anything set or connected on inputnode.t_r overrides it.
-    if t_r is not None:
-        inputnode.inputs.t_r = float(t_r)
+    if params["t_r"] is not None:
+        inputnode.inputs.t_r = float(params["t_r"])
     outputnode = pe.Node(niu.IdentityInterface(fields=OUTPUT_FIELDS), name="outputnode")
 
     mask = pe.Node(
@@ -317,22 +302,19 @@ def init_masker_wf(
     if shape_list is not None:
         mask.inputs.target_shape = shape_list
 
+    always_set = ("high_variance_confounds", "detrend", "standardize", "standardize_confounds")
     clean = pe.Node(
-        CleanSignals(
-            high_variance_confounds=high_variance_confounds,
-            detrend=detrend,
-            standardize=standardize,
-            standardize_confounds=standardize_confounds,
-        ),
+        CleanSignals(**{field: params[field] for field in always_set}),
         name="clean",
         mem_gb=3 * mem_gb,
         n_procs=omp_nthreads,
     )
+    # Traits without a default stay undefined rather than None.
     for field, value in (
-        ("low_pass", low_pass),
-        ("high_pass", high_pass),
+        ("low_pass", params["low_pass"]),
+        ("high_pass", params["high_pass"]),
         ("dtype", dtype),
-        ("clean_args", dict(clean_args) if clean_args else None),
+        ("clean_args", dict(params["clean_args"]) if params["clean_args"] else None),
     ):
         if value is not None:
             setattr(clean.inputs, field, value)
