@@ -51,6 +51,7 @@ __all__ = [
     "check_compress_level",
     "file_digest",
     "gzip_writer",
+    "identified_output",
     "is_gzipped",
     "json_text",
     "load_qc",
@@ -379,6 +380,33 @@ def hashed_output(path, opener=None) -> Iterator:
     remember_digest(path, writer.digest)
 
 
+@contextlib.contextmanager
+def identified_output(path, identity: str) -> Iterator:
+    """:func:`hashed_output` for a file identified by what it is computed from.
+
+    For large intermediates a workflow writes and its next node reads (a smoothed BOLD):
+    hashing their bytes (SHA-256 of 0.6 GB, on the thread that writes them) would only
+    restate what their inputs already determine. The digest remembered for the file is
+    the SHA-256 of ``identity``, a text naming the computation and the digests of its
+    inputs, marked as such (``"sha256:id-<hex>"``): equal identities mean equal content,
+    as long as the computation is deterministic. Like any remembered digest it holds
+    only while the file's stat key is unchanged; a file rewritten by anyone else is
+    hashed by its content again.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Final destination; its directory must exist.
+    identity : str
+        The computation and its inputs, e.g. ``"smooth-window 1 <bold digest> ..."``.
+    """
+    path = Path(path)
+    with atomic_output(path) as tmp, _open_binary(tmp) as raw:
+        yield raw
+    digest = hashlib.sha256(identity.encode("utf-8")).hexdigest()
+    remember_digest(path, f"sha256:id-{digest}")
+
+
 def _open_binary(path):
     return open(path, "wb")
 
@@ -436,12 +464,15 @@ def write_img(img, stream, *, gzipped, compress_level=1, n_threads=None) -> None
         img.to_file_map(img.make_file_map({"image": forward, "header": forward}))
 
 
-def save_img_blocks(header, blocks, path, *, compress_level=1, n_threads=None) -> Path:
+def save_img_blocks(
+    header, blocks, path, *, compress_level=1, n_threads=None, identity=None
+) -> Path:
     """Write a 4D NIfTI from its header and its volumes, block after block, atomically.
 
     For images produced a few volumes at a time (a smoothed run): the whole array is
     never in memory, and the bytes are hashed as they are written (:func:`hashed_output`),
-    so that hashing the file later reads nothing.
+    so that hashing the file later reads nothing; or, with ``identity``, not hashed at
+    all (see :func:`identified_output`).
 
     Parameters
     ----------
@@ -454,6 +485,8 @@ def save_img_blocks(header, blocks, path, *, compress_level=1, n_threads=None) -
         Destination ``.nii`` or ``.nii.gz``.
     compress_level, n_threads
         See :func:`gzip_writer` (for a ``.nii.gz``).
+    identity : str, optional
+        What determines the content (see :func:`identified_output`).
 
     Returns
     -------
@@ -479,7 +512,8 @@ def save_img_blocks(header, blocks, path, *, compress_level=1, n_threads=None) -
             # A Fortran-ordered block's bytes are the file's: its transpose is C-contiguous.
             stream.write(memoryview(np.asfortranarray(block, dtype=dtype).T).cast("B"))
 
-    with hashed_output(path) as raw:
+    output = hashed_output(path) if identity is None else identified_output(path, identity)
+    with output as raw:
         if path.name.lower().endswith(".gz"):
             with gzip_writer(raw, compress_level=compress_level, n_threads=n_threads) as gz:
                 fill(gz)

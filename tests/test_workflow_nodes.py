@@ -220,16 +220,23 @@ def test_smoothed_window_is_the_full_field_smoothing_cropped_to_the_mask(
     corner = full.affine @ [*(s.start for s in box), 1]
     np.testing.assert_allclose(window.affine[:, 3], corner)
     assert window.header.get_zooms()[3] == nib.load(ds003_path).header.get_zooms()[3]
-    # The bytes were hashed as they were written, and the digest left beside the file
-    # for the other processes of a pool; it stops being trusted once the file changes.
+    # The window is identified by what it was computed from (never read to be hashed),
+    # and that digest is left beside the file for the other processes of a pool; it
+    # stops being trusted once the file changes, and the content is hashed then.
     assert _io.record_digest(out) is not None
-    assert _io._recorded_digest(_io.stat_key(out)) == _io._sha256_of_file(str(out), 1 << 20)
+    identity = _io._recorded_digest(_io.stat_key(out))
+    assert identity.startswith("sha256:id-")
+    assert _io.file_digest(out) == identity
+    other = _steps.smooth(ds003_path, tmp_path / "other.nii", fwhm=6.0, mask_file=ds003_mask_path)
+    assert _io.file_digest(other).startswith("sha256:id-")
+    assert _io.file_digest(other) != identity
     info = out.stat()
     out.write_bytes(out.read_bytes()[:-4] + b"\0\0\0\1")
     # A rewrite in the same clock tick as the first write keeps the modification time
     # (Pydra's own hash cache would not notice either): step it, as time does.
     os.utime(out, ns=(info.st_atime_ns, info.st_mtime_ns + 1_000_000))
     assert _io._recorded_digest(_io.stat_key(out)) is None
+    assert _io.file_digest(out) == _io._sha256_of_file(str(out), 1 << 20)
 
 
 def test_clean_signals_refuses_a_window_that_misses_mask_voxels(
