@@ -576,8 +576,47 @@ def _smooth_window(in_file, mask_file, out_file, fwhm, dtype, planes_file=None) 
     return out_file
 
 
+def on_masking_grid(bold_img, mask_img=None, target_affine=None, target_shape=None) -> bool:
+    """Whether a BOLD is on the grid it is masked on already: no resampling node needed.
+
+    Read from the headers only (the workflows decide their ``resample_bold`` node with
+    it). A target grid counts only when full (a 4x4 affine and a shape) and the BOLD's;
+    without a mask (one computed from the BOLD), the BOLD's grid is the mask's. An image
+    that is not 3D or 4D counts as on the grid: there is nothing to resample, and
+    :func:`clean_signals` refuses it with the estimator's error.
+
+    Parameters
+    ----------
+    bold_img, mask_img : nibabel image
+        Loaded images (their data are not read); ``mask_img`` optional.
+    target_affine, target_shape : optional
+        The masker's target grid.
+
+    Returns
+    -------
+    bool
+    """
+    if len(bold_img.shape) not in (3, 4):
+        return True
+    if target_affine is not None or target_shape is not None:
+        if target_affine is None or target_shape is None:
+            return False
+        affine = np.asarray(target_affine, dtype=float)
+        if (
+            affine.shape != (4, 4)
+            or tuple(bold_img.shape[:3]) != tuple(int(n) for n in target_shape)
+            or not np.allclose(bold_img.affine, affine)
+        ):
+            return False
+    if mask_img is None:
+        return True
+    return tuple(bold_img.shape[:3]) == tuple(mask_img.shape[:3]) and np.allclose(
+        bold_img.affine, mask_img.affine
+    )
+
+
 def _version() -> str:
-    from . import __version__
+    from ._version import __version__
 
     return __version__
 

@@ -100,7 +100,7 @@ from pydra.compose import workflow
 
 from . import _spec, _validation
 from ._io import carry_digests
-from ._steps import load_error
+from ._steps import load_error, on_masking_grid
 from .tasks import (
     MASK_STRATEGY_VALUES,
     CleanSignals,
@@ -286,25 +286,10 @@ def _bold_needs_resampling(bold_file, mask_file, target_affine, target_shape) ->
         mask_img = None if mask_file is None else nib.load(os.fspath(mask_file))
     except (TypeError, OSError, ValueError, nib.filebasedimages.ImageFileError):
         return True
-    if len(bold_img.shape) not in (3, 4):
-        # Nothing to resample: clean_signals refuses it with the estimator's error.
-        return False
-    if target_affine is not None or target_shape is not None:
-        # The mask is put on the target grid; only a full target the BOLD is on
-        # leaves it where it is.
-        if target_affine is None or target_shape is None:
-            return True
-        affine = np.asarray(target_affine, dtype=float)
-        return not (
-            affine.shape == (4, 4)
-            and tuple(bold_img.shape[:3]) == tuple(int(n) for n in target_shape)
-            and np.allclose(bold_img.affine, affine)
-        )
-    if mask_img is None:  # computed from the BOLD, on its grid
-        return False
-    return not (
-        tuple(bold_img.shape[:3]) == tuple(mask_img.shape[:3])
-        and np.allclose(bold_img.affine, mask_img.affine)
+    # With a target grid the mask is put on it: only the target counts.
+    targeted = target_affine is not None or target_shape is not None
+    return not on_masking_grid(
+        bold_img, None if targeted else mask_img, target_affine, target_shape
     )
 
 
