@@ -17,10 +17,35 @@ run (size, compression ratio), a table (wall time, peak memory, ratios to nilear
 difference of the cleaned BOLD from nilearn's relative to nilearn's largest value), and the
 seconds of each step of each contender.
 
+``--mode strategies`` measures what the node-per-step workflow (issue 16) costs and saves,
+each contender in a fresh process too:
+
+``app_fused``             the App of ``--baseline TREE`` (a masker-wf tree from before the
+                          node-per-step workflow, where ``CleanSignals`` resampled and
+                          smoothed: ``mkdir /tmp/masker-fused && git archive 3761eef
+                          masker_wf | tar -x -C /tmp/masker-fused``, or a ``git worktree``),
+                          empty work directory; left out without ``--baseline``
+``app``                   the App (node per step), empty work directory: the first run
+``app_second_strategy``   the App on ``app``'s work directory with another strategy, into
+                          a new output directory: what a second strategy on the same run
+                          costs (mask, resampling and smoothing from the cache)
+``app_three_strategies``  one invocation with three strategies, empty work directory
+
+The synthetic confounds have motion and white matter / CSF columns only, so the three
+strategies are strategy files the benchmark writes: ``simple``'s regressors (cosine
+high-pass, 24 motion parameters, white matter and CSF), the 24 motion parameters alone,
+and the 6 basic motion parameters with white matter and CSF. It prints the ratios the
+issue bounds: first run / fused first run (at most 1.15), second strategy / first run (at
+most 0.40; also printed: what each strategy after the first adds to one invocation, where
+imports and planning are paid once), three strategies / one strategy (at most 1.8).
+
 Usage::
 
     python benchmarks/make_realistic_data.py /tmp/masker-bench-gz --compress
     python benchmarks/bench_app.py --data /tmp/masker-bench-gz
+    mkdir /tmp/masker-fused && git archive 3761eef masker_wf | tar -x -C /tmp/masker-fused
+    python benchmarks/bench_app.py --data /tmp/masker-bench-gz --mode strategies \
+        --baseline /tmp/masker-fused
 """
 
 from __future__ import annotations
@@ -62,6 +87,18 @@ APP_OPTIONS = [
     "0.01",
 ]
 CONTENDERS = ("nilearn", "masker_wf", "app", "app_cached")
+STRATEGY_CONTENDERS = ("app_fused", "app", "app_second_strategy", "app_three_strategies")
+APPS = tuple(dict.fromkeys(("app", "app_cached", *STRATEGY_CONTENDERS)))
+#: The strategy files of ``--mode strategies`` (load_confounds keywords).
+STRATEGY_FILES = {
+    "simple": {
+        "strategy": ["high_pass", "motion", "wm_csf"],
+        "motion": "full",
+        "wm_csf": "basic",
+    },
+    "motion24": {"strategy": ["motion"], "motion": "full"},
+    "basic": {"strategy": ["motion", "wm_csf"], "motion": "basic", "wm_csf": "basic"},
+}
 
 
 def bold_name(stem: str, source: str) -> str:
@@ -151,7 +188,9 @@ _TRACED = (
     ("masker_wf.app.run", "prepare_run", "inputs (header, confounds)"),
     ("masker_wf.app.run", "check_budget", "degrees-of-freedom check"),
     ("masker_wf._io", "_sha256_of_file", "hash inputs (SHA-256, read once)"),
-    ("masker_wf._pipeline", "_masked_signals", "read .nii.gz + smooth + mask (streamed)"),
+    ("masker_wf._steps", "_resample_onto_mask", "resample the BOLD (resample_bold node)"),
+    ("masker_wf._steps", "_smooth_window", "read .nii.gz + smooth, cropped (smooth node)"),
+    ("masker_wf._pipeline", "_masked_signals", "mask (before issue 16: read + smooth + mask)"),
     ("masker_wf.signal", "clean", "clean (detrend, filter, regress, zscore)"),
     ("masker_wf._io", "save_signals", "signals .npy to the Pydra cache"),
     ("masker_wf._steps", "unmask", "cleaned BOLD .nii.gz (unmask + gzip, once)"),
@@ -167,7 +206,9 @@ def _trace_app() -> dict:
     seconds: dict = {}
     for module_name, name, label in _TRACED:
         module = importlib.import_module(module_name)
-        function = getattr(module, name)
+        function = getattr(module, name, None)
+        if function is None:  # a step the tree under test (--baseline) does not have
+            continue
 
         def timed(*args, _function=function, _label=label, **kwargs):
             start = time.perf_counter()
@@ -196,8 +237,9 @@ def _app(dataset: Path, out: Path, work: Path, extra) -> dict:
     code = main(argv)
     if code != 0:
         raise SystemExit(f"masker-wf exited with {code}")
-    record = json.loads(next(out.glob("sub-*/func/*_provenance.json")).read_text())
-    cleaned = next(out.glob("sub-*/func/*_desc-denoised_bold.nii.gz"))
+    # The first strategy's outputs (desc-denoised, or desc-denoised<Strategy> for several).
+    record = json.loads(sorted(out.glob("sub-*/func/*_provenance.json"))[0].read_text())
+    cleaned = sorted(out.glob("sub-*/func/*_desc-denoised*_bold.nii.gz"))[0]
     steps = {"imports (numpy, scipy, pandas, nibabel, pybids, Pydra)": imported, **seconds}
     steps = {name: round(value, 2) for name, value in steps.items()}
     return {"steps": steps, "app_steps": record["StepSeconds"], "cleaned": str(cleaned)}
@@ -234,11 +276,39 @@ def _relative_difference(path: str, reference, mask) -> float:
     return float(np.max(np.abs(ours - reference)) / np.max(np.abs(reference)))
 
 
-def _run_child(name: str, dataset: Path, tmp: Path, app_args) -> dict:
-    out = tmp / ("out-" + name)
-    command = [sys.executable, __file__, "--child", name, "--dataset", str(dataset)]
-    command += ["--out", str(out), "--work", str(tmp / "work"), "--app-args", *app_args]
+def _strategy_files(tmp: Path) -> dict:
+    """The strategy files of ``--mode strategies``, written under ``tmp``; name -> path."""
+    directory = tmp / "strategies"
+    directory.mkdir(exist_ok=True)
+    paths = {}
+    for name, content in STRATEGY_FILES.items():
+        paths[name] = directory / f"{name}.json"
+        paths[name].write_text(json.dumps(content))
+    return paths
+
+
+def _child_options(name: str, tmp: Path, app_args, baseline) -> tuple[list, Path, dict]:
+    """Extra App options, work directory and environment of contender ``name``."""
     env = {**os.environ, "NO_ET": "1"}
+    work = tmp / "work"  # app, app_cached and app_second_strategy share it
+    extra = list(app_args)
+    files = _strategy_files(tmp) if name in STRATEGY_CONTENDERS else {}
+    if name == "app_fused":
+        work = tmp / "work-fused"
+        env["PYTHONPATH"] = os.pathsep.join([str(baseline), env.get("PYTHONPATH", "")])
+    elif name == "app_second_strategy":
+        extra += ["--custom-strategy", str(files["motion24"])]
+    elif name == "app_three_strategies":
+        work = tmp / "work-three"
+        extra += ["--custom-strategy", *(str(path) for path in files.values())]
+    return extra, work, env
+
+
+def _run_child(name: str, dataset: Path, tmp: Path, app_args, baseline=None) -> dict:
+    out = tmp / ("out-" + name)
+    extra, work, env = _child_options(name, tmp, app_args, baseline)
+    command = [sys.executable, __file__, "--child", name, "--dataset", str(dataset)]
+    command += ["--out", str(out), "--work", str(work), "--app-args", *extra]
     measured = measure(command, env=env)
     result = json.loads(measured["stdout"].strip().splitlines()[-1])
     return {**result, "seconds": measured["seconds"], "peak_gb": measured["peak_gb"]}
@@ -259,9 +329,20 @@ def _describe_run(data_dir: Path) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=Path(tempfile.gettempdir()) / "masker-bench")
-    parser.add_argument("--contenders", nargs="+", choices=CONTENDERS, default=list(CONTENDERS))
+    parser.add_argument(
+        "--mode",
+        choices=["compare", "strategies"],
+        default="compare",
+        help="compare: the App against the nilearn script (default); strategies: the "
+        "node-per-step workflow's first run, second strategy and three strategies",
+    )
+    every = sorted(set(CONTENDERS) | set(STRATEGY_CONTENDERS))
+    parser.add_argument("--contenders", nargs="+", choices=every, help="default: the mode's")
+    parser.add_argument(
+        "--baseline", type=Path, help="masker-wf tree of the fused path (contender app_fused)"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the outputs (printed path)")
-    parser.add_argument("--child", choices=CONTENDERS, help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=every, help=argparse.SUPPRESS)
     parser.add_argument("--dataset", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
@@ -274,8 +355,16 @@ def main(argv=None) -> int:
         return 0
     if not (args.data / "run.json").exists():
         sys.exit(f"no benchmark run in {args.data}: run benchmarks/make_realistic_data.py first")
-    if "app_cached" in args.contenders and "app" not in args.contenders:
-        sys.exit("app_cached reuses the work directory of app: run both")
+    if args.contenders is None:
+        args.contenders = list(CONTENDERS if args.mode == "compare" else STRATEGY_CONTENDERS)
+        if args.baseline is None and "app_fused" in args.contenders:
+            print("no --baseline tree: app_fused left out", flush=True)
+            args.contenders.remove("app_fused")
+    if "app_fused" in args.contenders and args.baseline is None:
+        sys.exit("app_fused runs the App of --baseline TREE: give it")
+    for name in ("app_cached", "app_second_strategy"):
+        if name in args.contenders and "app" not in args.contenders:
+            sys.exit(f"{name} reuses the work directory of app: run both")
 
     tmp = Path(tempfile.mkdtemp(prefix="masker-bench-app-", dir=args.data))
     try:
@@ -285,7 +374,7 @@ def main(argv=None) -> int:
         results = {}
         for name in args.contenders:
             print(f"running {name} ...", flush=True)
-            results[name] = _run_child(name, dataset, tmp, args.app_args)
+            results[name] = _run_child(name, dataset, tmp, args.app_args, args.baseline)
             r = results[name]
             print(f"  {r['seconds']:7.1f} s  peak {r['peak_gb']:5.2f} GB", flush=True)
         print(f"load average at the end: {os.getloadavg()[0]:.2f}", flush=True)
@@ -328,7 +417,8 @@ def _report(results: dict, dataset: Path) -> None:
         print(f"  {name}: {json.dumps(r['steps'])}")
         if "app_steps" in r:
             print(f"  {name}, as its provenance record states them: {json.dumps(r['app_steps'])}")
-    apps = [name for name in ("app", "app_cached") if name in results]
+    _report_strategies(results)
+    apps = [name for name in APPS if name in results]
     if apps:
         print("\n| step of the App | " + " | ".join(apps) + " |")
         print("|---|" + "---|" * len(apps))
@@ -339,6 +429,38 @@ def _report(results: dict, dataset: Path) -> None:
             print(f"| {step} | {text} |")
         walls = " | ".join(f"{results[name]['seconds']:.2f} s" for name in apps)
         print(f"| wall (whole process) | {walls} |")
+
+
+# (numerator, denominator, what it is, the issue's bound)
+_STRATEGY_RATIOS = (
+    ("app", "app_fused", "first run, node per step / fused path", 1.15),
+    ("app_second_strategy", "app", "second strategy on the same run / first run", 0.40),
+    ("app_three_strategies", "app", "three strategies in one invocation / one", 1.8),
+)
+
+
+def _report_strategies(results: dict) -> None:
+    """The ratios of wall times (and CPU times) ``--mode strategies`` is about."""
+    rows = [r for r in _STRATEGY_RATIOS if r[0] in results and r[1] in results]
+    if not rows:
+        return
+    print("\n| ratio | wall | CPU | bound |")
+    print("|---|---|---|---|")
+    for numerator, denominator, text, bound in rows:
+        a, b = results[numerator], results[denominator]
+        wall = a["seconds"] / b["seconds"]
+        cpu = a["cpu_seconds"] / b["cpu_seconds"]
+        verdict = "ok" if wall <= bound else "ABOVE"
+        print(f"| {text} | {wall:.2f} | {cpu:.2f} | {bound} ({verdict}) |")
+    if "app_three_strategies" in results and "app" in results:
+        # What each strategy after the first adds to one invocation (imports, planning and
+        # process start-up are paid once).
+        three, one = results["app_three_strategies"], results["app"]
+        wall = (three["seconds"] - one["seconds"]) / 2 / one["seconds"]
+        cpu = (three["cpu_seconds"] - one["cpu_seconds"]) / 2 / one["cpu_seconds"]
+        verdict = "ok" if wall <= 0.40 else "ABOVE"
+        text = "each extra strategy in one invocation / first run"
+        print(f"| {text} | {wall:.2f} | {cpu:.2f} | 0.4 ({verdict}) |")
 
 
 if __name__ == "__main__":

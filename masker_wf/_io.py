@@ -51,6 +51,7 @@ __all__ = [
     "check_compress_level",
     "file_digest",
     "gzip_writer",
+    "identified_output",
     "is_gzipped",
     "json_text",
     "load_qc",
@@ -58,8 +59,10 @@ __all__ = [
     "output_error",
     "prefetch_digest",
     "read_sample_mask",
+    "record_digest",
     "remember_digest",
     "save_img",
+    "save_img_blocks",
     "save_qc",
     "save_signals",
     "stat_key",
@@ -185,6 +188,10 @@ def file_digest(path, piece_bytes=None) -> str:
     if pending is not None:
         with contextlib.suppress(Exception):  # computed again below, raising here
             return pending.result()
+    value = _recorded_digest(key)
+    if value is not None:
+        remember_digest(key, value)
+        return value
     value = _sha256_of_file(key[0], int(piece_bytes or _HASH_SEGMENT_BYTES))
     remember_digest(key, value)
     return value
@@ -226,6 +233,55 @@ def prefetch_digest(path) -> None:
                     _pending.pop(key, None)
 
         _pending[key] = _prefetcher[0][1].submit(compute)
+
+
+def _record_path(path) -> Path:
+    path = Path(path)
+    return path.with_name(f".{path.name}.sha256")
+
+
+def record_digest(path) -> Path | None:
+    """Write the digest this process knows for ``path`` beside it, for other processes.
+
+    For the intermediates of a Pydra workflow run by a process pool: the worker that
+    wrote a file knows its digest (:func:`hashed_output`), the parent, which hashes it as
+    the next node's input, does not. The record (``.<name>.sha256``) states the digest
+    with the file's size, modification time and inode; :func:`file_digest` trusts it
+    only while they are unchanged (a file replaced or rewritten is read again). Nothing
+    is read to write it: without a known digest, nothing is recorded.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A file this process wrote.
+
+    Returns
+    -------
+    pathlib.Path or None
+        The record written, or None.
+    """
+    key = stat_key(path)
+    with _digests_lock:
+        digest = _digests.get(key)
+    if digest is None:
+        return None
+    record = _record_path(key[0])
+    with atomic_output(record) as tmp:
+        tmp.write_text(f"{digest} {key[1]} {key[2]} {key[4]}\n", encoding="ascii")
+    return record
+
+
+def _recorded_digest(key: tuple) -> str | None:
+    """The digest :func:`record_digest` left beside the file of ``key``, if still valid."""
+    try:
+        fields = _record_path(key[0]).read_text(encoding="ascii").split()
+    except (OSError, UnicodeDecodeError):
+        return None
+    if len(fields) != 4 or not fields[0].startswith("sha256:"):
+        return None
+    if fields[1:] != [str(key[1]), str(key[2]), str(key[4])]:
+        return None
+    return fields[0]
 
 
 def remember_digest(path, digest: str) -> None:
@@ -324,6 +380,33 @@ def hashed_output(path, opener=None) -> Iterator:
     remember_digest(path, writer.digest)
 
 
+@contextlib.contextmanager
+def identified_output(path, identity: str) -> Iterator:
+    """:func:`hashed_output` for a file identified by what it is computed from.
+
+    For large intermediates a workflow writes and its next node reads (a smoothed BOLD):
+    hashing their bytes (SHA-256 of 0.6 GB, on the thread that writes them) would only
+    restate what their inputs already determine. The digest remembered for the file is
+    the SHA-256 of ``identity``, a text naming the computation and the digests of its
+    inputs, marked as such (``"sha256:id-<hex>"``): equal identities mean equal content,
+    as long as the computation is deterministic. Like any remembered digest it holds
+    only while the file's stat key is unchanged; a file rewritten by anyone else is
+    hashed by its content again.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Final destination; its directory must exist.
+    identity : str
+        The computation and its inputs, e.g. ``"smooth-window 1 <bold digest> ..."``.
+    """
+    path = Path(path)
+    with atomic_output(path) as tmp, _open_binary(tmp) as raw:
+        yield raw
+    digest = hashlib.sha256(identity.encode("utf-8")).hexdigest()
+    remember_digest(path, f"sha256:id-{digest}")
+
+
 def _open_binary(path):
     return open(path, "wb")
 
@@ -379,6 +462,64 @@ def write_img(img, stream, *, gzipped, compress_level=1, n_threads=None) -> None
     with gzip_writer(stream, compress_level=compress_level, n_threads=n_threads) as gz:
         forward = _ForwardStream(gz)
         img.to_file_map(img.make_file_map({"image": forward, "header": forward}))
+
+
+def save_img_blocks(
+    header, blocks, path, *, compress_level=1, n_threads=None, identity=None
+) -> Path:
+    """Write a 4D NIfTI from its header and its volumes, block after block, atomically.
+
+    For images produced a few volumes at a time (a smoothed run): the whole array is
+    never in memory, and the bytes are hashed as they are written (:func:`hashed_output`),
+    so that hashing the file later reads nothing; or, with ``identity``, not hashed at
+    all (see :func:`identified_output`).
+
+    Parameters
+    ----------
+    header : nibabel.Nifti1Header
+        Header of the whole image (its shape, dtype and ``vox_offset``; no scaling).
+    blocks : iterable of numpy.ndarray
+        Arrays ``(x, y, z, n)`` of the header's dtype, consecutive volumes in order,
+        Fortran order (the file's); together, every volume of the header's shape.
+    path : str or os.PathLike
+        Destination ``.nii`` or ``.nii.gz``.
+    compress_level, n_threads
+        See :func:`gzip_writer` (for a ``.nii.gz``).
+    identity : str, optional
+        What determines the content (see :func:`identified_output`).
+
+    Returns
+    -------
+    pathlib.Path
+        ``path``.
+    """
+    path = Path(path)
+    if not path.name.lower().endswith(_IMAGE_SUFFIXES):
+        raise ValueError(f"Image output path must end with .nii or .nii.gz, got '{path}'.")
+    header = header.copy()
+    measure = io.BytesIO()
+    header.write_to(measure)
+    # As nibabel writes a single-file NIfTI: the data start on a 16-byte boundary.
+    header.set_data_offset(-(-measure.tell() // 16) * 16)
+    head = io.BytesIO()
+    header.write_to(head)
+    padding = b"\0" * (int(header["vox_offset"]) - head.tell())
+    dtype = header.get_data_dtype()
+
+    def fill(stream):
+        stream.write(head.getvalue() + padding)
+        for block in blocks:
+            # A Fortran-ordered block's bytes are the file's: its transpose is C-contiguous.
+            stream.write(memoryview(np.asfortranarray(block, dtype=dtype).T).cast("B"))
+
+    output = hashed_output(path) if identity is None else identified_output(path, identity)
+    with output as raw:
+        if path.name.lower().endswith(".gz"):
+            with gzip_writer(raw, compress_level=compress_level, n_threads=n_threads) as gz:
+                fill(gz)
+        else:
+            fill(raw)
+    return path
 
 
 #: isal's compression levels (0: fastest ... 3: smallest); 1 is close to zlib's level 1,

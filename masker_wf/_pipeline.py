@@ -45,7 +45,15 @@ from ._niimg import (
     new_img_like,
 )
 
-__all__ = ["compute_mask_img", "filter_and_extract", "prepare_mask_img", "resolve_dtype"]
+__all__ = [
+    "MeanPlanes",
+    "compute_mask_img",
+    "filter_and_extract",
+    "mask_window",
+    "prepare_mask_img",
+    "resample_onto_mask",
+    "resolve_dtype",
+]
 
 # filter_and_extract takes the parameters of the CleanSignals face but clean_args (which it
 # takes as clean_kwargs: the masker adds its clean__ keywords); those signal.clean also
@@ -278,7 +286,7 @@ def _extract_chunks(chunks, shape, dtype, mask: np.ndarray) -> np.ndarray:
     return out
 
 
-class _MeanPlanes:
+class MeanPlanes:
     """:func:`masker_wf._qc.mean_planes`, gathered from blocks of volumes as they pass.
 
     The planes of every volume are kept (three planes per volume, a few tens of MB for
@@ -328,6 +336,9 @@ def _masked_signals(img, mask, smoothing_fwhm, report) -> np.ndarray:
     A gzipped file is streamed (decompression overlapping smoothing and masking);
     anything else is read as an array (a memory map for an uncompressed file).
     """
+    # Mean planes given by the caller (gathered upstream, from the unsmoothed BOLD) stand.
+    if report is not None and "mean_planes" in report:
+        report = None
     if not _streams(img):
         data = get_data(img)
         if report is not None:
@@ -340,7 +351,7 @@ def _masked_signals(img, mask, smoothing_fwhm, report) -> np.ndarray:
     chunks = iter_volume_chunks(img)
     planes = None
     if report is not None:
-        planes = _MeanPlanes(img.shape[3], mask)
+        planes = MeanPlanes(img.shape[3], mask)
         chunks = planes.follow(chunks)
     if smoothing_fwhm is not None:
         signals = image.smooth_masked_chunks(chunks, img.shape, img.affine, smoothing_fwhm, mask)
@@ -431,6 +442,97 @@ def _on_target_grid(img, target_affine, target_shape) -> bool:
     return target.shape == (4, 4) and bool(np.allclose(img.affine, target))
 
 
+def resample_onto_mask(img, mask_img, target_affine=None, target_shape=None, stacklevel=2):
+    """The BOLD on the grid it is masked on, as ``NiftiMasker.transform`` puts it there.
+
+    Images on another grid than the mask's are resampled (continuous interpolation, with
+    nilearn's warning) onto the mask's bounding box only, padded by one voxel, and the
+    mask is cropped the same way: smoothing then happens on that grid, so its borders are
+    nilearn's. Otherwise the masker's own target grid, when given, is applied (a no-op
+    for images already on it).
+
+    Parameters
+    ----------
+    img : nibabel.Nifti1Image
+        4D image (after the dtype conversion).
+    mask_img : nibabel.Nifti1Image
+        The fitted mask, on the target grid.
+    target_affine, target_shape : optional
+        The masker's target grid.
+    stacklevel : int
+        Of the warning.
+
+    Returns
+    -------
+    img, mask_img : nibabel.Nifti1Image
+        The image and the mask on the same grid.
+    """
+    if not check_same_fov(img, mask_img):
+        warnings.warn(
+            "imgs are being resampled to the mask_img resolution. This process is memory "
+            "intensive. You might want to provide a target_affine that is equal to the "
+            "affine of the imgs or resample the mask beforehand to save memory and "
+            "computation time.",
+            UserWarning,
+            stacklevel=stacklevel,
+        )
+        mask_img = image.crop_img(mask_img)
+        target_affine, target_shape = mask_img.affine, mask_img.shape[:3]
+    if target_affine is None and target_shape is None:
+        return img, mask_img
+    img = image.resample_img(
+        img,
+        target_affine=target_affine,
+        target_shape=target_shape,
+        interpolation="continuous",
+        copy=False,
+    )
+    if img.shape[:3] != mask_img.shape[:3]:
+        raise ValueError(
+            f"Resampled images have shape {img.shape[:3]}, which differs from the mask "
+            f"shape {mask_img.shape[:3]}: check target_affine/target_shape."
+        )
+    return img, mask_img
+
+
+def mask_window(img, mask_img):
+    """Where ``img``'s grid lies in the mask's, when it is a window holding every mask voxel.
+
+    The workflow's intermediates (the resampled and the smoothed BOLD) are cropped: their
+    grid is the mask's, shifted by whole voxels, and smaller. Masking them there is
+    masking the full image (C order over the window is C order over the full grid).
+
+    Parameters
+    ----------
+    img : nibabel image
+        3D or 4D image.
+    mask_img : nibabel.Nifti1Image
+        3D mask.
+
+    Returns
+    -------
+    tuple of 3 slices or None
+        The window in the mask's grid; None when ``img`` is not on a window of it, or
+        misses mask voxels.
+    """
+    rotation = mask_img.affine[:3, :3]
+    if not np.allclose(img.affine[:3, :3], rotation):
+        return None
+    offset = np.linalg.solve(rotation, img.affine[:3, 3] - mask_img.affine[:3, 3])
+    start = np.round(offset)
+    if not np.allclose(offset, start, atol=1e-4) or not np.allclose(img.affine[3], [0, 0, 0, 1]):
+        return None
+    start = start.astype(int)
+    stop = start + np.asarray(img.shape[:3])
+    if (start < 0).any() or (stop > np.asarray(mask_img.shape[:3])).any():
+        return None
+    window = tuple(slice(int(a), int(b)) for a, b in zip(start, stop, strict=True))
+    mask = np.asanyarray(mask_img.dataobj) != 0
+    if int(np.count_nonzero(mask[window])) != int(np.count_nonzero(mask)):
+        return None
+    return window
+
+
 def load_img(imgs, dtype=None, name="imgs", whole=False):
     """Load the images to transform as one 4D image (lists concatenated along time).
 
@@ -481,6 +583,7 @@ def filter_and_extract(
     verbose=0,
     report=None,
     log_name="filter_and_extract",
+    hv_confounds=None,
     **params,
 ) -> np.ndarray:
     """Resample, smooth, mask and clean images: ``NiftiMasker.transform`` numerics.
@@ -523,6 +626,10 @@ def filter_and_extract(
         cleaning, tSNR, kept volumes).
     log_name : str
         Name printed in front of progress messages.
+    hv_confounds : numpy.ndarray, shape (n_volumes, n), optional
+        High-variance confounds already computed on the raw image
+        (:func:`masker_wf.image.high_variance_confounds`), prepended to ``confounds`` as
+        ``high_variance_confounds=True`` would (which is then not needed).
 
     Returns
     -------
@@ -555,7 +662,10 @@ def filter_and_extract(
     )
 
     all_confounds = confounds
-    if high_variance_confounds:
+    if hv_confounds is not None:
+        # Computed beforehand on the raw image (a node of its own in the workflow).
+        all_confounds = hv_confounds if confounds is None else [hv_confounds, confounds]
+    elif high_variance_confounds:
         if ndim == 3:
             raise DimensionError(
                 3, 4, f"imgs {describe(imgs)} (high_variance_confounds needs 4D images)"
@@ -565,34 +675,10 @@ def filter_and_extract(
         all_confounds = hv if confounds is None else [hv, confounds]
     del raw_img
 
-    if not check_same_fov(img, mask_img):
-        warnings.warn(
-            "imgs are being resampled to the mask_img resolution. This process is memory "
-            "intensive. You might want to provide a target_affine that is equal to the "
-            "affine of the imgs or resample the mask beforehand to save memory and "
-            "computation time.",
-            UserWarning,
-            stacklevel=2,
-        )
-        # As nilearn: resample onto the mask's bounding box only (padded by one voxel);
-        # smoothing then happens on that grid, so its borders are the same as nilearn's.
-        mask_img = image.crop_img(mask_img)
-        target_affine, target_shape = mask_img.affine, mask_img.shape[:3]
-        mask, _ = masking.load_mask_img(mask_img)
-    if target_affine is not None or target_shape is not None:
+    if not check_same_fov(img, mask_img) or target_affine is not None or target_shape is not None:
         log("Resampling images", verbose, log_name)
-        img = image.resample_img(
-            img,
-            target_affine=target_affine,
-            target_shape=target_shape,
-            interpolation="continuous",
-            copy=False,
-        )
-        if img.shape[:3] != mask.shape:
-            raise ValueError(
-                f"Resampled images have shape {img.shape[:3]}, which differs from the mask "
-                f"shape {mask.shape}: check target_affine/target_shape."
-            )
+    img, mask_img = resample_onto_mask(img, mask_img, target_affine, target_shape, stacklevel=3)
+    mask, _ = masking.load_mask_img(mask_img)
 
     if smoothing_fwhm is not None:
         log("Smoothing images", verbose, log_name)

@@ -34,6 +34,7 @@ from __future__ import annotations
 import errno
 import functools
 import io
+import itertools
 import multiprocessing
 import os
 import pickle
@@ -43,7 +44,15 @@ import numpy as np
 
 from . import _io, _validation
 from ._exceptions import DimensionError, SampleMaskError
-from ._io import atomic_output, load_signals, read_sample_mask, save_img, save_qc, save_signals
+from ._io import (
+    atomic_output,
+    load_qc,
+    load_signals,
+    read_sample_mask,
+    save_img,
+    save_qc,
+    save_signals,
+)
 from ._niimg import get_data
 
 __all__ = [
@@ -52,6 +61,7 @@ __all__ = [
     "call_step",
     "clean_signals",
     "compute_mask",
+    "high_variance_confounds",
     "load_error",
     "record_error",
     "resample",
@@ -391,8 +401,9 @@ def resample(
     reference_file=None,
     interpolation="continuous",
     dtype=None,
+    mask_file=None,
 ) -> Path:
-    """Resample an image to a target grid or onto a reference image's grid.
+    """Resample an image to a target grid, onto a reference image's grid, or onto a mask's.
 
     Parameters
     ----------
@@ -411,6 +422,14 @@ def resample(
     dtype : str or numpy dtype, optional
         Cast the input data to this dtype before resampling, as
         ``NiftiMasker(dtype=...)`` does (``"auto"`` is accepted).
+    mask_file : path, optional
+        The masker's mask (on its target grid): the BOLD ``in_file`` is resampled as
+        ``NiftiMasker.transform`` resamples it before smoothing and masking (see
+        :func:`masker_wf._pipeline.resample_onto_mask`): onto the mask's bounding box,
+        padded by one voxel, when the grids differ, else onto ``target_affine`` /
+        ``target_shape``. The output is then that cropped window of the mask's grid
+        (continuous interpolation; ``interpolation`` and ``reference_file`` do not
+        apply), in the dtype of the data (float32 for float32 BOLD).
 
     Returns
     -------
@@ -420,6 +439,10 @@ def resample(
     from ._niimg import check_niimg
     from .image import resample_img, resample_to_img
 
+    if mask_file is not None:
+        return _resample_onto_mask(
+            in_file, mask_file, out_file, target_affine, target_shape, dtype
+        )
     img = _check_input("resample", in_file, "input image", ndim=(3, 4))
     if reference_file is not None:
         _check_input("resample", reference_file, "reference image", ndim=(3, 4))
@@ -445,8 +468,24 @@ def resample(
     return save_img(resampled, out_file)
 
 
+def _resample_onto_mask(in_file, mask_file, out_file, target_affine, target_shape, dtype):
+    """:func:`resample` with ``mask_file``: the BOLD on the (cropped) grid it is masked on."""
+    from ._pipeline import load_img, prepare_mask_img, resample_onto_mask
+
+    # The dimensionality is load_img's to check: the estimator's error, word for word.
+    _check_input("resample", in_file, "BOLD image")
+    mask_img = _check_input("resample", mask_file, "mask image", read_data=True)
+    out_file = _check_output("resample", in_file, out_file)
+    img, _, _ = load_img(os.fspath(in_file), dtype=dtype)
+    mask_img = prepare_mask_img(mask_img)
+    img, _ = resample_onto_mask(
+        img, mask_img, _as_affine(target_affine), _as_shape(target_shape), stacklevel=4
+    )
+    return save_img(img, out_file)
+
+
 @_step("smooth", "in_file")
-def smooth(in_file, out_file, *, fwhm) -> Path:
+def smooth(in_file, out_file, *, fwhm, mask_file=None, dtype=None, planes_file=None) -> Path:
     """Smooth an image with an isotropic or per-axis Gaussian kernel.
 
     Parameters
@@ -457,6 +496,20 @@ def smooth(in_file, out_file, *, fwhm) -> Path:
         Destination ``.nii`` or ``.nii.gz``.
     fwhm : float, sequence of 3 floats, "fast" or None
         Full width at half maximum of the kernel, in millimetres.
+    mask_file : path, optional
+        The mask the smoothed BOLD will be masked with (its grid, or a window of it such
+        as :func:`resample` writes with a mask): the output is then the smoothed 4D image
+        cropped to the mask's bounding box, equal there to smoothing the whole field of
+        view (only the box padded by the kernel radius is smoothed), and a ``.nii.gz``
+        input is streamed (decompression overlapping smoothing).
+    dtype : str or numpy dtype, optional
+        With ``mask_file``: the data conversion ``NiftiMasker(dtype=...)`` makes before
+        any processing (``"auto"`` is accepted).
+    planes_file : path, optional
+        With ``mask_file``: also write the report's mean image (the three planes of the
+        temporal mean of the *unsmoothed* input through the mask's centroid, gathered as
+        the volumes pass; :func:`masker_wf._io.save_qc`) to this ``.npz``, for
+        :func:`clean_signals`' ``mean_planes_file``.
 
     Returns
     -------
@@ -465,9 +518,157 @@ def smooth(in_file, out_file, *, fwhm) -> Path:
     """
     from .image import smooth_img
 
+    if mask_file is not None:
+        # The dimensionality is load_img's to check: the estimator's error, word for word.
+        _check_input("smooth", in_file, "BOLD image")
+        out_file = _check_output("smooth", in_file, out_file)
+        return _smooth_window(in_file, mask_file, out_file, fwhm, dtype, planes_file)
     img = _check_input("smooth", in_file, "input image", ndim=(3, 4))
     out_file = _check_output("smooth", in_file, out_file)
     return save_img(smooth_img(img, fwhm), out_file)
+
+
+def _smooth_window(in_file, mask_file, out_file, fwhm, dtype, planes_file=None) -> Path:
+    """:func:`smooth` with ``mask_file``: the smoothed BOLD on the mask's bounding box."""
+    from ._niimg import iter_volume_chunks
+    from ._pipeline import MeanPlanes, load_img, mask_window
+    from .image import smooth_window_chunks
+
+    mask_img = _check_input("smooth", mask_file, "mask image", read_data=True)
+    img, _, _ = load_img(os.fspath(in_file), dtype=dtype)
+    window = mask_window(img, mask_img)
+    if window is None:
+        raise StepError(
+            "smooth",
+            in_file,
+            f"the image is not on the grid of mask '{mask_file}' nor on a window of it "
+            "holding every mask voxel: resample it onto the mask first (Resample with "
+            "mask_file).",
+        )
+    mask = (get_data(mask_img) != 0)[window]
+    chunks = iter_volume_chunks(img)
+    planes = None
+    if planes_file is not None:
+        # What the report shows of the input, taken from the volumes as they stream by.
+        planes = MeanPlanes(img.shape[3], mask)
+        chunks = planes.follow(chunks)
+    box, windows = smooth_window_chunks(chunks, img.shape, img.affine, fwhm, mask)
+    start = np.array([s.start for s in box])
+    affine = img.affine.copy()
+    affine[:3, 3] = img.affine[:3, 3] + img.affine[:3, :3] @ start
+    first = next(windows)
+    shape = (*(s.stop - s.start for s in box), img.shape[3])
+    header = _window_header(img, affine, shape, first[1].dtype)
+    blocks = (block for _, block in itertools.chain((first,), windows))
+    # The window is identified by what it is computed from, not hashed: its next node's
+    # cache key then costs nothing (0.6 GB for a 2 mm MNI run; see identified_output).
+    identity = " ".join(
+        [
+            f"masker-wf {_version()} smooth-window",
+            _io.file_digest(in_file),
+            _io.file_digest(mask_file),
+            f"fwhm={fwhm!r} dtype={dtype!r}",
+        ]
+    )
+    _io.save_img_blocks(header, blocks, out_file, identity=identity)
+    if planes is not None:
+        save_qc({"mean_planes": planes.result()}, planes_file)
+    return out_file
+
+
+def on_masking_grid(bold_img, mask_img=None, target_affine=None, target_shape=None) -> bool:
+    """Whether a BOLD is on the grid it is masked on already: no resampling node needed.
+
+    Read from the headers only (the workflows decide their ``resample_bold`` node with
+    it). A target grid counts only when full (a 4x4 affine and a shape) and the BOLD's;
+    without a mask (one computed from the BOLD), the BOLD's grid is the mask's. An image
+    that is not 3D or 4D counts as on the grid: there is nothing to resample, and
+    :func:`clean_signals` refuses it with the estimator's error.
+
+    Parameters
+    ----------
+    bold_img, mask_img : nibabel image
+        Loaded images (their data are not read); ``mask_img`` optional.
+    target_affine, target_shape : optional
+        The masker's target grid.
+
+    Returns
+    -------
+    bool
+    """
+    if len(bold_img.shape) not in (3, 4):
+        return True
+    if target_affine is not None or target_shape is not None:
+        if target_affine is None or target_shape is None:
+            return False
+        affine = np.asarray(target_affine, dtype=float)
+        if (
+            affine.shape != (4, 4)
+            or tuple(bold_img.shape[:3]) != tuple(int(n) for n in target_shape)
+            or not np.allclose(bold_img.affine, affine)
+        ):
+            return False
+    if mask_img is None:
+        return True
+    return tuple(bold_img.shape[:3]) == tuple(mask_img.shape[:3]) and np.allclose(
+        bold_img.affine, mask_img.affine
+    )
+
+
+def _version() -> str:
+    from ._version import __version__
+
+    return __version__
+
+
+def _window_header(img, affine, shape, dtype):
+    """Header of an image of ``shape`` cropped from ``img``: its codes, units and TR."""
+    import nibabel as nib
+
+    first = nib.Nifti1Image(np.zeros((1, 1, 1, 1), dtype=dtype), affine, img.header)
+    first.update_header()
+    header = first.header.copy()
+    header.set_data_dtype(dtype)
+    header.set_data_shape(shape)
+    # Unscaled data, as nibabel records floats.
+    header.set_slope_inter(1.0, 0.0)
+    return header
+
+
+@_step("high_variance_confounds", "bold_file")
+def high_variance_confounds(bold_file, out_file) -> Path:
+    """The 5 high-variance confounds of a raw 4D BOLD (NiftiMasker's), as ``.npy``.
+
+    :func:`masker_wf.image.high_variance_confounds` with nilearn's defaults, on the whole
+    raw image (no mask, no resampling, no smoothing), as ``NiftiMasker.transform``
+    computes them with ``high_variance_confounds=True``.
+
+    Parameters
+    ----------
+    bold_file : path
+        4D BOLD image.
+    out_file : path
+        Destination ``.npy``: an array ``(n_volumes, 5)``.
+
+    Returns
+    -------
+    pathlib.Path
+        ``out_file``.
+    """
+    from ._niimg import describe
+    from ._pipeline import load_img
+    from .image import high_variance_confounds as compute
+
+    img = _check_input("high_variance_confounds", bold_file, "BOLD image")
+    if len(img.shape) != 4:
+        raise DimensionError(
+            len(img.shape),
+            4,
+            f"imgs {describe(os.fspath(bold_file))} (high_variance_confounds needs 4D images)",
+        )
+    out_file = _check_output("high_variance_confounds", bold_file, out_file)
+    _, raw, _ = load_img(os.fspath(bold_file), whole=True)
+    return save_signals(compute(raw), out_file)
 
 
 @_step("clean_signals", "bold_file")
@@ -492,6 +693,9 @@ def clean_signals(
     dtype=None,
     clean_args=None,
     qc_file=None,
+    hv_confounds_file=None,
+    bold_window=False,
+    mean_planes_file=None,
 ) -> Path:
     """Extract the masked, (smoothed,) cleaned time series of a BOLD image to ``.npy``.
 
@@ -527,13 +731,25 @@ high_pass, t_r, runs, dtype, clean_args
         sample of voxels for the carpet plots, the mean image's planes) to this
         ``.npz`` (see :func:`masker_wf._io.save_qc`), so that a report never has to
         read the BOLD again.
+    hv_confounds_file : path, optional
+        High-variance confounds computed beforehand on the raw BOLD
+        (:func:`high_variance_confounds`), prepended to the confounds as
+        ``high_variance_confounds=True`` would.
+    bold_window : bool, default=False
+        ``bold_file`` is a window of the mask's grid holding every mask voxel (the
+        cropped images :func:`resample` and :func:`smooth` write with a mask): it is
+        masked where it lies, without resampling. Otherwise an image on another grid is
+        resampled, as ``NiftiMasker`` does.
+    mean_planes_file : path, optional
+        The report's mean image, gathered upstream from the unsmoothed BOLD
+        (:func:`smooth`'s ``planes_file``), for ``qc_file``.
 
     Returns
     -------
     pathlib.Path
         ``out_file``.
     """
-    from ._pipeline import filter_and_extract
+    from ._pipeline import filter_and_extract, mask_window
 
     bold_img = _check_input("clean_signals", bold_file, "BOLD image")
     _check_input("clean_signals", mask_file, "mask image", read_data=True)
@@ -552,11 +768,27 @@ high_pass, t_r, runs, dtype, clean_args
     if qc_file is not None and Path(qc_file).suffix.lower() != ".npz":
         raise StepError("clean_signals", bold_file, f"qc_file must end with .npz: '{qc_file}'.")
     confounds = _read_confounds(confounds_file)
+    hv_confounds = None if hv_confounds_file is None else load_signals(hv_confounds_file)
+    mask_img = os.fspath(mask_file)
+    window = None
+    if bold_window:
+        mask_img = _check_input("clean_signals", mask_file, "mask image")
+        window = mask_window(bold_img, mask_img)
+        if window is None:
+            raise StepError(
+                "clean_signals",
+                bold_file,
+                f"bold_window: the image is not on a window of the grid of mask "
+                f"'{mask_file}' holding every mask voxel.",
+            )
+        mask_img = _crop(mask_img, window)
     report = None if qc_file is None else {}
+    if report is not None and mean_planes_file is not None:
+        report["mean_planes"] = load_qc(mean_planes_file)["mean_planes"]
     try:
         signals = filter_and_extract(
             os.fspath(bold_file),
-            os.fspath(mask_file),
+            mask_img,
             smoothing_fwhm=smoothing_fwhm,
             target_affine=_as_affine(target_affine),
             target_shape=_as_shape(target_shape),
@@ -573,6 +805,7 @@ high_pass, t_r, runs, dtype, clean_args
             t_r=t_r,
             clean_kwargs=dict(clean_args) if clean_args else None,
             report=report,
+            hv_confounds=hv_confounds,
         )
     except SampleMaskError as exc:
         _locate(exc, "clean_signals", mask_source)
@@ -585,6 +818,15 @@ high_pass, t_r, runs, dtype, clean_args
     if qc_file is not None:
         save_qc(report, qc_file)
     return save_signals(signals, out_file)
+
+
+def _crop(img, window):
+    """``img`` cropped to ``window`` (3 slices), its affine moved with it; data in memory."""
+    import nibabel as nib
+
+    affine = img.affine.copy()
+    affine[:3, 3] = img.affine[:3, 3] + img.affine[:3, :3] @ [s.start for s in window]
+    return nib.Nifti1Image(np.asanyarray(img.dataobj)[window], affine, img.header)
 
 
 def _read_confounds(confounds_file):

@@ -60,6 +60,7 @@ __all__ = [
     "smooth_img",
     "smooth_masked",
     "smooth_masked_chunks",
+    "smooth_window_chunks",
 ]
 
 _INTERPOLATION_ORDERS = {"continuous": 3, "linear": 1, "nearest": 0}
@@ -745,6 +746,9 @@ class _MaskedSmoothing:
             # Where the mask itself lies, in box coordinates.
             inner.append(slice(int(hits[0]) - start, int(hits[-1]) + 1 - start))
         self.box = tuple(box)
+        # The mask's bounding box, in box coordinates: every voxel of it is final after
+        # the three passes (see pass_regions).
+        self.inner = tuple(inner)
         self.sub_mask = mask[self.box]
         self.sigmas = None
         if radius is not None and not isinstance(fwhm, str):
@@ -760,7 +764,9 @@ class _MaskedSmoothing:
             (inner[0], inner[1], slice(None)),
         )
 
-    def _smooth_volumes(self, block, rows, out, work_dtype, layout, flat_index, ensure_finite):
+    def _smooth_volumes(
+        self, block, rows, out, work_dtype, layout, flat_index, ensure_finite, window=None
+    ):
         buffer = np.empty(self.sub_mask.shape, dtype=work_dtype, order=layout)
         gaussian = self.sigmas is not None and not isinstance(self.fwhm, str)
         for t, row in rows:
@@ -788,6 +794,13 @@ class _MaskedSmoothing:
                         region = buffer[self.pass_regions[axis]]
                         source = volume if direct and axis == 0 else region
                         gaussian_filter1d(source, sigma, axis=axis, output=region)
+            if window is not None:
+                # The whole bounding box of the mask, for a cropped smoothed image.
+                values = window[..., t]
+                values[...] = smoothed[self.inner]
+                if ensure_finite and values.dtype.kind in "fc":
+                    values[~np.isfinite(values)] = 0
+                continue
             values = np.take(smoothed.reshape(-1, order=layout), flat_index)
             if ensure_finite and values.dtype.kind in "fc":
                 bad = ~np.isfinite(values)
@@ -837,6 +850,104 @@ class _MaskedSmoothing:
             for future in pending:
                 future.result()
         return out
+
+    def run_window(self, boxed, n_volumes, in_dtype, dtype, ensure_finite, n_jobs):
+        """Smooth the ``(start, boxed block)`` pairs; yield the mask's bounding box of each.
+
+        Yields ``(start, window)`` in order, ``window`` an array (x, y, z, n) in Fortran
+        order (the layout of a NIfTI file) holding the smoothed values of the mask's
+        bounding box for volumes ``start`` to ``start + n``: equal to smoothing the
+        whole field of view, then cropping. At most two blocks are in flight beyond the
+        one being read, so that a streaming source keeps running while the windows are
+        written.
+        """
+        work_dtype = np.dtype(dtype) if dtype is not None else _smoothing_dtype(in_dtype)
+        out_dtype = work_dtype if work_dtype.kind == "f" else np.dtype(np.float32)
+        shape = tuple(s.stop - s.start for s in self.inner)
+        n_threads = max(1, int(n_jobs or default_n_threads()))
+        in_flight = []
+        with ThreadPoolExecutor(max_workers=n_threads) as pool:
+            for start, block in boxed:
+                contiguous = block[..., 0].flags.f_contiguous or block.flags.f_contiguous
+                layout = "F" if contiguous else "C"
+                window = np.empty((*shape, block.shape[3]), dtype=out_dtype, order="F")
+                rows = [(t, start + t) for t in range(block.shape[3])]
+                parts = [
+                    pool.submit(
+                        self._smooth_volumes,
+                        block,
+                        rows[part::n_threads],
+                        None,
+                        work_dtype,
+                        layout,
+                        None,
+                        ensure_finite,
+                        window,
+                    )
+                    for part in range(min(n_threads, len(rows)))
+                ]
+                in_flight.append((start, window, parts))
+                while len(in_flight) > 2:
+                    yield _finished(in_flight.pop(0))
+            while in_flight:
+                yield _finished(in_flight.pop(0))
+
+
+def _finished(item):
+    start, window, parts = item
+    for future in parts:
+        future.result()
+    return start, window
+
+
+def smooth_window_chunks(
+    chunks, shape, affine, fwhm, mask, *, dtype=None, ensure_finite=True, n_jobs=None
+):
+    """Smoothed 4D data cropped to the mask's bounding box, block after block.
+
+    The values of smoothing the whole field of view (:func:`smooth_array`, as nilearn's
+    ``smooth_img``), then cropping to the bounding box of ``mask``; computed, like
+    :func:`smooth_masked`, on that box padded by the kernel radius only.
+
+    Parameters
+    ----------
+    chunks : iterable of (int, array)
+        ``(start, block)`` pairs of consecutive volumes (see :func:`smooth_masked_chunks`).
+    shape : tuple of 4 int
+        Shape of the whole 4D data.
+    affine, fwhm, mask, dtype, ensure_finite, n_jobs
+        As in :func:`smooth_masked`.
+
+    Returns
+    -------
+    box : tuple of 3 slices
+        The mask's bounding box in the input grid.
+    windows : iterator of (int, numpy.ndarray)
+        ``(start, window)``: the smoothed box of volumes ``start`` to
+        ``start + window.shape[3]``, Fortran order; float32 for float32 and integer
+        input, float64 for float64. Consume it to run the smoothing.
+    """
+    fwhm = _warn_zero_fwhm(fwhm)
+    mask = _as_bool_mask(mask)
+    shape = tuple(shape)
+    if len(shape) != 4:
+        raise DimensionError(len(shape), 4, "data4d")
+    _check_mask_shape(mask, shape)
+    plan = _MaskedSmoothing(shape, affine, fwhm, mask)
+    box = tuple(
+        slice(outer.start + inner.start, outer.start + inner.stop)
+        for outer, inner in zip(plan.box, plan.inner, strict=True)
+    )
+
+    def windows():
+        chunk_iter = iter(chunks)
+        first = next(chunk_iter, None)
+        if first is None:
+            raise ValueError(f"no volumes given for data of shape {shape}.")
+        boxed = ((start, block[plan.box]) for start, block in _chain_first(first, chunk_iter))
+        yield from plan.run_window(boxed, shape[3], first[1].dtype, dtype, ensure_finite, n_jobs)
+
+    return box, windows()
 
 
 # --------------------------------------------------------------------------------------

@@ -5,20 +5,30 @@ its output file inside the task's own cache directory (Pydra runs the function
 there) and returns it. Inputs and outputs are ``fileformats`` types, so that
 Pydra hashes file *contents* and caches every step:
 
-=========================  ===================================================
-task                       inputs → output
-=========================  ===================================================
-:class:`ComputeMask`       BOLD image(s) → ``mask_file`` (NIfTI, uint8)
-:class:`Resample`          image (+ target grid or reference) → ``out_file``
-:class:`Smooth`            image + FWHM (mm) → ``out_file``
-:class:`CleanSignals`      BOLD + mask (+ confounds, sample mask, cleaning) →
-                           ``signals_file`` (``.npy``, see :mod:`masker_wf._io`)
-                           and ``qc_file``
-:class:`Unmask`            signals + mask → ``out_file`` (4D NIfTI), in the task's
-                           directory or, with ``out_file``, at a derivative's path
-:class:`DerivativesSink`   any file → ``out_file`` at its final (derivative)
-                           path, atomically, gzipped for ``.gz``, with a sidecar
-=========================  ===================================================
+==============================  ==============================================
+task                            inputs → output
+==============================  ==============================================
+:class:`ComputeMask`            BOLD image(s) → ``mask_file`` (NIfTI, uint8)
+:class:`Resample`               image (+ target grid, reference or mask) →
+                                ``out_file``
+:class:`Smooth`                 image + FWHM (mm) (+ mask) → ``out_file``
+:class:`HighVarianceConfounds`  raw BOLD → ``confounds_file`` (``.npy``)
+:class:`CleanSignals`           BOLD + mask (+ confounds, sample mask,
+                                cleaning) → ``signals_file`` (``.npy``, see
+                                :mod:`masker_wf._io`) and ``qc_file``
+:class:`Unmask`                 signals + mask → ``out_file`` (4D NIfTI), in
+                                the task's directory or, with ``out_file``, at
+                                a derivative's path
+:class:`DerivativesSink`        any file → ``out_file`` at its final
+                                (derivative) path, atomically, gzipped for
+                                ``.gz``, with a sidecar
+==============================  ==============================================
+
+With a ``mask_file``, :class:`Resample` and :class:`Smooth` write what the masker
+needs of the BOLD only: the window of the mask's grid it is masked on (the mask's
+bounding box, plus one voxel for a resampled BOLD, as nilearn), uncompressed, in the
+data's dtype (float32 for float32 BOLD), with the values of the full field of view;
+:class:`CleanSignals` with ``bold_window=True`` masks such a window where it lies.
 
 Images are accepted as uncompressed ``.nii`` (:class:`fileformats.medimage.Nifti1`)
 or gzipped ``.nii.gz`` (:class:`fileformats.medimage.NiftiGz`). Outputs are
@@ -71,6 +81,7 @@ __all__ = [
     "CleanSignals",
     "ComputeMask",
     "DerivativesSink",
+    "HighVarianceConfounds",
     "NiftiImage",
     "QCData",
     "Resample",
@@ -186,6 +197,16 @@ def _run(step, *args, **kwargs):
     return _steps.call_step(step, os.getcwd(), *args, **kwargs)
 
 
+def _recorded(*paths):
+    """Leave beside each output the digest computed while writing it (see
+    :func:`masker_wf._io.record_digest`): the next node's input hash, computed in the
+    submitting process when a process pool runs the nodes, then reads nothing.
+    """
+    for path in paths:
+        _io.record_digest(path)
+    return paths[0] if len(paths) == 1 else paths
+
+
 def _choices(values) -> python.arg:
     # Explicit fields only add the allowed values: Pydra takes the type and the default
     # from the signature, the help from the (spec-filled) docstring. Only for values of
@@ -222,14 +243,16 @@ def _compute_mask(
     mask_file : NIfTI
         Binary mask (uint8).
     """
-    return _run(
-        _steps.compute_mask,
-        [str(f) for f in bold_files],
-        _image_name("mask", out_suffix),
-        mask_strategy=mask_strategy,
-        mask_args=mask_args,
-        target_affine=_affine(target_affine),
-        target_shape=target_shape,
+    return _recorded(
+        _run(
+            _steps.compute_mask,
+            [str(f) for f in bold_files],
+            _image_name("mask", out_suffix),
+            mask_strategy=mask_strategy,
+            mask_args=mask_args,
+            target_affine=_affine(target_affine),
+            target_shape=target_shape,
+        )
     )
 
 
@@ -250,6 +273,7 @@ def _resample(
     interpolation: str = "continuous",
     dtype: str | None = None,
     out_suffix: str = ".nii",
+    mask_file: NiftiImage | None = None,
 ) -> NiftiImage:
     """Resample an image to a target grid (see :func:`masker_wf._steps.resample`).
 
@@ -266,21 +290,28 @@ def _resample(
     %(dtype)s
     out_suffix : str
         ".nii" (default, fast) or ".nii.gz".
+    mask_file : NIfTI, optional
+        The masker's mask: resample the BOLD as ``NiftiMasker.transform`` does before
+        smoothing (onto the mask's bounding box, padded by one voxel, when the grids
+        differ; else onto the target grid). The output is that cropped window.
 
     Returns
     -------
     out_file : NIfTI
         The resampled image.
     """
-    return _run(
-        _steps.resample,
-        str(in_file),
-        _image_name("resampled", out_suffix),
-        target_affine=_affine(target_affine),
-        target_shape=target_shape,
-        reference_file=None if reference_file is None else str(reference_file),
-        interpolation=interpolation,
-        dtype=dtype,
+    return _recorded(
+        _run(
+            _steps.resample,
+            str(in_file),
+            _image_name("resampled", out_suffix),
+            target_affine=_affine(target_affine),
+            target_shape=target_shape,
+            reference_file=None if reference_file is None else str(reference_file),
+            interpolation=interpolation,
+            dtype=dtype,
+            mask_file=None if mask_file is None else str(mask_file),
+        )
     )
 
 
@@ -292,11 +323,14 @@ Resample = python.define(
 )
 
 
+@_spec.fill_doc
 def _smooth(
     in_file: NiftiImage,
     fwhm: float | list[float] | str | None = None,
     out_suffix: str = ".nii",
-) -> NiftiImage:
+    mask_file: NiftiImage | None = None,
+    dtype: str | None = None,
+) -> tuple[NiftiImage, QCData | None]:
     """Smooth an image with a Gaussian kernel (see :func:`masker_wf._steps.smooth`).
 
     Parameters
@@ -307,16 +341,61 @@ def _smooth(
         Kernel full width at half maximum in mm.
     out_suffix : str
         ".nii" (default, fast) or ".nii.gz".
+    mask_file : NIfTI, optional
+        The mask the smoothed image is for: the output is cropped to its bounding box
+        (the values of smoothing the whole field of view), and a ``.nii.gz`` is streamed.
+    %(dtype)s
 
     Returns
     -------
     out_file : NIfTI
         The smoothed image.
+    planes_file : QCData or None
+        With ``mask_file``: ``mean_planes.npz``, the report's mean image of the unsmoothed
+        input (for :class:`CleanSignals`' ``mean_planes_file``).
     """
-    return _run(_steps.smooth, str(in_file), _image_name("smoothed", out_suffix), fwhm=fwhm)
+    planes_file = None if mask_file is None else os.path.abspath("mean_planes.npz")
+    out_file = _run(
+        _steps.smooth,
+        str(in_file),
+        _image_name("smoothed", out_suffix),
+        fwhm=fwhm,
+        mask_file=None if mask_file is None else str(mask_file),
+        dtype=dtype,
+        planes_file=planes_file,
+    )
+    return _recorded(out_file), planes_file
 
 
-Smooth = python.define(_smooth, outputs=["out_file"], name="Smooth")
+Smooth = python.define(_smooth, outputs=["out_file", "planes_file"], name="Smooth")
+
+
+def _high_variance_confounds(bold_file: NiftiImage) -> Signals:
+    """NiftiMasker's high-variance confounds of a raw BOLD (see
+    :func:`masker_wf._steps.high_variance_confounds`).
+
+    Parameters
+    ----------
+    bold_file : NIfTI
+        4D BOLD image, as given to the masker (before resampling and smoothing).
+
+    Returns
+    -------
+    confounds_file : Signals
+        ``high_variance_confounds.npy``, shape (n_volumes, 5).
+    """
+    return _recorded(
+        _run(
+            _steps.high_variance_confounds,
+            str(bold_file),
+            os.path.abspath("high_variance_confounds.npy"),
+        )
+    )
+
+
+HighVarianceConfounds = python.define(
+    _high_variance_confounds, outputs=["confounds_file"], name="HighVarianceConfounds"
+)
 
 
 @_spec.fill_doc
@@ -338,6 +417,9 @@ def _clean_signals(
     runs: list[int] | None = None,
     dtype: str | None = None,
     clean_args: dict | None = None,
+    hv_confounds_file: Signals | None = None,
+    bold_window: bool = False,
+    mean_planes_file: QCData | None = None,
 ) -> tuple[Signals, QCData]:
     """Masked, smoothed, cleaned signals (see :func:`masker_wf._steps.clean_signals`).
 
@@ -354,6 +436,14 @@ def _clean_signals(
         Float lists pass the type check so that the step refuses them with the
         estimator's error.
     %(parameters:CleanSignals)s
+    hv_confounds_file : Signals, optional
+        High-variance confounds computed beforehand (:class:`HighVarianceConfounds`),
+        prepended to the confounds.
+    bold_window : bool
+        ``bold_file`` is a cropped window of the mask's grid (what :class:`Resample` and
+        :class:`Smooth` write with ``mask_file``): masked where it lies.
+    mean_planes_file : QCData, optional
+        The report's mean image gathered upstream (:class:`Smooth`'s ``planes_file``).
 
     Returns
     -------
@@ -374,9 +464,12 @@ def _clean_signals(
         qc_file=qc_file,
         confounds_file=None if confounds_file is None else str(confounds_file),
         sample_mask=_sample_mask_value(sample_mask),
+        hv_confounds_file=None if hv_confounds_file is None else str(hv_confounds_file),
+        bold_window=bold_window,
+        mean_planes_file=None if mean_planes_file is None else str(mean_planes_file),
         **parameters,
     )
-    return signals_file, qc_file
+    return _recorded(signals_file, qc_file)
 
 
 # No allowed values for standardize: Pydra hashes a task class with its fields' allowed

@@ -1,44 +1,61 @@
 """The masker as a Pydra workflow: every step a cached, typed, file-based task.
 
-:class:`MaskerWorkflow` composes the tasks of :mod:`masker_wf.tasks`::
+:class:`MaskerWorkflow` composes the tasks of :mod:`masker_wf.tasks`, one node per
+step of ``NiftiMasker.fit`` + ``transform`` + ``inverse_transform``::
 
-    bold_file ──> [compute_mask]  ──────┐  (no mask_file given)
-    mask_file ──> [resample_mask] ──────┤  (mask_file and a target grid)
-    bold_file ─── [smooth] ──> clean_signals ──> signals_file
-                                        └──> unmask ──> cleaned_bold_file
+    bold_file ──> [compute_mask] ─────────────┐ mask (no mask_file given)
+    mask_file ──> [resample_mask] ────────────┤      (mask_file and a target grid)
+    bold_file ──> [resample_bold] ──> [smooth] ──> clean_signals ──> signals_file
+    bold_file ──> [high_variance_confounds] ──┘           └──> unmask ──> cleaned_bold_file
 
-Nodes in brackets exist only when the parameters ask for them: a given mask,
-no mask computation; no target grid, no mask resampling. The BOLD itself is
-resampled and smoothed *inside* ``clean_signals``, exactly as
-``NiftiMasker.transform`` does it (resampling onto the mask's bounding box,
-smoothing only the mask's bounding box plus the kernel radius). With
-``smooth_as_task=True`` a separate ``smooth`` node writes the smoothed 4D
-image (not with a target grid or high-variance confounds, where only the
-in-task smoothing gives NiftiMasker's numbers); it then costs a write and a
-Pydra hash of the full image (1.3 GB for a 2 mm MNI run of 300 volumes:
-several seconds), so it is only worth it when that image is wanted.
+Nodes in brackets exist only when the parameters ask for them: no mask computation
+for a given mask, no mask resampling without a target grid; ``resample_bold`` when the
+BOLD is not on the mask's grid (a target grid it is not on, or a given mask on
+another grid: decided on the headers when the graph is built), ``smooth`` with
+``smoothing_fwhm``, ``high_variance_confounds`` when asked (from the raw BOLD, as
+nilearn computes them). The order and the numbers are ``NiftiMasker.transform``'s:
+the dtype conversion in the first BOLD node, resampling onto the mask's bounding box
+(padded by one voxel) when the grids differ, smoothing, masking, cleaning.
+
+The BOLD intermediates are small: each is the window of the mask's grid that the
+next step needs (``resample_bold``: nilearn's cropped grid; ``smooth``: the mask's
+bounding box, computed from that box padded by the kernel radius only, with the values
+smoothing the whole field of view gives), uncompressed, in the data's dtype (float32
+for float32 BOLD), memory-mapped by ``clean_signals`` (``bold_window=True``). The
+first node reading a ``.nii.gz`` streams it (decompression overlapping smoothing).
+Each step hashes what it writes as it writes it and leaves the digest beside the file
+(:func:`masker_wf._io.record_digest`), so that with the segmented hash
+(``segmented_hash=True``) Pydra identifies an intermediate without reading it, with
+either worker. The high-variance confounds node reads the raw BOLD whole, a second
+read of it.
+
+``smooth_as_task`` is accepted for compatibility and changes nothing: smoothing is
+always a node of its own now, with every parameter (target grids and high-variance
+confounds included).
 
 Caching: each node's cache key is the hash of its inputs, file *contents*
-included, so changing a cleaning parameter (``low_pass``...) re-runs
-``CleanSignals`` and ``Unmask`` but reuses the mask. Pydra memoises file hashes
-in its hash cache keyed on path and mtime; :func:`run_masker_workflow` keeps it
-in ``<cache_root>/hashes`` (or ``hash_cache``) so that re-runs do not re-read the
-BOLD, and ``segmented_hash=True`` opts in to the faster file hash of
-:func:`masker_wf.tasks.use_segmented_hash`.
+included, so changing a cleaning parameter or the confounds (``low_pass``, another
+denoising strategy...) re-runs ``CleanSignals`` and ``Unmask`` only: the mask, the
+resampled and the smoothed BOLD come from the cache (the ``.nii.gz`` is not read
+again). Pydra memoises file hashes in its hash cache keyed on path and mtime;
+:func:`run_masker_workflow` keeps it in ``<cache_root>/hashes`` (or ``hash_cache``)
+so that re-runs do not re-read the BOLD, and ``segmented_hash=True`` opts in to the
+faster file hash of :func:`masker_wf.tasks.use_segmented_hash`.
 
 Errors: a failing node's exception reaches the caller of
 :func:`run_masker_workflow` as the object the step raised (class, message,
 ``step`` and ``file``), with both workers; see :mod:`masker_wf._steps`.
 
-Disk use: the cache root holds, per run, the mask, the signals
-(``n_kept_volumes * n_voxels * 4`` bytes), the cleaned BOLD (uncompressed,
-``n_kept_volumes`` volumes of the mask's grid, float32) and, with
-``smooth_as_task``, the smoothed BOLD. The workflow's own
+Disk use: the cache root holds, per run, the mask, the resampled and smoothed BOLD
+windows (all volumes, the mask's bounding box), the signals
+(``n_kept_volumes * n_voxels * 4`` bytes) and the cleaned BOLD (uncompressed,
+``n_kept_volumes`` volumes of the mask's grid, float32). The workflow's own
 ``workflow-*`` directory hard-links the outputs, so they are not stored twice.
-For the realistic benchmark run (97 x 115 x 97 voxels, 270 kept volumes,
-235 398 mask voxels) that is 1.4 GB per run: 1.17 GB of cleaned BOLD, 0.25 GB
-of signals. :class:`MaskerSignalsWorkflow` (what the BIDS App runs, writing the
-cleaned BOLD straight to its derivative) keeps the signals only: 0.25 GB. Each new
+For the realistic benchmark run (97 x 115 x 97 voxels, 300 volumes, 270 kept,
+235 398 mask voxels in a 73 x 90 x 78 box, 47 % of the field of view) that is 2.0 GB
+per run: 0.61 GB of smoothed window, 1.17 GB of cleaned BOLD, 0.25 GB of signals.
+:class:`MaskerSignalsWorkflow` (what the BIDS App runs, writing the cleaned BOLD
+straight to its derivative) keeps the smoothed window and the signals: 0.86 GB. Each new
 parameter set adds its own outputs; remove ``cache_root``
 (or old ``python-*``/``workflow-*`` directories in it, the ``hashes`` directory
 is small) to reclaim the space.
@@ -83,11 +100,12 @@ from pydra.compose import workflow
 
 from . import _spec, _validation
 from ._io import carry_digests
-from ._steps import load_error
+from ._steps import load_error, on_masking_grid
 from .tasks import (
     MASK_STRATEGY_VALUES,
     CleanSignals,
     ComputeMask,
+    HighVarianceConfounds,
     NiftiImage,
     QCData,
     Resample,
@@ -142,9 +160,8 @@ def _masker_workflow(
     out_suffix : str
         ".nii" (default, fastest) or ".nii.gz" for the image outputs.
     smooth_as_task : bool
-        Smooth in a separate ``Smooth`` task (writes the smoothed 4D image)
-        instead of inside ``CleanSignals``; not with ``high_variance_confounds`` or a
-        target grid, where it could not give NiftiMasker's numbers.
+        Accepted for compatibility; no effect: with ``smoothing_fwhm``, smoothing is
+        always the ``smooth`` node (a cropped smoothed BOLD).
 
     Returns
     -------
@@ -166,32 +183,19 @@ def _masker_workflow(
 
 
 def _masker_nodes(given: dict):
-    """Add the mask and ``CleanSignals`` nodes of a masker workflow; ``(mask, clean)``.
+    """Add the nodes of a masker workflow up to ``CleanSignals``; ``(mask, clean)``.
 
     ``given`` holds the workflow's inputs by name. The nodes the parameters switch off
-    are left out (a given mask is used as it is).
+    are left out (a given mask is used as it is, a BOLD on the mask's grid is not
+    resampled, no smoothing node without ``smoothing_fwhm``...).
     """
     # The parameters each task takes are the spec's: forwarded by name from here, after
     # the door check every face makes (here, when the graph is built, before any node runs).
     _validation.check_parameters(_spec.pick(given, "workflow"))
     mask_file, bold_file, out_suffix = given["mask_file"], given["bold_file"], given["out_suffix"]
     target_affine, target_shape = given["target_affine"], given["target_shape"]
-    smoothing_fwhm, smooth_as_task = given["smoothing_fwhm"], given["smooth_as_task"]
+    smoothing_fwhm, dtype = given["smoothing_fwhm"], given["dtype"]
     resampling = target_affine is not None or target_shape is not None
-    if smoothing_fwhm is not None and smooth_as_task:
-        # Only then is a separate Smooth task exactly NiftiMasker's smoothing.
-        if given["high_variance_confounds"]:
-            raise ValueError(
-                "smooth_as_task=True cannot be combined with high_variance_confounds=True: "
-                "NiftiMasker computes them on the unsmoothed BOLD, which CleanSignals would "
-                "no longer see."
-            )
-        if resampling:
-            raise ValueError(
-                "smooth_as_task=True cannot be combined with target_affine/target_shape: "
-                "NiftiMasker smooths after resampling onto the mask's bounding box, which a "
-                "separate Smooth task cannot reproduce. Resample the BOLD beforehand instead."
-            )
 
     if mask_file is None:
         mask = workflow.add(
@@ -214,30 +218,79 @@ def _masker_nodes(given: dict):
     else:
         mask = mask_file
 
-    # The BOLD is resampled inside CleanSignals, as NiftiMasker.transform does it:
-    # onto the mask's bounding box when the grids differ, after the dtype
-    # conversion and after the high-variance confounds are taken from the raw
-    # image. A separate Resample node could not reproduce those semantics and
-    # would write (and hash) a full 4D intermediate.
-    bold = bold_file
-    fwhm_in_clean = smoothing_fwhm
-    if smoothing_fwhm is not None and smooth_as_task:
+    # The BOLD goes through the steps of NiftiMasker.transform, each a node writing a
+    # cropped window of the mask's grid (the dtype conversion made by the first of them).
+    # High-variance confounds come from the raw BOLD, as nilearn takes them.
+    bold, window = bold_file, False
+    if _bold_needs_resampling(bold_file, mask_file, target_affine, target_shape):
         bold = workflow.add(
-            Smooth(in_file=bold, fwhm=smoothing_fwhm, out_suffix=out_suffix), name="smooth"
+            Resample(
+                in_file=bold,
+                mask_file=mask,
+                target_affine=target_affine,
+                target_shape=target_shape,
+                dtype=dtype,
+            ),
+            name="resample_bold",
         ).out_file
-        fwhm_in_clean = None
+        window, dtype = True, None
+    mean_planes = None
+    if smoothing_fwhm is not None:
+        smooth = workflow.add(
+            Smooth(in_file=bold, fwhm=smoothing_fwhm, mask_file=mask, dtype=dtype),
+            name="smooth",
+        )
+        # The report shows the unsmoothed mean image: gathered by the node that sees it.
+        bold, mean_planes = smooth.out_file, smooth.planes_file
+        window, dtype = True, None
+    hv_confounds = None
+    if given["high_variance_confounds"]:
+        hv_confounds = workflow.add(
+            HighVarianceConfounds(bold_file=bold_file), name="high_variance_confounds"
+        ).confounds_file
 
+    cleaning = _spec.pick(given, "CleanSignals")
+    if window:
+        # Done upstream: the window is on the mask's grid, smoothed, converted.
+        cleaning.update(smoothing_fwhm=None, target_affine=None, target_shape=None, dtype=dtype)
+    if hv_confounds is not None:
+        cleaning["high_variance_confounds"] = False
     clean = workflow.add(
         CleanSignals(
             bold_file=bold,
             mask_file=mask,
             confounds_file=given["confounds_file"],
             sample_mask=given["sample_mask"],
-            **{**_spec.pick(given, "CleanSignals"), "smoothing_fwhm": fwhm_in_clean},
+            hv_confounds_file=hv_confounds,
+            bold_window=window,
+            mean_planes_file=mean_planes,
+            **cleaning,
         ),
         name="clean_signals",
     )
     return mask, clean
+
+
+def _bold_needs_resampling(bold_file, mask_file, target_affine, target_shape) -> bool:
+    """Whether the BOLD must be resampled before it is masked: a ``resample_bold`` node.
+
+    Decided on the headers when the graph is built: a target grid the BOLD is not on, or
+    a given mask on another grid. When they cannot be read then (inputs of an enclosing
+    workflow), the node is added; on the mask's grid already, it then writes the image
+    as it is.
+    """
+    import nibabel as nib
+
+    try:
+        bold_img = nib.load(os.fspath(bold_file))
+        mask_img = None if mask_file is None else nib.load(os.fspath(mask_file))
+    except (TypeError, OSError, ValueError, nib.filebasedimages.ImageFileError):
+        return True
+    # With a target grid the mask is put on it: only the target counts.
+    targeted = target_affine is not None or target_shape is not None
+    return not on_masking_grid(
+        bold_img, None if targeted else mask_img, target_affine, target_shape
+    )
 
 
 # Defined from a module-level function so that worker processes import it by

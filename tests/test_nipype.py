@@ -10,15 +10,20 @@ import importlib.util
 import re
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
+import test_workflow_nodes as pydra_nodes
 from conftest import make_synthetic_bold
 from nipype.interfaces.base import isdefined
 from nipype.pipeline.engine.nodes import NodeExecutionError
+
+# Fixtures of the Pydra graph's parity cases, which the nipype graph runs too.
+from test_workflow_nodes import coarse_mask_file, synthetic_bold_file  # noqa: F401
 
 from masker_wf._exceptions import DimensionError, SampleMaskError
 from masker_wf._io import load_qc
@@ -28,6 +33,7 @@ from masker_wf.nipype.interfaces import (
     CleanSignals,
     ComputeMask,
     DerivativesSink,
+    HighVarianceConfounds,
     Resample,
     Smooth,
     Unmask,
@@ -79,7 +85,15 @@ def synthetic_files(tmp_path):
 # ------------------------------------------------------------------------------- the graph
 def test_graph_has_fmriprep_style_inputnode_outputnode_and_methods_paragraph():
     wf = init_masker_wf(smoothing_fwhm=6.0, detrend=True, high_pass=0.01, t_r=2.0, mem_gb=0.5)
-    assert sorted(wf.list_node_names()) == ["clean", "inputnode", "mask", "outputnode", "unmask"]
+    assert sorted(wf.list_node_names()) == [
+        "clean",
+        "inputnode",
+        "mask",
+        "outputnode",
+        "resample_bold",
+        "smooth",
+        "unmask",
+    ]
     inputnode, outputnode = wf.get_node("inputnode"), wf.get_node("outputnode")
     assert set(inputnode.inputs.copyable_trait_names()) == {
         "bold_file",
@@ -96,19 +110,94 @@ def test_graph_has_fmriprep_style_inputnode_outputnode_and_methods_paragraph():
     }
     # t_r is the inputnode's default, so a connected or set value overrides it.
     assert inputnode.inputs.t_r == 2.0
+    assert wf.get_node("smooth").inputs.fwhm == 6.0
     clean = wf.get_node("clean")
-    assert clean.inputs.smoothing_fwhm == 6.0
-    assert clean.mem_gb == pytest.approx(1.5)
+    assert not isdefined(clean.inputs.smoothing_fwhm)  # done upstream
+    assert clean.mem_gb == pytest.approx(1.0)
     for text in ("'background' strategy", "6.0 mm FWHM", "linearly detrended", "0.01 Hz"):
         assert text in wf.__desc__
     assert wf.visit_desc() == wf.__desc__
 
 
-def test_smooth_as_task_adds_a_smooth_node():
-    wf = init_masker_wf(smoothing_fwhm=5.0, smooth_as_task=True)
-    assert "smooth" in wf.list_node_names()
-    assert not isdefined(wf.get_node("clean").inputs.smoothing_fwhm)
-    assert "Smoothing ran as a separate workflow step" in wf.__desc__
+def _edges(wf):
+    return {
+        (source.name, target.name, tuple(map(tuple, data["connect"])))
+        for source, target, data in wf._graph.edges(data=True)
+    }
+
+
+def test_smoothing_target_grid_and_high_variance_confounds_are_nodes():
+    wf = init_masker_wf(
+        smoothing_fwhm=6.0,
+        target_affine=np.diag([4.0, 4.0, 4.0]),
+        high_variance_confounds=True,
+    )
+    assert sorted(wf.list_node_names()) == [
+        "clean",
+        "high_variance_confounds",
+        "inputnode",
+        "mask",
+        "outputnode",
+        "resample_bold",
+        "smooth",
+        "unmask",
+    ]
+    edges = _edges(wf)
+    # mask -> resample_bold -> smooth -> clean, high-variance confounds from the raw BOLD.
+    assert ("inputnode", "resample_bold", (("bold_file", "in_file"),)) in edges
+    assert ("mask", "resample_bold", (("mask_file", "mask_file"),)) in edges
+    assert ("resample_bold", "smooth", (("out_file", "in_file"),)) in edges
+    assert (
+        "smooth",
+        "clean",
+        (("out_file", "bold_file"), ("planes_file", "mean_planes_file")),
+    ) in edges
+    assert ("inputnode", "high_variance_confounds", (("bold_file", "bold_file"),)) in edges
+    assert (
+        "high_variance_confounds",
+        "clean",
+        (("confounds_file", "hv_confounds_file"),),
+    ) in edges
+    # Each parameter is used by the node of its step only.
+    assert wf.get_node("resample_bold").inputs.target_affine == np.diag([4.0, 4.0, 4.0]).tolist()
+    clean = wf.get_node("clean").inputs
+    assert clean.high_variance_confounds is False
+    assert clean.bold_window is True
+    for name in ("smoothing_fwhm", "target_affine", "target_shape", "dtype"):
+        assert not isdefined(getattr(clean, name)), name
+
+
+def test_nodes_the_parameters_switch_off_are_not_in_the_graph():
+    wf = init_masker_wf(detrend=True)
+    # resample_bold stays: a mask the parent connects may be on another grid.
+    assert sorted(wf.list_node_names()) == [
+        "clean",
+        "inputnode",
+        "mask",
+        "outputnode",
+        "resample_bold",
+        "unmask",
+    ]
+    assert (
+        "resample_bold",
+        "clean",
+        (("out_file", "bold_file"), ("bold_window", "bold_window")),
+    ) in _edges(wf)
+
+
+def test_smooth_as_task_is_accepted_and_changes_nothing():
+    built = {
+        flag: init_masker_wf(
+            smoothing_fwhm=5.0,
+            smooth_as_task=flag,
+            high_variance_confounds=True,
+            target_affine=np.eye(3) * 4,
+        )
+        for flag in (False, True)
+    }
+    assert built[True].list_node_names() == built[False].list_node_names()
+    assert _edges(built[True]) == _edges(built[False])
+    assert built[True].__desc__ == built[False].__desc__
 
 
 def test_smooth_as_node_is_a_deprecated_name_of_smooth_as_task():
@@ -134,8 +223,6 @@ def test_smooth_as_node_is_a_deprecated_name_of_smooth_as_task():
         ({"low_pass": -0.1}, "low_pass"),
         ({"target_shape": (10, 10, 10)}, "target_affine"),
         ({"target_affine": np.eye(2)}, "target_affine"),
-        ({"smooth_as_task": True, "high_variance_confounds": True}, "high_variance_confounds"),
-        ({"smooth_as_task": True, "target_affine": np.eye(3)}, "target_affine"),
         ({"out_suffix": ".mgz"}, "out_suffix"),
     ],
 )
@@ -145,7 +232,8 @@ def test_invalid_parameters_fail_when_the_workflow_is_built(params, named):
 
 
 @pytest.mark.parametrize(
-    "interface", [ComputeMask, Resample, Smooth, CleanSignals, Unmask, DerivativesSink]
+    "interface",
+    [ComputeMask, Resample, Smooth, HighVarianceConfounds, CleanSignals, Unmask, DerivativesSink],
 )
 def test_every_trait_of_every_interface_is_described(interface):
     for spec in (interface.input_spec(), interface.output_spec()):
@@ -321,6 +409,124 @@ def test_synthetic_given_mask_resampled_and_smoothed_as_node_match_nifti_masker(
     )
 
 
+@pytest.mark.parametrize("case", list(pydra_nodes.PARITY_CASES))
+def test_signals_through_the_node_graph_are_niftimaskers(
+    case, tmp_path, request, ds003_path, ds003_mask_path, functional_path
+):
+    # The parity cases of the Pydra graph (tests/test_workflow_nodes.py), through nipype's.
+    source, params = pydra_nodes.PARITY_CASES[case]
+    params = dict(params)
+    bold = {
+        "ds003": ds003_path,
+        "functional": functional_path,
+        "synthetic": request.getfixturevalue("synthetic_bold_file"),
+    }[source]
+    mask = params.pop("mask", None)
+    mask_file = {None: None, "ds003": ds003_mask_path}.get(mask)
+    if mask == "coarse":
+        mask_file = request.getfixturevalue("coarse_mask_file")
+    confounds = (
+        pydra_nodes._confounds_file(tmp_path, "confounds", 3, seed=1)
+        if params.pop("confounds", 0)
+        else None
+    )
+    sample_mask = params.pop("sample_mask", None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # nilearn's resampling warning, on both sides
+        out = run_masker_wf(
+            bold,
+            base_dir=tmp_path / "work",
+            mask_file=mask_file,
+            confounds_file=confounds,
+            sample_mask=sample_mask,
+            **params,
+        )
+        from masker_wf import NiftiMasker
+
+        masker = NiftiMasker(mask_img=mask_file, **params)
+        expected = masker.fit_transform(bold, confounds=confounds, sample_mask=sample_mask)
+    signals = np.load(out["signals_file"])
+    assert signals.dtype == expected.dtype
+    np.testing.assert_allclose(signals, expected, rtol=1e-6, atol=1e-6)
+    cleaned = nib.load(out["cleaned_bold_file"])
+    expected_img = masker.inverse_transform(expected)
+    np.testing.assert_allclose(cleaned.affine, expected_img.affine)
+    np.testing.assert_allclose(cleaned.get_fdata(), expected_img.get_fdata(), atol=1e-6)
+
+
+@pytest.mark.filterwarnings("ignore:imgs are being resampled:UserWarning")
+@pytest.mark.parametrize("plugin", ["Linear", "MultiProc"])
+def test_smoothing_target_grid_and_high_variance_confounds_run_with_either_plugin(
+    plugin, tmp_path, synthetic_files
+):
+    bold_file, mask_file, confounds_file = synthetic_files
+    params = {
+        "smoothing_fwhm": 6.0,
+        "target_affine": np.diag([4.0, 4.0, 4.5]),
+        "high_variance_confounds": True,
+        "detrend": True,
+        "standardize": "zscore_sample",
+    }
+    sample_mask = np.arange(2, 40)
+    out = run_masker_wf(
+        bold_file,
+        base_dir=tmp_path / "work",
+        mask_file=mask_file,
+        confounds_file=confounds_file,
+        sample_mask=sample_mask,
+        plugin=plugin,
+        plugin_args={"n_procs": 2} if plugin == "MultiProc" else None,
+        **params,
+    )
+    expected = _masker_signals(
+        bold_file,
+        mask=mask_file,
+        confounds=pd.read_csv(confounds_file, sep="\t").to_numpy(),
+        sample_mask=sample_mask,
+        **params,
+    )
+    np.testing.assert_allclose(np.load(out["signals_file"]), expected, rtol=1e-6, atol=1e-6)
+    # Named after the run's BOLD, not after the intermediates.
+    assert out["signals_file"].name == "synth_bold_signals.npy"
+    assert out["cleaned_bold_file"].name == "synth_bold_cleaned.nii"
+    node_dirs = {p.name for p in (tmp_path / "work" / "masker_wf").iterdir() if p.is_dir()}
+    assert {"resample_bold", "smooth", "high_variance_confounds", "clean"} <= node_dirs
+
+
+def test_resample_bold_hands_over_a_bold_on_the_mask_grid_untouched(tmp_path, synthetic_files):
+    bold_file, mask_file, _ = synthetic_files
+
+    def run(name, mask=mask_file, **inputs):
+        cwd = tmp_path / name
+        cwd.mkdir()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # nilearn's resampling warning
+            result = Resample(in_file=str(bold_file), mask_file=str(mask), **inputs).run(
+                cwd=str(cwd)
+            )
+        return result.outputs, cwd
+
+    on_grid, cwd = run("on_grid")
+    assert on_grid.out_file == str(bold_file)
+    assert on_grid.bold_window is False
+    assert not list(cwd.glob("*.nii*"))  # no copy
+    # A dtype conversion to make, or another grid: the step writes the BOLD it masks.
+    converted, cwd = run("converted", dtype="float64")
+    assert Path(converted.out_file).parent == cwd
+    assert converted.bold_window is True
+    assert nib.load(converted.out_file).get_data_dtype() == np.float64
+    from masker_wf.image import resample_img
+
+    coarse_mask = tmp_path / "mask_4mm.nii"
+    resample_img(
+        str(mask_file), target_affine=np.diag([4.0, 4.0, 4.0]), interpolation="nearest"
+    ).to_filename(coarse_mask)
+    resampled, cwd = run("resampled", mask=coarse_mask)
+    assert Path(resampled.out_file).parent == cwd
+    assert resampled.bold_window is True
+    np.testing.assert_allclose(nib.load(resampled.out_file).affine[:3, :3], np.diag([4.0] * 3))
+
+
 def test_boolean_sample_mask_means_kept_volumes_not_indices(tmp_path, synthetic_files):
     bold_file, mask_file, _ = synthetic_files
     kept = np.ones(40, dtype=bool)
@@ -364,6 +570,31 @@ def test_changing_a_cleaning_parameter_reuses_the_cached_mask(tmp_path, syntheti
     assert second["mask_file"].stat().st_mtime_ns == stamps["mask_file"]
     assert second["signals_file"].stat().st_mtime_ns != stamps["signals_file"]
     assert not np.allclose(first_signals, np.load(second["signals_file"]))
+
+
+def test_another_confounds_strategy_reruns_only_cleaning_and_unmasking(tmp_path, synthetic_files):
+    bold_file, mask_file, confounds_file = synthetic_files
+    other_confounds = tmp_path / "other_confounds.tsv"
+    table = pd.read_csv(confounds_file, sep="\t")
+    table[["a"]].to_csv(other_confounds, sep="\t", index=False)
+    params = {"smoothing_fwhm": 6.0, "high_variance_confounds": True, "detrend": True}
+    work = tmp_path / "work"
+
+    def run(confounds):
+        run_masker_wf(
+            bold_file, base_dir=work, mask_file=mask_file, confounds_file=confounds, **params
+        )
+        nodes = ("mask", "resample_bold", "smooth", "high_variance_confounds", "clean", "unmask")
+        # A node that reruns writes its result file again.
+        return {
+            node: (work / "masker_wf" / node / f"result_{node}.pklz").stat().st_mtime_ns
+            for node in nodes
+        }
+
+    first = run(confounds_file)
+    second = run(other_confounds)
+    rerun = {node for node in first if first[node] != second[node]}
+    assert rerun == {"clean", "unmask"}
 
 
 # --------------------------------------------------------------------------- bad inputs

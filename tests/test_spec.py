@@ -11,8 +11,17 @@ from masker_wf import NiftiMasker, _spec
 _NOT_PARAMETERS = {
     "workflow": {"bold_file", "mask_file", "confounds_file", "sample_mask", "out_suffix"},
     "ComputeMask": {"bold_files", "out_suffix"},
-    "Resample": {"in_file", "reference_file", "interpolation", "out_suffix"},
-    "CleanSignals": {"bold_file", "mask_file", "confounds_file", "sample_mask"},
+    "Resample": {"in_file", "reference_file", "interpolation", "out_suffix", "mask_file"},
+    "CleanSignals": {
+        "bold_file",
+        "mask_file",
+        "confounds_file",
+        "sample_mask",
+        # What the workflow's upstream nodes hand over (see masker_wf.workflow).
+        "hv_confounds_file",
+        "bold_window",
+        "mean_planes_file",
+    },
     "nipype": {"name", "omp_nthreads", "mem_gb", "smooth_as_task", "smooth_as_node", "out_suffix"},
 }
 # The nipype interfaces name some data inputs as nipype users expect (one file each).

@@ -121,26 +121,30 @@ def test_parameters_that_are_off_leave_their_nodes_out(synthetic_bold_file, ds00
     def nodes(**params):
         return MaskerWorkflow(bold_file=synthetic_bold_file, **params).construct().node_names
 
-    assert nodes(mask_file=ds003_mask_path) == ["clean_signals", "unmask"]
     assert nodes() == ["compute_mask", "clean_signals", "unmask"]
+    # A mask on another grid than the BOLD's: the BOLD is resampled onto it first.
+    assert nodes(mask_file=ds003_mask_path) == ["resample_bold", "clean_signals", "unmask"]
     grid = {"target_shape": [8, 8, 8], "target_affine": np.eye(4).tolist()}
-    # The BOLD is resampled inside clean_signals (NiftiMasker's semantics); only the mask
-    # needs a node.
-    assert nodes(mask_file=ds003_mask_path, **grid) == ["resample_mask", "clean_signals", "unmask"]
-    # Smoothing happens inside clean_signals unless a separate smoothed image is asked for.
-    assert nodes(smoothing_fwhm=6.0) == ["compute_mask", "clean_signals", "unmask"]
-    assert nodes(smoothing_fwhm=6.0, smooth_as_task=True) == [
-        "compute_mask",
-        "smooth",
+    assert nodes(mask_file=ds003_mask_path, **grid) == [
+        "resample_mask",
+        "resample_bold",
         "clean_signals",
         "unmask",
     ]
-    # A separate Smooth task cannot give NiftiMasker's numbers with a target grid or
-    # high-variance confounds: refused, as by the nipype sub-workflow.
-    with pytest.raises(ValueError, match="target_affine/target_shape"):
-        nodes(smoothing_fwhm=6.0, smooth_as_task=True, **grid)
-    with pytest.raises(ValueError, match="high_variance_confounds"):
-        nodes(smoothing_fwhm=6.0, smooth_as_task=True, high_variance_confounds=True)
+    # A target grid the BOLD is on already: nothing to resample.
+    bold = nib.load(synthetic_bold_file)
+    own_grid = {"target_shape": list(bold.shape[:3]), "target_affine": bold.affine.tolist()}
+    assert nodes(**own_grid) == ["compute_mask", "clean_signals", "unmask"]
+    assert nodes(smoothing_fwhm=6.0) == ["compute_mask", "smooth", "clean_signals", "unmask"]
+    # smooth_as_task is kept for compatibility: smoothing is a node either way, and
+    # nothing is refused any more.
+    assert nodes(smoothing_fwhm=6.0, smooth_as_task=True) == nodes(smoothing_fwhm=6.0)
+    assert nodes(high_variance_confounds=True, smooth_as_task=True) == [
+        "compute_mask",
+        "high_variance_confounds",
+        "clean_signals",
+        "unmask",
+    ]
 
 
 def test_smoothing_as_a_separate_task_gives_the_same_signals(tmp_path, synthetic_bold_file):

@@ -13,10 +13,11 @@ other through Pydra's SLURM worker), then :func:`masker_wf.app.summary.summarise
 from __future__ import annotations
 
 import shutil
+from dataclasses import replace
 
 from ..bids.layout import strip_sub
 from . import console, parallel, slurm
-from .errors import EXIT_CANTCREAT, EXIT_NOINPUT, EXIT_NOTHING, EXIT_OK, AppError
+from .errors import EXIT_CANTCREAT, EXIT_IOERR, EXIT_NOINPUT, EXIT_NOTHING, EXIT_OK, AppError
 from .plan import check_inputs, plan_runs, prepare_output
 from .run import RunResult, by_subject, process_run
 from .settings import Settings
@@ -119,10 +120,37 @@ def participant_level(settings: Settings, array_command: slurm.ArrayCommand | No
     plan = plan_runs(settings, inputs)
     if dry_run:
         return _print_plan(plan, settings)
+    if settings.denoising.strategies:
+        return _process_strategies(plan, settings, inputs)
     results = _process_runs(plan, settings)
     code = summarise(results, settings)
     _finish_participants(settings, results)
     return code
+
+
+def _process_strategies(plan, settings: Settings, inputs) -> int:
+    """Every run cleaned with each strategy of the invocation, one strategy after the other.
+
+    The runs' workflows share each participant's Pydra cache: from the second strategy on,
+    the mask, the resampled and the smoothed BOLD are served from it (the BOLD is not read
+    again), and only the cleaning runs. Each strategy's outputs carry its own ``desc``.
+    """
+    results, logged = [], []
+    for each in settings.each_strategy():
+        strategy = each.denoising.denoise_strategy
+        # Planning depends on the strategy only for ICA-AROMA's inputs.
+        if (strategy == "ica_aroma") == (plan.strategy == "ica_aroma"):
+            own_plan = replace(plan, strategy=strategy, auto_resolved=False)
+        else:
+            own_plan = plan_runs(each, inputs)
+        console.progress(f"masker-wf: strategy '{strategy}': outputs desc-{each.outputs.desc}")
+        own = _process_runs(own_plan, each)
+        code = summarise(own, each)
+        if code in (EXIT_CANTCREAT, EXIT_IOERR):
+            logged.append(code)
+        results.extend(own)
+    _finish_participants(settings, results)
+    return max(logged) if logged else exit_code(results)
 
 
 def _finish_participants(settings: Settings, results) -> None:

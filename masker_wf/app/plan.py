@@ -167,7 +167,8 @@ def check_inputs(settings: Settings) -> Inputs:
     AppError, BIDSInputError
         With the exit code of the problem (16, 18, 64, 65, 66).
     """
-    _require_files(settings)
+    for each in settings.each_strategy():
+        _require_files(each)
     selection = settings.selection
     kind = dataset_kind(selection.bids_dir)
     for name, path in selection.derivatives.items():
@@ -181,18 +182,19 @@ def check_inputs(settings: Settings) -> Inputs:
             f"participant(s) {', '.join(labels)} not found in the dataset; skipped."
         ),
     )
-    denoising = settings.denoising
-    if denoising.custom_strategy is not None:
+    for each in settings.each_strategy():
+        denoising = each.denoising
+        if denoising.custom_strategy is not None:
+            try:
+                load_strategy_file(denoising.custom_strategy)
+            except ValueError as exc:
+                raise AppError(str(exc), EXIT_DATA) from exc
         try:
-            load_strategy_file(denoising.custom_strategy)
+            # Each strategy's options are checked up front ('auto' as if confounds exist).
+            strategy = denoising.denoise_strategy
+            confound_parameters(denoising, "simple" if strategy == "auto" else strategy)
         except ValueError as exc:
-            raise AppError(str(exc), EXIT_DATA) from exc
-    try:
-        # The strategy's options are checked once, up front ('auto' as if confounds exist).
-        strategy = denoising.denoise_strategy
-        confound_parameters(denoising, "simple" if strategy == "auto" else strategy)
-    except ValueError as exc:
-        raise AppError(str(exc), EXIT_USAGE) from exc
+            raise AppError(str(exc), EXIT_USAGE) from exc
     links = _dataset_links(settings, kind)
     return Inputs(
         kind=kind,

@@ -224,11 +224,15 @@ def _select_confounds(run: RunInputs, plan: Plan, params, n_volumes: int):
     return selection
 
 
-def _design_file(work_dir: Path, run: RunInputs, selection) -> Path | None:
-    """Write the design where Pydra can hash it; unchanged content keeps its mtime (cache)."""
+def _design_file(work_dir: Path, run: RunInputs, selection, desc=None) -> Path | None:
+    """Write the design where Pydra can hash it; unchanged content keeps its mtime (cache).
+
+    ``desc``: one design per strategy when a run is cleaned with several.
+    """
     if selection is None or selection.confounds.shape[1] == 0:
         return None
-    path = work_dir / "inputs" / f"{run.name}_design.tsv"
+    tag = "" if desc is None else f"_desc-{desc}"
+    path = work_dir / "inputs" / f"{run.name}{tag}_design.tsv"
     text = outputs.tsv_text(selection.confounds, "%.17g")
     if not (path.is_file() and path.read_text(encoding="utf-8") == text):
         deriv.write_text(path, text)
@@ -272,7 +276,10 @@ def prepare_run(run: RunInputs, plan: Plan, settings: Settings) -> RunJob:
         note = outputs.mask_grid_note(mask_file, header, params)
         if note is not None:
             notes.append(note)
-    design = _design_file(settings.execution.work_dir, run, selection)
+    several = bool(settings.denoising.strategies)
+    design = _design_file(
+        settings.execution.work_dir, run, selection, settings.outputs.desc if several else None
+    )
     if design is not None:
         params["confounds_file"] = design
     if selection is not None and selection.sample_mask is not None:

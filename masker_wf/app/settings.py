@@ -17,6 +17,7 @@ from types import MappingProxyType
 
 from .. import _spec
 from .._validation import check_parameters
+from ..bids import naming
 
 __all__ = [
     "CONFOUND_OPTIONS",
@@ -82,6 +83,9 @@ class Denoising:
 
     denoise_strategy: str = "auto"
     custom_strategy: Path | None = None
+    #: Every ``(strategy, custom file)`` of an invocation that gives several (the first
+    #: one is the one above); empty for one. See :meth:`Settings.each_strategy`.
+    strategies: tuple = ()
     #: Overrides of the preset (None: the preset's value), see :data:`CONFOUND_OPTIONS`.
     options: Mapping = field(default_factory=lambda: _frozen(dict.fromkeys(CONFOUND_OPTIONS)))
     #: Volumes removed at the start of each run: ``"auto"`` (fMRIPrep's
@@ -232,9 +236,8 @@ class Settings:
                 f"--min-dof {options['min_dof']} is above --warn-dof {options['warn_dof']}: "
                 "runs are refused below --min-dof and flagged below --warn-dof."
             )
-        strategy = options["denoise_strategy"]
-        if options["custom_strategy"] is not None:
-            strategy = "custom"
+        strategies = _strategies(options["denoise_strategy"], options["custom_strategy"])
+        strategy, custom_strategy = strategies[0]
         return cls(
             output_dir=Path(options["output_dir"]).absolute(),
             analysis_level=options["analysis_level"],
@@ -255,7 +258,8 @@ class Settings:
             ),
             denoising=Denoising(
                 denoise_strategy=strategy,
-                custom_strategy=_path(options["custom_strategy"]),
+                custom_strategy=custom_strategy,
+                strategies=strategies if len(strategies) > 1 else (),
                 options=_frozen({name: options[name] for name in CONFOUND_OPTIONS}),
                 **{
                     name: options[name]
@@ -283,6 +287,26 @@ class Settings:
             options=_frozen({k: v for k, v in options.items() if not k.startswith("_")}),
         )
 
+    def each_strategy(self) -> list[Settings]:
+        """One settings per confound strategy of the invocation, each with its ``desc``.
+
+        With several strategies (``--denoise-strategy simple compcor``, or several
+        ``--custom-strategy`` files), the outputs of each are labelled
+        :func:`masker_wf.bids.naming.strategy_desc`; with one, these settings.
+        """
+        if not self.denoising.strategies:
+            return [self]
+        return [
+            replace(
+                self,
+                denoising=replace(self.denoising, denoise_strategy=strategy, custom_strategy=file),
+                outputs=replace(
+                    self.outputs, desc=naming.strategy_desc(self.outputs.desc, strategy, file)
+                ),
+            )
+            for strategy, file in self.denoising.strategies
+        ]
+
     def for_participant(self, label: str) -> Settings:
         """These settings with the work directory of participant ``label``."""
         execution = replace(self.execution, work_dir=self.execution.participant_work_dir(label))
@@ -292,6 +316,32 @@ class Settings:
         """The masker parameters the Pydra workflow takes, unset ones left out."""
         names = {p.name for p in _spec.for_face("workflow")}
         return {k: v for k, v in self.masker.items() if k in names and v is not None}
+
+
+def _strategies(presets, custom_files) -> tuple:
+    """``(strategy, custom file)`` of each strategy asked for, in order.
+
+    Strategy files override the presets (as one file always did); several of either are
+    cleaned one after the other, so that their desc labels must differ.
+    """
+    if custom_files is not None:
+        files = [custom_files] if isinstance(custom_files, (str, Path)) else custom_files
+        strategies = tuple(("custom", Path(f)) for f in files)
+    else:
+        presets = [presets] if isinstance(presets, str) else list(presets)
+        if len(presets) > 1 and "auto" in presets:
+            raise ValueError(
+                "--denoise-strategy auto cannot be combined with other strategies: name them."
+            )
+        strategies = tuple((preset, None) for preset in presets)
+    labels = [naming.strategy_desc("", *strategy) for strategy in strategies]
+    repeated = sorted({label for label in labels if labels.count(label) > 1})
+    if len(strategies) > 1 and repeated:
+        raise ValueError(
+            f"several strategies would write outputs labelled {repeated}: give each once "
+            "(strategy files need names that differ in their letters and digits)."
+        )
+    return strategies
 
 
 def _masker_parameters(options: Mapping) -> dict:

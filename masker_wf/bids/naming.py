@@ -12,7 +12,10 @@ Rules kept from the first App (output names must not change between versions):
   replaced by the App's ``desc`` label;
 - outputs on another grid than the input's carry ``res-<label>`` (:func:`resolution_label`),
   replacing the source's ``res``, so runs at several resolutions coexist;
-- run outputs go to ``sub-<label>[/ses-<label>]/func/``, reports to ``sub-<label>/figures/``.
+- run outputs go to ``sub-<label>[/ses-<label>]/func/``, reports to ``sub-<label>/figures/``;
+- a run cleaned with several strategies in one invocation has one set of outputs per
+  strategy, its ``desc`` the App's label followed by the strategy's
+  (:func:`strategy_desc`: ``desc-denoisedSimple``, ``desc-denoisedCompcor``).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ __all__ = [
     "run_entities",
     "run_name",
     "source_entities",
+    "strategy_desc",
     "subject_report_path",
 ]
 
@@ -240,3 +244,29 @@ def resolution_label(zooms) -> str:
     anisotropic ``3x3x4mm`` (alphanumeric, as BIDS labels must be)."""
     sizes = [f"{float(z):.4g}".replace(".", "p") for z in list(zooms)[:3]]
     return (sizes[0] if len(set(sizes)) == 1 else "x".join(sizes)) + "mm"
+
+
+def strategy_desc(desc: str, strategy: str, custom_file=None) -> str:
+    """The ``desc`` label of one strategy's outputs when a run is cleaned with several.
+
+    Parameters
+    ----------
+    desc : str
+        The App's label (``--output-desc``, ``denoised`` by default).
+    strategy : str
+        A preset (``simple``, ``scrubbing``, ``compcor``, ``ica_aroma``, ``none``) or
+        ``custom``.
+    custom_file : path, optional
+        The strategy file of ``custom``: its name (letters and digits of its stem) labels it.
+
+    Returns
+    -------
+    str
+        ``desc`` followed by the capitalised label: ``denoisedSimple``,
+        ``denoisedIcaaroma``, ``denoisedMystrategy`` for ``my_strategy.json``.
+    """
+    name = strategy if custom_file is None else Path(custom_file).name.split(".")[0]
+    label = "".join(c for c in name if c.isascii() and c.isalnum())
+    if not label:
+        raise ValueError(f"strategy {name!r} has no letter or digit to label its outputs.")
+    return desc + label[0].upper() + label[1:].lower()

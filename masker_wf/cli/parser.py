@@ -310,17 +310,25 @@ def _denoising_options(add) -> None:
     add(
         "--denoise-strategy",
         default="auto",
+        nargs="+",
         choices=["auto", "none", "simple", "scrubbing", "compcor", "ica_aroma"],
         help="preset confound strategy; 'auto' is decided once per output dataset, over every "
         "participant of the input (recorded in out/logs and reused by later invocations): "
-        "'simple' when fMRIPrep confounds exist (a run without them then fails), else 'none' "
+        "'simple' when fMRIPrep confounds exist (a run without them then fails), else 'none'. "
+        "Several presets (not 'auto') clean each run with each of them in one invocation, "
+        "sharing the mask, resampling and smoothing; each one's outputs have the desc label "
+        "--output-desc followed by the strategy (desc-denoisedSimple, desc-denoisedCompcor) "
         "(default: auto)",
     )
     add(
         "--custom-strategy",
         type=Path,
+        nargs="+",
+        action="extend",
         metavar="FILE",
-        help="strategy JSON (load_confounds keywords, optional 'columns'); overrides the preset",
+        help="strategy JSON (load_confounds keywords, optional 'columns'); overrides the "
+        "presets; repeated (or several files), each file is a strategy of its own, its desc "
+        "label --output-desc followed by the file's name (letters and digits)",
     )
     levels = ["basic", "power2", "derivatives", "full"]
     add("--motion", choices=levels, help="motion regressors (preset if unset)")

@@ -4,7 +4,10 @@ Every interface here is a thin face over one function of :mod:`masker_wf._steps`
 interface checks and types its inputs (nipype traits), picks an output file name in the
 node's working directory, and calls the step. There is no numerical code in this module, so
 the numbers a nipype workflow produces are the numbers the Pydra tasks and
-:class:`masker_wf.NiftiMasker` produce.
+:class:`masker_wf.NiftiMasker` produce. The one decision made here is
+:class:`Resample`'s hand-over of a BOLD already on the mask's grid (read from the
+headers), which lets :func:`~masker_wf.nipype.init_masker_wf` keep a ``resample_bold``
+node whatever mask a parent pipeline connects, at no cost when none is needed.
 
 Masker parameters have the names, defaults, allowed values and descriptions of
 :mod:`masker_wf._spec`.
@@ -39,6 +42,8 @@ from nipype.utils.filemanip import split_filename
 
 from .. import _spec, _steps
 from .._io import COMPRESS_LEVELS
+from .._niimg import img_data_dtype
+from .._pipeline import resolve_dtype
 from .._steps import StepError
 
 __all__ = [
@@ -47,6 +52,7 @@ __all__ = [
     "CleanSignals",
     "ComputeMask",
     "DerivativesSink",
+    "HighVarianceConfounds",
     "Resample",
     "Smooth",
     "Unmask",
@@ -105,6 +111,8 @@ def _fwhm_trait(desc, **metadata):
     return traits.Either(
         traits.Float,
         traits.List(traits.Float, minlen=3, maxlen=3),
+        # nilearn's "fast": a 3x3x3 averaging kernel instead of a Gaussian.
+        traits.Enum("fast"),
         desc=desc,
         **metadata,
     )
@@ -182,23 +190,27 @@ class _ImageStep(SimpleInterface):
     The output is named after the input: ``<in_file stem><out_label><out_suffix>``. A
     subclass names its step, the label and what the output is on its class line, gives its
     ``input_spec`` and says which inputs the step takes; its ``output_spec`` (one image,
-    ``out_file``) is made here.
+    ``out_file``, and the traits of ``more_outputs`` when the step has other outputs) is
+    made here.
     """
 
-    def __init_subclass__(cls, *, step, out_label, out_desc, **kwargs):
+    def __init_subclass__(cls, *, step, out_label, out_desc, more_outputs=None, **kwargs):
         super().__init_subclass__(**kwargs)
         cls._step = staticmethod(step)
         cls._out_label = out_label
 
-        class OutputSpec(TraitedSpec):
-            out_file = File(exists=True, desc=out_desc)
-
+        traits_ = {"out_file": File(exists=True, desc=out_desc), **(more_outputs or {})}
         # nipype pickles a node's outputs into its result file: pickle finds the class
-        # under this name (``Smooth.OutputSpec``).
-        OutputSpec.__qualname__ = f"{cls.__qualname__}.OutputSpec"
+        # under this module and name (``Smooth.OutputSpec``).
+        OutputSpec = type(
+            "OutputSpec",
+            (TraitedSpec,),
+            {"__module__": cls.__module__, "__qualname__": f"{cls.__qualname__}.OutputSpec"}
+            | traits_,
+        )
         cls.OutputSpec = cls.output_spec = OutputSpec
 
-    def _step_kwargs(self, inputs) -> dict:
+    def _step_kwargs(self, inputs, runtime) -> dict:
         """The step's keyword arguments from the interface's inputs."""
         raise NotImplementedError
 
@@ -209,7 +221,7 @@ class _ImageStep(SimpleInterface):
             runtime,
             inputs.in_file,
             _out_file(runtime, inputs.in_file, self._out_label + inputs.out_suffix),
-            **self._step_kwargs(inputs),
+            **self._step_kwargs(inputs, runtime),
         )
         return runtime
 
@@ -290,6 +302,13 @@ class _ResampleInputSpec(BaseInterfaceInputSpec):
         exists=True,
         desc="image whose grid (affine and shape) the output takes; overrides target_*",
     )
+    mask_file = File(
+        exists=True,
+        desc="the masker's mask, on its target grid: in_file is a BOLD, put on the grid it "
+        "is masked on as NiftiMasker.transform puts it (onto the mask's bounding box, padded "
+        "by one voxel, when the grids differ; the dtype conversion first); a BOLD that is "
+        "there already, in that dtype, is handed over as it is (out_file is in_file)",
+    )
     target_affine = _affine_trait()
     target_shape = _shape_trait()
     interpolation = traits.Enum(
@@ -303,21 +322,75 @@ class _ResampleInputSpec(BaseInterfaceInputSpec):
     out_suffix = _suffix_trait()
 
 
+def _bold_on_mask_grid(bold_file, mask_file, target_affine, target_shape, dtype) -> bool:
+    """Whether ``resample(bold_file, mask_file=...)`` would write ``bold_file``'s data as it is.
+
+    Read from the headers only. The BOLD must share the mask's grid and, with a target grid,
+    be on it (a 3x3 affine or a partial target is left to the step), and need no dtype
+    conversion. An image that is not 3D or 4D is also handed over: there is nothing to
+    resample, and ``clean_signals`` refuses it with the estimator's error.
+    """
+    import nibabel as nib
+
+    bold_img = nib.load(bold_file)
+    if len(bold_img.shape) not in (3, 4):
+        return True
+    if not _steps.on_masking_grid(bold_img, nib.load(mask_file), target_affine, target_shape):
+        return False
+    return resolve_dtype(img_data_dtype(bold_img), dtype) is None
+
+
 class Resample(
-    _ImageStep, step=_steps.resample, out_label="_resampled", out_desc="the resampled image"
+    _ImageStep,
+    step=_steps.resample,
+    out_label="_resampled",
+    out_desc="the resampled image (with mask_file: the BOLD on the grid it is masked on)",
+    more_outputs={
+        "bold_window": traits.Bool(
+            desc="with mask_file: True when out_file was written, a window of the mask's grid "
+            "(for CleanSignals' bold_window); False when in_file was handed over as it is"
+        )
+    },
 ):
-    """Resample an image to a target grid (wraps :func:`masker_wf._steps.resample`)."""
+    """Resample an image to a target grid (wraps :func:`masker_wf._steps.resample`).
+
+    With ``mask_file``, the ``resample_bold`` node of :func:`~masker_wf.nipype.init_masker_wf`:
+    the BOLD is put on the grid it is masked on, or handed over untouched (no copy, no read
+    of its data) when it is on that grid already; ``bold_window`` says which.
+    """
 
     input_spec = _ResampleInputSpec
 
-    def _step_kwargs(self, inputs):
+    def _step_kwargs(self, inputs, runtime):
         return {
             "target_affine": _affine(inputs.target_affine),
             "target_shape": _shape(inputs.target_shape),
             "reference_file": _opt(inputs.reference_file),
             "interpolation": inputs.interpolation,
             "dtype": _opt(inputs.dtype),
+            "mask_file": _opt(inputs.mask_file),
         }
+
+    def _run_interface(self, runtime):
+        inputs = self.inputs
+        self._results["bold_window"] = False
+        if isdefined(inputs.mask_file):
+            try:
+                on_grid = _bold_on_mask_grid(
+                    inputs.in_file,
+                    inputs.mask_file,
+                    _affine(inputs.target_affine),
+                    _shape(inputs.target_shape),
+                    _opt(inputs.dtype),
+                )
+            except Exception:
+                # An unreadable header: the step reads it again and names what is wrong.
+                on_grid = False
+            if on_grid:
+                self._results["out_file"] = inputs.in_file
+                return runtime
+            self._results["bold_window"] = True
+        return super()._run_interface(runtime)
 
 
 # ------------------------------------------------------------------------------------- smooth
@@ -327,16 +400,76 @@ class _SmoothInputSpec(BaseInterfaceInputSpec):
         "full width at half maximum of the Gaussian kernel, in mm (one value, or one per axis)",
         mandatory=True,
     )
+    mask_file = File(
+        exists=True,
+        desc="the mask the smoothed BOLD is for (in_file on its grid or a window of it): "
+        "the output is the smoothed BOLD cropped to the mask's bounding box (the values of "
+        "smoothing the whole field of view), and planes_file is written",
+    )
+    dtype = _dtype_trait()
     out_suffix = _suffix_trait()
 
 
-class Smooth(_ImageStep, step=_steps.smooth, out_label="_smoothed", out_desc="the smoothed image"):
+class Smooth(
+    _ImageStep,
+    step=_steps.smooth,
+    out_label="_smoothed",
+    out_desc="the smoothed image (with mask_file: cropped to the mask's bounding box)",
+    more_outputs={
+        "planes_file": File(
+            desc="with mask_file: the report's mean image of the unsmoothed input (.npz), "
+            "for CleanSignals' mean_planes_file"
+        )
+    },
+):
     """Gaussian spatial smoothing (wraps :func:`masker_wf._steps.smooth`)."""
 
     input_spec = _SmoothInputSpec
 
-    def _step_kwargs(self, inputs):
-        return {"fwhm": inputs.fwhm}
+    def _step_kwargs(self, inputs, runtime):
+        planes_file = None
+        if isdefined(inputs.mask_file):
+            planes_file = _out_file(runtime, inputs.in_file, "_mean_planes.npz")
+            self._results["planes_file"] = planes_file
+        return {
+            "fwhm": inputs.fwhm,
+            "mask_file": _opt(inputs.mask_file),
+            "dtype": _opt(inputs.dtype),
+            "planes_file": planes_file,
+        }
+
+
+# ------------------------------------------------------------------------ high-variance confounds
+class _HighVarianceConfoundsInputSpec(BaseInterfaceInputSpec):
+    bold_file = File(
+        exists=True,
+        mandatory=True,
+        desc="4D BOLD as given to the masker (before resampling and smoothing)",
+    )
+
+
+class _HighVarianceConfoundsOutputSpec(TraitedSpec):
+    confounds_file = File(exists=True, desc="the 5 high-variance confounds, (n_volumes, 5) .npy")
+
+
+class HighVarianceConfounds(SimpleInterface):
+    """NiftiMasker's high-variance confounds of the raw BOLD, for CleanSignals.
+
+    Wraps :func:`masker_wf._steps.high_variance_confounds`.
+    """
+
+    input_spec = _HighVarianceConfoundsInputSpec
+    output_spec = _HighVarianceConfoundsOutputSpec
+
+    def _run_interface(self, runtime):
+        bold_file = self.inputs.bold_file
+        self._results["confounds_file"] = _call_step(
+            _steps.high_variance_confounds,
+            runtime,
+            bold_file,
+            _out_file(runtime, bold_file, "_high_variance_confounds.npy"),
+        )
+        return runtime
 
 
 # -------------------------------------------------------------------------------------- clean
@@ -371,6 +504,24 @@ class _CleanSignalsInputSpec(BaseInterfaceInputSpec):
     runs = traits.List(traits.Int, desc=_desc("runs"))
     dtype = _dtype_trait()
     clean_args = _clean_args_trait()
+    # What the upstream nodes of init_masker_wf hand over.
+    hv_confounds_file = File(
+        exists=True,
+        desc="high-variance confounds computed beforehand on the raw BOLD "
+        "(HighVarianceConfounds), prepended to the confounds as high_variance_confounds=True "
+        "would",
+    )
+    bold_window = traits.Bool(
+        False,
+        usedefault=True,
+        desc="bold_file is a window of the mask's grid holding every mask voxel (what Resample "
+        "and Smooth write with mask_file): masked where it lies, without resampling",
+    )
+    mean_planes_file = File(
+        exists=True,
+        desc="the report's mean image gathered upstream from the unsmoothed BOLD (Smooth's "
+        "planes_file), for qc_file",
+    )
 
 
 class _CleanSignalsOutputSpec(TraitedSpec):
@@ -388,6 +539,11 @@ class CleanSignals(SimpleInterface):
     """Resample, smooth, mask and clean BOLD signals (:func:`masker_wf._steps.clean_signals`).
 
     Numerically this is :meth:`masker_wf.NiftiMasker.transform` with the same parameters.
+    In :func:`~masker_wf.nipype.init_masker_wf` the resampling, smoothing and
+    high-variance confounds are upstream nodes, and this node masks and cleans the window
+    they write (``bold_window``). The outputs are named after the run's BOLD
+    (``<bold>_signals.npy``, ``<bold>_qc.npz``): the labels the upstream nodes add to a
+    window's name (``_resampled``, ``_smoothed``) are dropped.
     """
 
     input_spec = _CleanSignalsInputSpec
@@ -395,13 +551,20 @@ class CleanSignals(SimpleInterface):
 
     def _run_interface(self, runtime):
         inputs = self.inputs
-        qc_file = _out_file(runtime, inputs.bold_file, "_qc.npz")
+        source = inputs.bold_file
+        if inputs.bold_window:
+            # Parent pipelines (DataSink substitutions) match the names on the BOLD's.
+            directory, base, ext = split_filename(source)
+            for label in (Smooth._out_label, Resample._out_label):
+                base = base.removesuffix(label)
+            source = str(Path(directory) / f"{base}{ext}")
+        qc_file = _out_file(runtime, source, "_qc.npz")
         self._results["signals_file"] = _call_step(
             _steps.clean_signals,
             runtime,
             inputs.bold_file,
             inputs.mask_file,
-            _out_file(runtime, inputs.bold_file, "_signals.npy"),
+            _out_file(runtime, source, "_signals.npy"),
             qc_file=qc_file,
             confounds_file=_opt(inputs.confounds_file),
             sample_mask=_opt(inputs.sample_mask),
@@ -418,6 +581,9 @@ class CleanSignals(SimpleInterface):
             runs=_opt(inputs.runs) or None,
             dtype=_opt(inputs.dtype),
             clean_args=_opt(inputs.clean_args) or None,
+            hv_confounds_file=_opt(inputs.hv_confounds_file),
+            bold_window=inputs.bold_window,
+            mean_planes_file=_opt(inputs.mean_planes_file),
             context={
                 "mask_file": inputs.mask_file,
                 "confounds_file": _opt(inputs.confounds_file),

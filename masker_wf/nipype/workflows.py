@@ -14,6 +14,8 @@ from .._version import __version__
 from .interfaces import (
     CleanSignals,
     ComputeMask,
+    HighVarianceConfounds,
+    Resample,
     Smooth,
     Unmask,
 )
@@ -94,7 +96,7 @@ def _as_list_shape(target_shape, target_affine):
     return shape
 
 
-def _describe(params, smooth_as_node):
+def _describe(params):
     """The methods paragraph (``__desc__``) naming every step and its parameters."""
     from ..reports.methods import methods_paragraph
 
@@ -102,11 +104,9 @@ def _describe(params, smooth_as_node):
     # are described as optional inputs.
     sentences = [
         methods_paragraph(params, {"masker-wf": __version__}, inputs_known=False),
-        "The steps ran as a nipype workflow; cleaned signals were saved as a (volumes x "
-        "voxels) array and put back into a 4D image.",
+        "The steps ran as a nipype workflow, one node each; cleaned signals were saved as a "
+        "(volumes x voxels) array and put back into a 4D image.",
     ]
-    if smooth_as_node:
-        sentences.append("Smoothing ran as a separate workflow step.")
     return " ".join(sentences) + "\n"
 
 
@@ -146,14 +146,36 @@ def init_masker_wf(
     out_suffix=".nii",
     **params,
 ):
-    """Build the masker-wf nipype sub-workflow: mask, clean, unmask.
+    """Build the masker-wf nipype sub-workflow: one node per step of the masker.
 
     Every parameter is a keyword; nothing is read from a global configuration, so the
     factory can be called from any pipeline and from tests. The masker parameters are those
     of :mod:`masker_wf._spec` (the signature lists them; an unknown keyword is a
     ``TypeError``). ``t_r`` becomes the default value of ``inputnode.t_r``: a value set or
-    connected on the inputnode overrides it. With ``target_affine``, the BOLD is resampled
-    with continuous interpolation, the mask nearest neighbour.
+    connected on the inputnode overrides it.
+
+    The nodes, in the order of ``NiftiMasker.fit`` + ``transform`` +
+    ``inverse_transform`` (nodes in brackets only when the parameters ask for them)::
+
+        inputnode ─> mask ─> resample_bold ─> [smooth] ─> clean ─> unmask ─> outputnode
+                 └─> [high_variance_confounds] ───────────┘
+
+    - ``mask`` computes the mask from the BOLD, or passes the given ``inputnode.mask_file``
+      through (resampled nearest-neighbour to ``target_affine``/``target_shape``).
+    - ``resample_bold`` puts the BOLD on the grid it is masked on, as ``NiftiMasker``
+      does (onto the mask's bounding box, padded by one voxel, when the grids differ;
+      continuous interpolation; the ``dtype`` conversion first) and writes that window,
+      uncompressed. It is always in the graph: nipype knows the files only when the graph
+      runs, and a mask connected by the parent pipeline may be on another grid than the
+      BOLD. A BOLD already on the mask's grid (and in the ``dtype``) is handed over
+      untouched: no copy, no read of its data, the node costs two header reads.
+    - ``smooth`` (with ``smoothing_fwhm``) writes the smoothed BOLD cropped to the mask's
+      bounding box, uncompressed (the values of smoothing the whole field of view), and
+      the report's mean image of the unsmoothed BOLD.
+    - ``high_variance_confounds`` (with ``high_variance_confounds=True``) computes them
+      from the raw ``inputnode.bold_file``, as nilearn does, for ``clean``.
+    - ``clean`` masks the window it receives (memory-mapped) and cleans the signals;
+      ``unmask`` puts them back into a 4D image.
 
     Parameters
     ----------
@@ -161,26 +183,25 @@ def init_masker_wf(
         Name of the workflow (must be unique within the parent workflow).
     mem_gb : float, default=1.0
         Memory in GB of one BOLD series held as float32 (see :func:`estimate_bold_mem_gb`).
-        The clean node requests ``3 * mem_gb`` (input, smoothed copy, signals), the smooth
-        node ``2 * mem_gb``, the mask and unmask nodes ``mem_gb``; MultiProc schedules with
-        these numbers.
+        ``high_variance_confounds`` requests ``3 * mem_gb`` (it reads the raw BOLD whole),
+        ``resample_bold``, ``smooth`` and ``clean`` ``2 * mem_gb`` (an input and an output
+        of at most the BOLD's size), ``mask`` and ``unmask`` ``mem_gb``; MultiProc schedules
+        with these numbers.
     omp_nthreads : int, default=1
         Processors the mask, smooth and clean nodes reserve from MultiProc. The core smooths
         with up to 2 threads, so 2 reserves what smoothing really uses.
     %(parameters:nipype)s
     smooth_as_task : bool, default=False
-        Smooth in a separate ``smooth`` node (:class:`~masker_wf.nipype.interfaces.Smooth`)
-        that writes the smoothed 4D BOLD, which can then be inspected or reused. By default
-        smoothing happens inside the clean node, on the mask's bounding box only, with no 4D
-        intermediate on disk: faster, same numbers. Exact only when the BOLD and the mask
-        share a grid, so it cannot be combined with ``target_affine``/``target_shape``
-        (nilearn resamples onto the mask's bounding box and smooths *that* grid, whose edges
-        change the result), nor with ``high_variance_confounds`` (computed on the unsmoothed
-        BOLD). ``smooth_as_node``, its former name, is deprecated.
+        Accepted for compatibility (the name ``MaskerWorkflow`` uses); no effect: with
+        ``smoothing_fwhm``, smoothing is always the ``smooth`` node, with every other
+        parameter (target grids and high-variance confounds included).
+        ``smooth_as_node``, its former name, is deprecated.
     out_suffix : {".nii", ".nii.gz"}, default=".nii"
-        Extension of the images the nodes write. Uncompressed by default: gzip costs more
-        than all the processing on full-size BOLD, and these files live in the working
-        directory (a DataSink or derivatives writer can compress the final outputs).
+        Extension of the mask and cleaned BOLD the nodes write. Uncompressed by default:
+        gzip costs more than all the processing on full-size BOLD, and these files live in
+        the working directory (a DataSink or derivatives writer can compress the final
+        outputs). The BOLD windows of ``resample_bold`` and ``smooth`` are always ``.nii``,
+        memory-mapped by ``clean``.
 
     Inputs
     ------
@@ -226,33 +247,21 @@ def init_masker_wf(
 
             from masker_wf.nipype import init_masker_wf
 
-            wf = init_masker_wf(smoothing_fwhm=6.0)
+            wf = init_masker_wf(smoothing_fwhm=6.0, high_variance_confounds=True)
 
     Examples
     --------
     >>> from masker_wf.nipype import init_masker_wf
     >>> wf = init_masker_wf(smoothing_fwhm=6.0, detrend=True, low_pass=0.1, t_r=2.0)
     >>> sorted(wf.list_node_names())
-    ['clean', 'inputnode', 'mask', 'outputnode', 'unmask']
+    ['clean', 'inputnode', 'mask', 'outputnode', 'resample_bold', 'smooth', 'unmask']
     """
     # The door check every face makes, before any node exists.
     # t_r may arrive on inputnode.t_r when the graph runs: the checks that need it wait.
     params = _spec.bind("nipype", params, "init_masker_wf")
     checked = _validation.check_parameters(params, t_r_from_data=True)
     mask_strategy = checked["mask_strategy"]
-    target_affine, target_shape = params["target_affine"], params["target_shape"]
-    if smooth_as_task and params["high_variance_confounds"]:
-        raise ValueError(
-            "smooth_as_task=True cannot be combined with high_variance_confounds=True: the "
-            "high-variance confounds are computed on the unsmoothed BOLD, which the clean "
-            "node would no longer see."
-        )
-    if smooth_as_task and (target_affine is not None or target_shape is not None):
-        raise ValueError(
-            "smooth_as_task=True cannot be combined with target_affine/target_shape: nilearn "
-            "smooths after resampling onto the mask's bounding box, which a separate "
-            "smoothing node cannot reproduce. Resample the BOLD beforehand instead."
-        )
+    del smooth_as_task  # every step is a node now, smoothing included
     if out_suffix not in (".nii", ".nii.gz"):
         raise ValueError(f"out_suffix must be '.nii' or '.nii.gz'; got {out_suffix!r}.")
     if mem_gb is None or not mem_gb > 0:
@@ -260,12 +269,13 @@ def init_masker_wf(
     omp_nthreads = int(omp_nthreads)
     if omp_nthreads < 1:
         raise ValueError(f"omp_nthreads must be >= 1; got {omp_nthreads!r}.")
+    target_affine, target_shape = params["target_affine"], params["target_shape"]
     affine_list = _as_list_affine(target_affine)
     shape_list = _as_list_shape(target_shape, target_affine)
     smoothing_fwhm = params["smoothing_fwhm"]
     if isinstance(smoothing_fwhm, (list, tuple, np.ndarray)):
         smoothing_fwhm = [float(v) for v in smoothing_fwhm]
-    elif smoothing_fwhm is not None:
+    elif smoothing_fwhm is not None and smoothing_fwhm != "fast":
         smoothing_fwhm = float(smoothing_fwhm)
     dtype = params["dtype"]
     dtype = None if dtype is None else str(np.dtype(dtype)) if dtype != "auto" else "auto"
@@ -281,7 +291,7 @@ def init_masker_wf(
     }
 
     workflow = LiterateWorkflow(name=name)
-    workflow.__desc__ = _describe(params, smooth_as_task)
+    workflow.__desc__ = _describe(params)
 
     inputnode = pe.Node(niu.IdentityInterface(fields=INPUT_FIELDS), name="inputnode")
     # A default, not a constant: anything set or connected on inputnode.t_r overrides it.
@@ -289,41 +299,33 @@ def init_masker_wf(
         inputnode.inputs.t_r = float(params["t_r"])
     outputnode = pe.Node(niu.IdentityInterface(fields=OUTPUT_FIELDS), name="outputnode")
 
+    grid = {
+        field: value
+        for field, value in (("target_affine", affine_list), ("target_shape", shape_list))
+        if value is not None
+    }
     mask = pe.Node(
-        ComputeMask(mask_strategy=mask_strategy, out_suffix=out_suffix),
+        ComputeMask(mask_strategy=mask_strategy, out_suffix=out_suffix, **grid),
         name="mask",
         mem_gb=mem_gb,
         n_procs=omp_nthreads,
     )
     if params["mask_args"]:
         mask.inputs.mask_args = params["mask_args"]
-    if affine_list is not None:
-        mask.inputs.target_affine = affine_list
-    if shape_list is not None:
-        mask.inputs.target_shape = shape_list
-
-    always_set = ("high_variance_confounds", "detrend", "standardize", "standardize_confounds")
-    clean = pe.Node(
-        CleanSignals(**{field: params[field] for field in always_set}),
-        name="clean",
-        mem_gb=3 * mem_gb,
-        n_procs=omp_nthreads,
-    )
     # Traits without a default stay undefined rather than None.
-    for field, value in (
-        ("low_pass", params["low_pass"]),
-        ("high_pass", params["high_pass"]),
-        ("dtype", dtype),
-        ("clean_args", dict(params["clean_args"]) if params["clean_args"] else None),
-    ):
-        if value is not None:
-            setattr(clean.inputs, field, value)
-
+    resample_bold = pe.Node(
+        Resample(**grid, **({} if dtype is None else {"dtype": dtype})),
+        name="resample_bold",
+        mem_gb=2 * mem_gb,
+    )
+    clean = _clean_node(params, mem_gb, omp_nthreads)
     unmask = pe.Node(Unmask(out_suffix=out_suffix), name="unmask", mem_gb=mem_gb)
 
     # fmt: off
     workflow.connect([
         (inputnode, mask, [("bold_file", "bold_file"), ("mask_file", "mask_file")]),
+        (inputnode, resample_bold, [("bold_file", "in_file")]),
+        (mask, resample_bold, [("mask_file", "mask_file")]),
         (inputnode, clean, [
             ("confounds_file", "confounds_file"),
             ("sample_mask", "sample_mask"),
@@ -338,29 +340,94 @@ def init_masker_wf(
     ])
     # fmt: on
 
-    if affine_list is not None:
-        clean.inputs.target_affine = affine_list
-    if shape_list is not None:
-        clean.inputs.target_shape = shape_list
-    if smoothing_fwhm is None or not smooth_as_task:
-        if smoothing_fwhm is not None:
-            clean.inputs.smoothing_fwhm = smoothing_fwhm
-        workflow.connect(inputnode, "bold_file", clean, "bold_file")
-        return workflow
+    _connect_bold_steps(
+        workflow,
+        inputnode,
+        mask,
+        resample_bold,
+        clean,
+        smoothing_fwhm=smoothing_fwhm,
+        high_variance_confounds=params["high_variance_confounds"],
+        mem_gb=mem_gb,
+        omp_nthreads=omp_nthreads,
+    )
+    return workflow
 
-    smooth = pe.Node(
-        Smooth(fwhm=smoothing_fwhm, out_suffix=out_suffix),
-        name="smooth",
+
+def _connect_bold_steps(
+    workflow,
+    inputnode,
+    mask,
+    resample_bold,
+    clean,
+    *,
+    smoothing_fwhm,
+    high_variance_confounds,
+    mem_gb,
+    omp_nthreads,
+):
+    """Feed ``clean`` the BOLD through the nodes the parameters ask for.
+
+    ``resample_bold -> [smooth] -> clean``, and ``[high_variance_confounds] -> clean``
+    from the raw BOLD; the nodes in brackets are only added with ``smoothing_fwhm`` and
+    ``high_variance_confounds``.
+    """
+    if smoothing_fwhm is None:
+        # The resampled window, or the BOLD itself when it is on the mask's grid.
+        # fmt: off
+        workflow.connect([
+            (resample_bold, clean, [("out_file", "bold_file"), ("bold_window", "bold_window")]),
+        ])
+        # fmt: on
+    else:
+        smooth = pe.Node(
+            Smooth(fwhm=smoothing_fwhm), name="smooth", mem_gb=2 * mem_gb, n_procs=omp_nthreads
+        )
+        # The smoothed BOLD is always a window of the mask's grid.
+        clean.inputs.bold_window = True
+        # fmt: off
+        workflow.connect([
+            (resample_bold, smooth, [("out_file", "in_file")]),
+            (mask, smooth, [("mask_file", "mask_file")]),
+            # The report shows the unsmoothed mean image: gathered by the node that sees it.
+            (smooth, clean, [("out_file", "bold_file"), ("planes_file", "mean_planes_file")]),
+        ])
+        # fmt: on
+
+    if high_variance_confounds:
+        high_variance = pe.Node(
+            HighVarianceConfounds(), name="high_variance_confounds", mem_gb=3 * mem_gb
+        )
+        # From the raw BOLD, before resampling and smoothing, as nilearn takes them.
+        # fmt: off
+        workflow.connect([
+            (inputnode, high_variance, [("bold_file", "bold_file")]),
+            (high_variance, clean, [("confounds_file", "hv_confounds_file")]),
+        ])
+        # fmt: on
+
+
+def _clean_node(params, mem_gb, omp_nthreads):
+    """The ``clean`` node: the cleaning parameters; resampling, smoothing, dtype upstream."""
+    # Computed by their own node (when asked), handed over as hv_confounds_file.
+    always_set = ("detrend", "standardize", "standardize_confounds")
+    clean = pe.Node(
+        CleanSignals(
+            high_variance_confounds=False, **{field: params[field] for field in always_set}
+        ),
+        name="clean",
         mem_gb=2 * mem_gb,
         n_procs=omp_nthreads,
     )
-    # fmt: off
-    workflow.connect([
-        (inputnode, smooth, [("bold_file", "in_file")]),
-        (smooth, clean, [("out_file", "bold_file")]),
-    ])
-    # fmt: on
-    return workflow
+    # Traits without a default stay undefined rather than None.
+    for field, value in (
+        ("low_pass", params["low_pass"]),
+        ("high_pass", params["high_pass"]),
+        ("clean_args", dict(params["clean_args"]) if params["clean_args"] else None),
+    ):
+        if value is not None:
+            setattr(clean.inputs, field, value)
+    return clean
 
 
 def run_masker_wf(

@@ -1,0 +1,103 @@
+"""Several confound strategies in one invocation: one output set per strategy, shared steps."""
+
+import json
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+from app_helpers import FMRIPREP, RUN, assert_sets_consistent, cleaned_data
+
+from masker_wf.cli.run import main
+
+SMOOTHING = ["--smoothing-fwhm", "6", "--detrend"]
+# The example runs have 40 volumes: few regressors, so that scrubbing leaves some data.
+FEW_REGRESSORS = ["--motion", "basic"]
+
+
+def _argv(out, work, *strategy):
+    return [
+        str(FMRIPREP),
+        str(out),
+        "participant",
+        "--participant-label",
+        "01",
+        "--run-id",
+        "1",
+        "-w",
+        str(work),
+        "--no-reports",
+        *SMOOTHING,
+        *strategy,
+    ]
+
+
+def _job_dirs_holding(work, name):
+    return sorted(d for d in work.glob("sub-01/pydra/python-*") if (d / name).exists())
+
+
+def _sidecar(out, desc):
+    return json.loads((out / "sub-01" / "func" / f"{RUN}_desc-{desc}_bold.json").read_text())
+
+
+def test_two_strategies_write_two_output_sets_sharing_the_smoothing(tmp_path):
+    out, work = tmp_path / "out", tmp_path / "work"
+    strategies = ["--denoise-strategy", "simple", "scrubbing", *FEW_REGRESSORS]
+    assert main(_argv(out, work, *strategies)) == 0
+
+    # One set per strategy, each under its own desc label, each complete and consistent.
+    records = assert_sets_consistent(out)
+    assert sorted(r["Parameters"]["desc"] for r in records) == [
+        "denoisedScrubbing",
+        "denoisedSimple",
+    ]
+    assert _sidecar(out, "denoisedSimple")["DenoiseStrategy"] == "simple"
+    assert _sidecar(out, "denoisedScrubbing")["DenoiseStrategy"] == "scrubbing"
+    simple = cleaned_data(out, f"{RUN}_desc-denoisedSimple")
+    scrubbing = cleaned_data(out, f"{RUN}_desc-denoisedScrubbing")
+    assert simple.shape != scrubbing.shape or not np.array_equal(simple, scrubbing)
+    # The BOLD was smoothed once: the second strategy's workflow took it from the cache.
+    assert len(_job_dirs_holding(work, "smoothed.nii")) == 1
+    assert len(_job_dirs_holding(work, "signals.npy")) == 2
+    if shutil.which("bids-validator-deno"):
+        done = subprocess.run(
+            ["bids-validator-deno", "--format", "json", str(out)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        issues = json.loads(done.stdout)["issues"]["issues"]
+        assert not [i for i in issues if i["severity"] == "error"]
+
+    # Each set is what an invocation with that strategy alone writes.
+    alone = tmp_path / "alone"
+    scrubbing_alone = ["--denoise-strategy", "scrubbing", *FEW_REGRESSORS]
+    assert main(_argv(alone, tmp_path / "work-alone", *scrubbing_alone)) == 0
+    np.testing.assert_array_equal(scrubbing, cleaned_data(alone, f"{RUN}_desc-denoised"))
+
+
+def test_strategy_files_are_labelled_by_their_names(tmp_path):
+    files = []
+    for name, strategy in (("motion_only", ["motion"]), ("wmcsf", ["motion", "wm_csf"])):
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps({"strategy": strategy, "motion": "basic"}))
+        files.append(path)
+    out, work = tmp_path / "out", tmp_path / "work"
+    argv = _argv(out, work, "--custom-strategy", str(files[0]), "--custom-strategy", str(files[1]))
+    assert main(argv) == 0
+    assert _sidecar(out, "denoisedMotiononly")["DenoiseStrategy"] == "custom"
+    assert _sidecar(out, "denoisedWmcsf")["DenoiseStrategy"] == "custom"
+    assert len(assert_sets_consistent(out)) == 2
+
+
+@pytest.mark.parametrize(
+    ("strategy", "message"),
+    [
+        (["--denoise-strategy", "auto", "simple"], "auto cannot be combined"),
+        (["--denoise-strategy", "simple", "simple"], "give each once"),
+    ],
+)
+def test_strategies_that_cannot_be_told_apart_are_refused(tmp_path, capsys, strategy, message):
+    assert main(_argv(tmp_path / "out", tmp_path / "work", *strategy)) == 64
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -1,0 +1,339 @@
+"""One node per step: the graph's shape, NiftiMasker's numbers through it, what is cached."""
+
+import os
+import subprocess
+import sys
+import textwrap
+import warnings
+
+import nibabel as nib
+import numpy as np
+import pytest
+from test_workflow import CLEANING
+
+from masker_wf import NiftiMasker, _io, _steps
+from masker_wf.image import resample_img, smooth_img
+from masker_wf.workflow import MaskerWorkflow, run_masker_workflow
+
+
+@pytest.fixture(autouse=True)
+def _hash_cache(tmp_path, monkeypatch):
+    # Cache hits must come from the test's own runs (see tests/test_workflow.py).
+    monkeypatch.setenv("PYDRA_HASH_CACHE", str(tmp_path / "hashes"))
+
+
+@pytest.fixture
+def synthetic_bold_file(tmp_path, synthetic_bold):
+    path = tmp_path / "synthetic_bold.nii.gz"
+    synthetic_bold[0].to_filename(path)
+    return path
+
+
+@pytest.fixture
+def coarse_mask_file(tmp_path, ds003_mask_path):
+    """The ds003 brain mask on a 10 mm grid: the BOLD must be resampled onto it."""
+    path = tmp_path / "mask_10mm.nii"
+    img = resample_img(
+        nib.load(ds003_mask_path),
+        target_affine=np.diag([10.0, 10.0, 10.0]),
+        interpolation="nearest",
+    )
+    img.to_filename(path)
+    return path
+
+
+def _confounds_file(tmp_path, name, n_columns, seed):
+    values = np.random.default_rng(seed).normal(size=(20, n_columns))
+    path = tmp_path / f"{name}.tsv"
+    header = "\t".join(f"c{i}" for i in range(n_columns))
+    rows = ["\t".join(f"{v:.6f}" for v in row) for row in values]
+    path.write_text("\n".join([header, *rows]) + "\n")
+    return path
+
+
+def _job_dirs_holding(cache_root, name):
+    return sorted(d for d in cache_root.glob("python-*") if (d / name).exists())
+
+
+def test_smoothing_target_grid_and_high_variance_confounds_are_nodes(synthetic_bold_file):
+    task = MaskerWorkflow(
+        bold_file=synthetic_bold_file,
+        smoothing_fwhm=6.0,
+        target_affine=np.diag([4.0, 4.0, 4.0]).tolist(),
+        high_variance_confounds=True,
+    )
+    assert task.construct().node_names == [
+        "compute_mask",
+        "resample_bold",
+        "smooth",
+        "high_variance_confounds",
+        "clean_signals",
+        "unmask",
+    ]
+
+
+# The parameter cases of the parity tests of tests/test_workflow.py, and the cases only
+# the node graph has to get right: a BOLD resampled onto a mask of another grid, a given
+# mask with a target grid, high-variance confounds, dtype conversions, scaled int16.
+PARITY_CASES = {
+    "given mask, confounds, scrubbing, cleaning": (
+        "ds003",
+        {
+            "mask": "ds003",
+            "confounds": True,
+            "sample_mask": [i for i in range(20) if i not in (3, 4, 11)],
+        }
+        | CLEANING,
+    ),
+    "computed EPI mask, 4 mm target grid, smoothing": (
+        "synthetic",
+        {
+            "target_affine": np.diag([4.0, 4.0, 4.0]),
+            "mask_strategy": "epi",
+            "smoothing_fwhm": 6.0,
+            "detrend": True,
+            "standardize": "zscore_sample",
+            "low_pass": 0.1,
+            "t_r": 2.0,
+        },
+    ),
+    "target grid and high-variance confounds": (
+        "synthetic",
+        {
+            "target_affine": np.diag([4.0, 4.0, 4.0]),
+            "mask_strategy": "epi",
+            "smoothing_fwhm": 6.0,
+            "high_variance_confounds": True,
+            "detrend": True,
+        },
+    ),
+    "mask on another grid, smoothing": ("ds003", {"mask": "coarse", "smoothing_fwhm": 8.0}),
+    "mask on another grid, no smoothing": ("ds003", {"mask": "coarse", "detrend": True}),
+    "given mask, full target grid": (
+        "ds003",
+        {
+            "mask": "ds003",
+            "target_affine": np.diag([10.0, 10.0, 10.0, 1.0]),
+            "target_shape": [10, 10, 10],
+            "smoothing_fwhm": 8.0,
+        },
+    ),
+    "high-variance confounds and confounds": (
+        "ds003",
+        {"mask": "ds003", "confounds": True, "high_variance_confounds": True}
+        | {"smoothing_fwhm": 4.0, "standardize": "zscore_sample"},
+    ),
+    "fast smoothing": ("ds003", {"mask": "ds003", "smoothing_fwhm": "fast"}),
+    "scaled int16, smoothing, high-variance confounds": (
+        "functional",
+        {"smoothing_fwhm": 6.0, "high_variance_confounds": True, "detrend": True},
+    ),
+    "dtype auto": ("functional", {"smoothing_fwhm": 6.0, "dtype": "auto"}),
+    "dtype float32 and a target grid": (
+        "functional",
+        {"target_affine": np.diag([5.0, 5.0, 9.0]), "dtype": "float32", "smoothing_fwhm": 6.0},
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(PARITY_CASES))
+def test_signals_through_the_graph_are_niftimaskers(
+    case, tmp_path, request, ds003_path, ds003_mask_path, functional_path
+):
+    source, params = PARITY_CASES[case]
+    params = dict(params)
+    bold = {
+        "ds003": ds003_path,
+        "functional": functional_path,
+        "synthetic": request.getfixturevalue("synthetic_bold_file"),
+    }[source]
+    mask = params.pop("mask", None)
+    mask_file = {None: None, "ds003": ds003_mask_path}.get(mask)
+    if mask == "coarse":
+        mask_file = request.getfixturevalue("coarse_mask_file")
+    confounds = (
+        _confounds_file(tmp_path, "confounds", 3, seed=1) if params.pop("confounds", 0) else None
+    )
+    sample_mask = params.pop("sample_mask", None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # nilearn's resampling warning, on both sides
+        outputs = run_masker_workflow(
+            bold,
+            cache_root=tmp_path / "cache",
+            mask_file=mask_file,
+            confounds_file=confounds,
+            sample_mask=sample_mask,
+            **params,
+        )
+        masker = NiftiMasker(mask_img=mask_file, **params)
+        expected = masker.fit_transform(bold, confounds=confounds, sample_mask=sample_mask)
+    signals = np.load(outputs["signals_file"])
+    assert signals.dtype == expected.dtype
+    np.testing.assert_allclose(signals, expected, rtol=1e-6, atol=1e-6)
+    cleaned = nib.load(outputs["cleaned_bold_file"])
+    expected_img = masker.inverse_transform(expected)
+    np.testing.assert_allclose(cleaned.affine, expected_img.affine)
+    np.testing.assert_allclose(cleaned.get_fdata(), expected_img.get_fdata(), atol=1e-6)
+
+
+def test_another_confounds_strategy_reruns_only_cleaning_and_unmasking(
+    tmp_path, ds003_path, coarse_mask_file
+):
+    cache_root = tmp_path / "cache"
+    params = {"mask_file": coarse_mask_file, "smoothing_fwhm": 8.0, "detrend": True}
+    simple = _confounds_file(tmp_path, "simple", 2, seed=2)
+    first = run_masker_workflow(ds003_path, cache_root=cache_root, confounds_file=simple, **params)
+    upstream = {
+        name: _job_dirs_holding(cache_root, name) for name in ("resampled.nii", "smoothed.nii")
+    }
+    assert all(len(dirs) == 1 for dirs in upstream.values())
+    stamps = {d: (d / name).stat().st_mtime_ns for name, (d,) in upstream.items()}
+
+    compcor = _confounds_file(tmp_path, "compcor", 5, seed=3)
+    second = run_masker_workflow(
+        ds003_path, cache_root=cache_root, confounds_file=compcor, **params
+    )
+    # The resampled and smoothed BOLD were served from the cache, not written again...
+    for name, dirs in upstream.items():
+        assert _job_dirs_holding(cache_root, name) == dirs
+    assert {d: (d / n).stat().st_mtime_ns for n, (d,) in upstream.items()} == stamps
+    # ... while the cleaning and unmasking ran for the new confounds.
+    assert len(_job_dirs_holding(cache_root, "signals.npy")) == 2
+    assert len(_job_dirs_holding(cache_root, "cleaned_bold.nii")) == 2
+    assert not np.array_equal(np.load(first["signals_file"]), np.load(second["signals_file"]))
+
+
+def test_smoothed_window_is_the_full_field_smoothing_cropped_to_the_mask(
+    tmp_path, ds003_path, ds003_mask_path
+):
+    out = _steps.smooth(ds003_path, tmp_path / "smoothed.nii", fwhm=5.0, mask_file=ds003_mask_path)
+    window = nib.load(out)
+    mask = np.asanyarray(nib.load(ds003_mask_path).dataobj) != 0
+    hits = np.nonzero(mask)
+    box = tuple(slice(int(h.min()), int(h.max()) + 1) for h in hits)
+    full = smooth_img(nib.load(ds003_path), 5.0)
+    assert window.shape == (*(s.stop - s.start for s in box), 20)
+    assert window.get_data_dtype() == np.float32
+    np.testing.assert_array_equal(
+        np.asanyarray(window.dataobj), full.get_fdata(dtype=np.float32)[box]
+    )
+    corner = full.affine @ [*(s.start for s in box), 1]
+    np.testing.assert_allclose(window.affine[:, 3], corner)
+    assert window.header.get_zooms()[3] == nib.load(ds003_path).header.get_zooms()[3]
+    # The window is identified by what it was computed from (never read to be hashed),
+    # and that digest is left beside the file for the other processes of a pool; it
+    # stops being trusted once the file changes, and the content is hashed then.
+    assert _io.record_digest(out) is not None
+    identity = _io._recorded_digest(_io.stat_key(out))
+    assert identity.startswith("sha256:id-")
+    assert _io.file_digest(out) == identity
+    other = _steps.smooth(ds003_path, tmp_path / "other.nii", fwhm=6.0, mask_file=ds003_mask_path)
+    assert _io.file_digest(other).startswith("sha256:id-")
+    assert _io.file_digest(other) != identity
+    info = out.stat()
+    out.write_bytes(out.read_bytes()[:-4] + b"\0\0\0\1")
+    # A rewrite in the same clock tick as the first write keeps the modification time
+    # (Pydra's own hash cache would not notice either): step it, as time does.
+    os.utime(out, ns=(info.st_atime_ns, info.st_mtime_ns + 1_000_000))
+    assert _io._recorded_digest(_io.stat_key(out)) is None
+    assert _io.file_digest(out) == _io._sha256_of_file(str(out), 1 << 20)
+
+
+def test_clean_signals_refuses_a_window_that_misses_mask_voxels(
+    tmp_path, ds003_path, ds003_mask_path
+):
+    img = nib.load(ds003_path)
+    cut = nib.Nifti1Image(np.asanyarray(img.dataobj)[:8], img.affine, img.header)
+    cut.to_filename(tmp_path / "cut.nii")
+    with pytest.raises(_steps.StepError, match="bold_window"):
+        _steps.clean_signals(
+            tmp_path / "cut.nii", ds003_mask_path, tmp_path / "signals.npy", bold_window=True
+        )
+
+
+@pytest.mark.parametrize("mask", ["ds003", "coarse"])
+def test_report_data_are_those_of_the_unsmoothed_bold(
+    tmp_path, request, ds003_path, ds003_mask_path, mask
+):
+    from masker_wf._pipeline import filter_and_extract
+
+    mask_file = ds003_mask_path if mask == "ds003" else request.getfixturevalue("coarse_mask_file")
+    params = {"smoothing_fwhm": 6.0, "detrend": True}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        outputs = run_masker_workflow(
+            ds003_path, cache_root=tmp_path / "cache", mask_file=mask_file, **params
+        )
+        expected = {}
+        filter_and_extract(str(ds003_path), str(mask_file), report=expected, **params)
+    qc = _io.load_qc(outputs["qc_file"])
+    # The mean image the report shows is the input's (gathered by the smoothing node as
+    # the volumes streamed by), on the grid the BOLD is masked on, as in one pass.
+    for plane, expected_plane in zip(qc["mean_planes"], expected["mean_planes"], strict=True):
+        np.testing.assert_array_equal(plane, expected_plane)
+    for key in ("signals_before", "signals_after", "tsnr_before", "tsnr_after"):
+        np.testing.assert_array_equal(qc[key], expected[key])
+
+
+_COUNTED_HASHES = textwrap.dedent(
+    """
+    import sys
+    from pathlib import Path
+
+    from masker_wf import _io
+    from masker_wf.workflow import run_masker_workflow
+
+    read = []
+    sha256 = _io._sha256_of_file
+    _io._sha256_of_file = lambda path, size: (read.append(Path(path).name), sha256(path, size))[1]
+    bold, mask, root = sys.argv[1:]
+    run_masker_workflow(
+        bold, cache_root=root, worker="cf", n_procs=2, mask_file=mask, smoothing_fwhm=5.0,
+        high_variance_confounds=True, detrend=True, segmented_hash=True,
+    )
+    print(" ".join(read))
+    """
+)
+
+
+def test_intermediates_are_not_read_again_to_be_hashed(tmp_path, ds003_path, ds003_mask_path):
+    # In a fresh process (the segmented hash is process-wide), with the process pool: the
+    # nodes' outputs are hashed in this process, which did not write them.
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            _COUNTED_HASHES,
+            str(ds003_path),
+            str(ds003_mask_path),
+            str(tmp_path / "cache"),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    read = done.stdout.split()
+    assert ds003_path.name in read  # the input, once
+    assert not {"smoothed.nii", "high_variance_confounds.npy", "signals.npy"} & set(read)
+
+
+@pytest.mark.parametrize("fwhm", [4.0, [0.0, 7.0, 5.0], "fast"])
+def test_smoothed_window_equals_full_field_smoothing_at_the_field_edges(fwhm, synthetic_bold):
+    from masker_wf.image import smooth_array, smooth_window_chunks
+
+    bold, mask = synthetic_bold
+    data = np.asanyarray(bold.dataobj)
+    inside = np.asanyarray(mask.dataobj) != 0
+    inside[0, 6, 5] = inside[-1, 6, 5] = True  # the mask reaches two faces of the field
+    box, windows = smooth_window_chunks(
+        ((start, data[..., start : start + 7]) for start in range(0, data.shape[3], 7)),
+        data.shape,
+        bold.affine,
+        fwhm,
+        inside,
+    )
+    window = np.concatenate([block for _, block in windows], axis=3)
+    expected = smooth_array(data, bold.affine, fwhm=fwhm)[box]
+    np.testing.assert_array_equal(window, expected)
