@@ -101,3 +101,20 @@ def test_strategies_that_cannot_be_told_apart_are_refused(tmp_path, capsys, stra
     assert main(_argv(tmp_path / "out", tmp_path / "work", *strategy)) == 64
     assert message in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_the_subject_page_describes_every_strategy(tmp_path):
+    # The page is written after each strategy; the last one used to replace the methods
+    # of the others.
+    out, work = tmp_path / "out", tmp_path / "work"
+    argv = _argv(out, work, "--denoise-strategy", "simple", "scrubbing", *FEW_REGRESSORS)
+    argv.remove("--no-reports")
+    assert main(argv) == 0
+    page = (out / "sub-01.html").read_text()
+    methods = page[page.index('<section id="methods">') :]
+    for desc in ("denoisedSimple", "denoisedScrubbing"):
+        assert f"Outputs labelled desc-{desc}:" in methods
+    # One paragraph per strategy, each naming its own.
+    simple, scrubbing = methods.split("Outputs labelled desc-")[1:3]
+    assert "(simple strategy)" in simple and "scrubbing" not in simple
+    assert "(scrubbing strategy)" in scrubbing

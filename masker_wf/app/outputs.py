@@ -506,13 +506,15 @@ def write_derivatives(job, settings, links, outputs, res, stage, zooms) -> dict:
         for key, text in tables(job).items():
             files[key] = deriv.write_text(staging / destinations[key].name, text)
         sinks.write_run_derivatives(
-            bold_file=run.bold_file,
+            # The file itself, not a link to it (a relative link would dangle in the cache).
+            bold_file=workflow_input(run.bold_file, settings.execution.work_dir),
             signals_file=outputs["signals_file"],
             mask_file=outputs["mask_file"],
             t_r=job.t_r,
             files=files,
             destinations=destinations,
             sidecars=contents,
+            cache_root=staging / "pydra",
         )
     return {key: path.relative_to(out_dir).as_posix() for key, path in finals.items()}
 

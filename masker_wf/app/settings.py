@@ -107,6 +107,13 @@ class Outputs:
     save_signals: bool = False
     #: ``--target-resolution`` (mm), already turned into ``target_affine`` in the masker.
     target_resolution: float | None = None
+    #: With several strategies, the ``desc`` of each (this one's among them); else empty.
+    strategy_descs: tuple = ()
+
+    @property
+    def descs(self) -> tuple:
+        """Every ``desc`` this invocation writes: its strategies' or its one."""
+        return self.strategy_descs or (self.desc,)
 
 
 @dataclass(frozen=True)
@@ -296,15 +303,17 @@ class Settings:
         """
         if not self.denoising.strategies:
             return [self]
+        descs = tuple(
+            naming.strategy_desc(self.outputs.desc, strategy, file)
+            for strategy, file in self.denoising.strategies
+        )
         return [
             replace(
                 self,
                 denoising=replace(self.denoising, denoise_strategy=strategy, custom_strategy=file),
-                outputs=replace(
-                    self.outputs, desc=naming.strategy_desc(self.outputs.desc, strategy, file)
-                ),
+                outputs=replace(self.outputs, desc=desc, strategy_descs=descs),
             )
-            for strategy, file in self.denoising.strategies
+            for (strategy, file), desc in zip(self.denoising.strategies, descs, strict=True)
         ]
 
     def for_participant(self, label: str) -> Settings:

@@ -69,7 +69,7 @@ def _provenance_records(out_dir: Path, subject: str | None = None):
         yield record
 
 
-def write_subject_report(out_dir, subject: str, results, desc: str) -> Path:
+def write_subject_report(out_dir, subject: str, results, desc) -> Path:
     """Write ``out/sub-<label>.html`` linking the subject's runs, with the methods paragraph.
 
     Runs already in ``out_dir`` from earlier invocations (their provenance records) are listed
@@ -83,8 +83,9 @@ def write_subject_report(out_dir, subject: str, results, desc: str) -> Path:
         Label without ``sub-``.
     results : sequence of RunResult
         This invocation's runs of the subject (failures are listed on the page).
-    desc : str
-        ``desc-`` label of this invocation: the methods paragraph covers its runs.
+    desc : str or sequence of str
+        ``desc-`` label(s) of this invocation: the methods paragraph covers its runs (one
+        paragraph per label when it cleaned them with several strategies).
     """
     from ..reports import build_subject_report
 
@@ -106,14 +107,23 @@ def write_subject_report(out_dir, subject: str, results, desc: str) -> Path:
         )
     errors = [{"name": r.name, "reason": r.reason} for r in results if not r.ok]
     versions = software_versions()
-    text = subject_methods(
-        [
-            records[key]
-            for key in sorted(records)
-            if records[key].get("Parameters", {}).get("desc", desc) == desc
-        ],
-        {k: versions[k] for k in versions if k in _METHODS_SOFTWARE},
-    )
+    versions = {k: versions[k] for k in versions if k in _METHODS_SOFTWARE}
+    descs = (desc,) if isinstance(desc, str) else tuple(desc)
+
+    def methods(label):
+        return subject_methods(
+            [
+                records[key]
+                for key in sorted(records)
+                if records[key].get("Parameters", {}).get("desc", label) == label
+            ],
+            versions,
+        )
+
+    if len(descs) == 1:
+        text = methods(descs[0])
+    else:
+        text = "\n\n".join(f"Outputs labelled desc-{label}: {methods(label)}" for label in descs)
     report = build_subject_report(subject, runs, text, errors)
     return report.save_as_html(out_dir / naming.subject_report_path(subject))
 
@@ -181,7 +191,7 @@ def summarise(results: list[RunResult], settings) -> int:
     if settings.reports:
         for subject, own in sorted(by_subject(results).items()):
             try:
-                write_subject_report(out_dir, subject, own, settings.outputs.desc)
+                write_subject_report(out_dir, subject, own, settings.outputs.descs)
             except Exception as exc:  # a report must not hide the processing result
                 console.progress(f"masker-wf: subject report of sub-{subject} failed: {exc}")
     code = exit_code(results)
