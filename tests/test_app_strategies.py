@@ -116,5 +116,6 @@ def test_the_subject_page_describes_every_strategy(tmp_path):
         assert f"Outputs labelled desc-{desc}:" in methods
     # One paragraph per strategy, each naming its own.
     simple, scrubbing = methods.split("Outputs labelled desc-")[1:3]
-    assert "(simple strategy)" in simple and "scrubbing" not in simple
+    assert "(simple strategy)" in simple
+    assert "scrubbing" not in simple
     assert "(scrubbing strategy)" in scrubbing
