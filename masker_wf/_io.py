@@ -134,6 +134,10 @@ def atomic_output(path) -> Iterator[Path]:
 # Bytes hashed per update: hashlib releases the GIL on large buffers.
 _HASH_SEGMENT_BYTES = 64 * 1024**2
 _digests: dict[tuple, str] = {}
+# The stat keys of _digests by (size, mtime, inode): what a hard link keeps of a file's stat
+# key, so that carry_digests finds a file's earlier names without scanning every digest
+# known (a scan per call made a long invocation quadratic in its runs).
+_by_inode: dict[tuple, list] = {}
 _digests_lock = threading.Lock()
 
 
@@ -297,6 +301,9 @@ def remember_digest(path, digest: str) -> None:
     key = path if isinstance(path, tuple) else stat_key(path)
     with _digests_lock:
         _digests[key] = digest
+        keys = _by_inode.setdefault((key[1], key[2], key[4]), [])
+        if key not in keys:
+            keys.append(key)
 
 
 def carry_digests(paths) -> None:
@@ -312,18 +319,16 @@ def carry_digests(paths) -> None:
     paths : iterable of str or os.PathLike
         Files to look at (missing ones are skipped).
     """
-    with _digests_lock:
-        known = list(_digests.items())
     for path in paths:
         try:
             key = stat_key(path)
         except OSError:
             continue
-        if key in _digests:
-            continue
-        for (name, size, mtime, _, inode), value in known:
-            if (size, mtime, inode) != (key[1], key[2], key[4]):
+        with _digests_lock:
+            if key in _digests:
                 continue
+            earlier = [(k, _digests[k]) for k in _by_inode.get((key[1], key[2], key[4]), ())]
+        for (name, *_), value in earlier:
             with contextlib.suppress(OSError):
                 if os.path.samefile(name, key[0]):
                     remember_digest(key, value)
@@ -411,6 +416,14 @@ def _open_binary(path):
     return open(path, "wb")
 
 
+def _image_path(path) -> Path:
+    """``path`` as a Path, after checking that its suffix names a NIfTI format."""
+    path = Path(path)
+    if not path.name.lower().endswith(_IMAGE_SUFFIXES):
+        raise ValueError(f"Image output path must end with .nii or .nii.gz, got '{path}'.")
+    return path
+
+
 def save_img(img, path, *, compress_level=1, n_threads=None) -> Path:
     """Write a nibabel image atomically; the format follows the suffix.
 
@@ -428,9 +441,7 @@ def save_img(img, path, *, compress_level=1, n_threads=None) -> Path:
     pathlib.Path
         ``path``.
     """
-    path = Path(path)
-    if not path.name.lower().endswith(_IMAGE_SUFFIXES):
-        raise ValueError(f"Image output path must end with .nii or .nii.gz, got '{path}'.")
+    path = _image_path(path)
     with hashed_output(path) as raw:
         write_img(
             img,
@@ -493,9 +504,7 @@ def save_img_blocks(
     pathlib.Path
         ``path``.
     """
-    path = Path(path)
-    if not path.name.lower().endswith(_IMAGE_SUFFIXES):
-        raise ValueError(f"Image output path must end with .nii or .nii.gz, got '{path}'.")
+    path = _image_path(path)
     header = header.copy()
     measure = io.BytesIO()
     header.write_to(measure)

@@ -91,6 +91,7 @@ or, with Pydra's own API::
 
 import contextlib
 import functools
+import inspect
 import os
 import typing as ty
 from pathlib import Path
@@ -304,65 +305,32 @@ MaskerWorkflow = workflow.define(
 )
 
 
-@_spec.fill_doc
-def _masker_signals_workflow(
-    bold_file: NiftiImage,
-    mask_file: NiftiImage | None = None,
-    confounds_file: TextTable | None = None,
-    sample_mask: list[int] | list[float] | TextTable | None = None,
-    runs: list[int] | None = None,
-    smoothing_fwhm: float | list[float] | str | None = None,
-    standardize: bool | str | None = False,
-    standardize_confounds: bool = True,
-    detrend: bool = False,
-    high_variance_confounds: bool = False,
-    low_pass: float | None = None,
-    high_pass: float | None = None,
-    t_r: float | None = None,
-    target_affine: list[list[float]] | None = None,
-    target_shape: list[int] | None = None,
-    mask_strategy: str = "background",
-    mask_args: dict | None = None,
-    dtype: str | None = None,
-    clean_args: dict | None = None,
-    out_suffix: str = ".nii",
-    smooth_as_task: bool = False,
-) -> tuple[NiftiImage, Signals, QCData]:
+def _masker_signals_workflow(**given) -> tuple[NiftiImage, Signals, QCData]:
     """:class:`MaskerWorkflow` without its last node: the mask, the signals, the QC data.
 
     For callers that write the cleaned BOLD themselves, once, where it belongs (the BIDS
     App's derivatives: :class:`masker_wf.tasks.Unmask` with ``out_file``): the cache then
-    holds what resuming needs (the signals), not a 4D copy of them. Same inputs, nodes
-    and cache entries as :class:`MaskerWorkflow` otherwise.
-
-    Parameters
-    ----------
-    bold_file : NIfTI
-        4D BOLD image (``.nii`` or ``.nii.gz``).
-    mask_file : NIfTI, optional
-        Brain mask; computed with ``mask_strategy`` when not given.
-    confounds_file : File, optional
-        Confounds table (.tsv/.csv with a header, or .npy).
-    sample_mask : list of int or File, optional
-        Indices of the volumes kept (scrubbing), or a file holding them.
-    %(parameters:workflow)s
-    out_suffix : str
-        ".nii" (default) or ".nii.gz" for a computed or resampled mask.
-    smooth_as_task : bool
-        See :class:`MaskerWorkflow`.
+    holds what resuming needs (the signals), not a 4D copy of them. Same inputs (names,
+    types and defaults), nodes and cache entries as :class:`MaskerWorkflow` otherwise.
 
     Returns
     -------
-    mask_file : NIfTI
-        The mask the signals were extracted with.
-    signals_file : Signals
-        ``.npy`` array (n_kept_volumes, n_voxels).
-    qc_file : QCData
-        Report data gathered while cleaning.
+    mask_file, signals_file, qc_file
+        As :class:`MaskerWorkflow` returns them.
     """
-    mask, clean = _masker_nodes(locals())
+    mask, clean = _masker_nodes(given)
     return mask, clean.signals_file, clean.qc_file
 
+
+# MaskerWorkflow's inputs, stated once: Pydra reads the signature and the annotations.
+_SIGNALS_RETURN = tuple[NiftiImage, Signals, QCData]
+_masker_signals_workflow.__signature__ = inspect.signature(_masker_workflow).replace(
+    return_annotation=_SIGNALS_RETURN
+)
+_masker_signals_workflow.__annotations__ = {
+    **_masker_workflow.__annotations__,
+    "return": _SIGNALS_RETURN,
+}
 
 MaskerSignalsWorkflow = workflow.define(
     _masker_signals_workflow,

@@ -126,24 +126,10 @@ def write_run_derivatives(
 
     Parameters
     ----------
-    bold_file : path
-        The run's input BOLD (the header codes the images state).
-    signals_file : path
-        The masker workflow's signals: the cleaned BOLD is made from them.
-    mask_file : path
-        The masker workflow's mask.
-    destinations : mapping
-        Output key (``bold``, ``mask``, and the keys of ``files``) -> absolute path.
-    sidecars : mapping
-        Output key -> JSON sidecar content (written next to the file).
+    bold_file, signals_file, mask_file, destinations, sidecars, files, t_r, compress_level
+        The inputs of :class:`RunDerivatives` (paths and mappings as they are).
     cache_root : path
         The derivatives workflow's own cache (removed afterwards).
-    files : mapping, optional
-        Other outputs: key -> file to write as it is (signals, tables).
-    t_r : float, optional
-        Repetition time (s) of the cleaned BOLD.
-    compress_level : int
-        isal compression level of the ``.nii.gz`` outputs.
 
     Returns
     -------
