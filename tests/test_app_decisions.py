@@ -212,3 +212,15 @@ def test_binary_config_file_is_named(tmp_path, capsys):
     argv = [str(FMRIPREP), str(tmp_path / "out"), "participant", "--config-file", str(config)]
     assert main(argv) == 65
     assert f"--config-file '{config}' cannot be parsed" in capsys.readouterr().err
+
+
+def test_group_dry_run_writes_nothing(tmp_path, capsys):
+    # It used to write the group table and index page.
+    out, work = tmp_path / "out", tmp_path / "w"
+    assert main(one_run_argv(FMRIPREP, out, work, "--no-reports")) == 0
+    before = _tree(out)
+    group = [str(FMRIPREP), str(out), "group", "--dry-run"]
+    assert main(group) == 0
+    assert "nothing is written" in capsys.readouterr().out
+    assert _tree(out) == before
+    assert not (out / "group").exists()

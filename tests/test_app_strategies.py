@@ -119,3 +119,39 @@ def test_the_subject_page_describes_every_strategy(tmp_path):
     assert "(simple strategy)" in simple
     assert "scrubbing" not in simple
     assert "(scrubbing strategy)" in scrubbing
+
+
+def test_one_strategy_file_keeps_its_desc_whatever_its_name(tmp_path):
+    # A label is needed only to tell several strategies apart; one file named "_.json"
+    # was refused for lacking letters.
+    path = tmp_path / "_.json"
+    path.write_text(json.dumps({"strategy": ["motion"], "motion": "basic"}))
+    out, work = tmp_path / "out", tmp_path / "work"
+    assert main(_argv(out, work, "--custom-strategy", str(path))) == 0
+    assert _sidecar(out, "denoised")["DenoiseStrategy"] == "custom"
+
+
+def test_a_repeated_denoise_strategy_adds_a_strategy(tmp_path):
+    # As a repeated --custom-strategy does; the last one used to replace the others.
+    out, work = tmp_path / "out", tmp_path / "work"
+    argv = _argv(out, work, "--denoise-strategy", "simple", "--denoise-strategy", "scrubbing")
+    assert main([*argv, *FEW_REGRESSORS]) == 0
+    assert _sidecar(out, "denoisedSimple")["DenoiseStrategy"] == "simple"
+    assert _sidecar(out, "denoisedScrubbing")["DenoiseStrategy"] == "scrubbing"
+
+
+def test_the_subject_page_keeps_the_methods_of_earlier_sets(tmp_path):
+    # A later invocation with another strategy used to replace the methods of the sets
+    # the page still lists.
+    out, work = tmp_path / "out", tmp_path / "work"
+    first = _argv(out, work, "--denoise-strategy", "simple", *FEW_REGRESSORS)
+    first.remove("--no-reports")
+    assert main(first) == 0
+    second = _argv(out, work, "--denoise-strategy", "scrubbing", *FEW_REGRESSORS)
+    second += ["--output-desc", "scrubbed"]
+    second.remove("--no-reports")
+    assert main(second) == 0
+    methods = (out / "sub-01.html").read_text().split('<section id="methods">')[1]
+    assert "Outputs labelled desc-scrubbed:" in methods
+    assert "Outputs labelled desc-denoised:" in methods
+    assert methods.index("desc-scrubbed") < methods.index("desc-denoised:")

@@ -212,6 +212,13 @@ def group_level(settings: Settings) -> int:
         )
     labels = settings.selection.participant_label or ()
     participants = [strip_sub(label) for label in labels] or None
+    if settings.execution.dry_run:
+        print(
+            f"masker-wf --dry-run: would summarise the participant-level outputs of "
+            f"'{out_dir}' into '{out_dir / 'group'}' and '{out_dir / 'index.html'}'; "
+            "nothing is written"
+        )
+        return EXIT_OK
     try:
         tsv, index, n_runs = run_group(out_dir, participants=participants)
     except FileNotFoundError as exc:

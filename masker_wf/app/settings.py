@@ -337,15 +337,19 @@ def _strategies(presets, custom_files) -> tuple:
         files = [custom_files] if isinstance(custom_files, (str, Path)) else custom_files
         strategies = tuple(("custom", Path(f)) for f in files)
     else:
+        if presets is None:  # not given: the default
+            presets = "auto"
         presets = [presets] if isinstance(presets, str) else list(presets)
         if len(presets) > 1 and "auto" in presets:
             raise ValueError(
                 "--denoise-strategy auto cannot be combined with other strategies: name them."
             )
         strategies = tuple((preset, None) for preset in presets)
+    if len(strategies) == 1:
+        return strategies  # one strategy keeps the desc as given: its label is not used
     labels = [naming.strategy_desc("", *strategy) for strategy in strategies]
     repeated = sorted({label for label in labels if labels.count(label) > 1})
-    if len(strategies) > 1 and repeated:
+    if repeated:
         raise ValueError(
             f"several strategies would write outputs labelled {repeated}: give each once "
             "(strategy files need names that differ in their letters and digits)."

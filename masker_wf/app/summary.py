@@ -84,8 +84,8 @@ def write_subject_report(out_dir, subject: str, results, desc) -> Path:
     results : sequence of RunResult
         This invocation's runs of the subject (failures are listed on the page).
     desc : str or sequence of str
-        ``desc-`` label(s) of this invocation: the methods paragraph covers its runs (one
-        paragraph per label when it cleaned them with several strategies).
+        ``desc-`` label(s) of this invocation. The methods cover every set the page lists:
+        one paragraph per label when there are several (this invocation's first).
     """
     from ..reports import build_subject_report
 
@@ -108,7 +108,11 @@ def write_subject_report(out_dir, subject: str, results, desc) -> Path:
     errors = [{"name": r.name, "reason": r.reason} for r in results if not r.ok]
     versions = software_versions()
     versions = {k: versions[k] for k in versions if k in _METHODS_SOFTWARE}
+    # Every set the page lists gets its methods: this invocation's labels first, then
+    # those of earlier invocations still in the output dataset.
     descs = (desc,) if isinstance(desc, str) else tuple(desc)
+    on_disk = {r.get("Parameters", {}).get("desc") for r in records.values()}
+    descs += tuple(sorted(d for d in on_disk if d and d not in descs))
 
     def methods(label):
         return subject_methods(
