@@ -131,15 +131,6 @@ def test_one_strategy_file_keeps_its_desc_whatever_its_name(tmp_path):
     assert _sidecar(out, "denoised")["DenoiseStrategy"] == "custom"
 
 
-def test_a_repeated_denoise_strategy_adds_a_strategy(tmp_path):
-    # As a repeated --custom-strategy does; the last one used to replace the others.
-    out, work = tmp_path / "out", tmp_path / "work"
-    argv = _argv(out, work, "--denoise-strategy", "simple", "--denoise-strategy", "scrubbing")
-    assert main([*argv, *FEW_REGRESSORS]) == 0
-    assert _sidecar(out, "denoisedSimple")["DenoiseStrategy"] == "simple"
-    assert _sidecar(out, "denoisedScrubbing")["DenoiseStrategy"] == "scrubbing"
-
-
 def test_the_subject_page_keeps_the_methods_of_earlier_sets(tmp_path):
     # A later invocation with another strategy used to replace the methods of the sets
     # the page still lists.
@@ -155,3 +146,21 @@ def test_the_subject_page_keeps_the_methods_of_earlier_sets(tmp_path):
     assert "Outputs labelled desc-scrubbed:" in methods
     assert "Outputs labelled desc-denoised:" in methods
     assert methods.index("desc-scrubbed") < methods.index("desc-denoised:")
+
+
+def test_a_strategy_missing_its_inputs_is_refused_before_any_other_runs(tmp_path):
+    # ICA-AROMA's outputs are not in the example: given second, it used to be found
+    # missing only after the first strategy had written its outputs.
+    out, work = tmp_path / "out", tmp_path / "work"
+    assert main(_argv(out, work, "--denoise-strategy", "simple", "ica_aroma")) == 66
+    assert not list(out.glob("sub-01/func/*_bold.nii.gz"))
+
+
+def test_dry_run_names_every_strategy_and_its_desc(tmp_path, capsys):
+    out, work = tmp_path / "out", tmp_path / "work"
+    argv = _argv(out, work, "--denoise-strategy", "simple", "scrubbing", *FEW_REGRESSORS)
+    assert main([*argv, "--dry-run"]) == 0
+    printed = capsys.readouterr().out
+    assert "'simple' (desc-denoisedSimple)" in printed
+    assert "'scrubbing' (desc-denoisedScrubbing)" in printed
+    assert not out.exists()

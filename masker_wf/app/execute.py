@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import shutil
 from dataclasses import replace
+from pathlib import Path
 
 from ..bids.layout import strip_sub
 from . import console, parallel, slurm
@@ -136,13 +137,11 @@ def _process_strategies(plan, settings: Settings, inputs) -> int:
     again), and only the cleaning runs. Each strategy's outputs carry its own ``desc``.
     """
     results, logged = [], []
-    for each in settings.each_strategy():
+    # Every strategy is planned before any runs: one missing its inputs (ICA-AROMA's) is
+    # refused before the others have written anything, whatever the order given.
+    plans = [(each, _strategy_plan(plan, each, inputs)) for each in settings.each_strategy()]
+    for each, own_plan in plans:
         strategy = each.denoising.denoise_strategy
-        # Planning depends on the strategy only for ICA-AROMA's inputs.
-        if (strategy == "ica_aroma") == (plan.strategy == "ica_aroma"):
-            own_plan = replace(plan, strategy=strategy, auto_resolved=False)
-        else:
-            own_plan = plan_runs(each, inputs)
         console.progress(f"masker-wf: strategy '{strategy}': outputs desc-{each.outputs.desc}")
         own = _process_runs(own_plan, each)
         code = summarise(own, each)
@@ -151,6 +150,15 @@ def _process_strategies(plan, settings: Settings, inputs) -> int:
         results.extend(own)
     _finish_participants(settings, results)
     return max(logged) if logged else exit_code(results)
+
+
+def _strategy_plan(plan, each: Settings, inputs):
+    """The plan of one strategy of several: the invocation's, or its own for ICA-AROMA."""
+    strategy = each.denoising.denoise_strategy
+    # Planning depends on the strategy only for ICA-AROMA's inputs.
+    if (strategy == "ica_aroma") == (plan.strategy == "ica_aroma"):
+        return replace(plan, strategy=strategy, auto_resolved=False)
+    return plan_runs(each, inputs)
 
 
 def _finish_participants(settings: Settings, results) -> None:
@@ -180,9 +188,17 @@ def _print_plan(plan, settings: Settings) -> int:
     """``--dry-run``: the runs of each participant and the largest run's memory."""
     runs = plan.runs
     by_participant = by_subject(runs)
+    strategies = settings.each_strategy()
+    if len(strategies) > 1:
+        named = ", ".join(
+            f"'{_strategy_name(each)}' (desc-{each.outputs.desc})" for each in strategies
+        )
+        strategy_text = f"confounds strategies {named}"
+    else:
+        strategy_text = f"confounds strategy '{plan.strategy}'"
     print(
         f"masker-wf --dry-run: {len(runs)} run(s) of {len(by_participant)} participant(s), "
-        f"confounds strategy '{plan.strategy}'; nothing is processed"
+        f"{strategy_text}; nothing is processed"
     )
     for label, own in by_participant.items():
         print(f"  sub-{label}: {', '.join(run.name for run in own)}")
@@ -192,6 +208,11 @@ def _print_plan(plan, settings: Settings) -> int:
     if memory is not None:
         print(f"estimated memory of the largest run: {memory} MB")
     return EXIT_OK
+
+
+def _strategy_name(each: Settings) -> str:
+    custom = each.denoising.custom_strategy
+    return each.denoising.denoise_strategy if custom is None else Path(custom).name
 
 
 def group_level(settings: Settings) -> int:

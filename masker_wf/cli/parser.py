@@ -309,8 +309,8 @@ def _selection_options(add) -> None:
 def _denoising_options(add) -> None:
     add(
         "--denoise-strategy",
+        default="auto",
         nargs="+",
-        action="extend",
         choices=["auto", "none", "simple", "scrubbing", "compcor", "ica_aroma"],
         help="preset confound strategy; 'auto' is decided once per output dataset, over every "
         "participant of the input (recorded in out/logs and reused by later invocations): "
