@@ -682,19 +682,24 @@ def smooth_masked_chunks(
     -------
     numpy.ndarray, shape (t, n_mask_voxels)
     """
-    fwhm = _warn_zero_fwhm(fwhm)
-    mask = _as_bool_mask(mask)
-    shape = tuple(shape)
-    if len(shape) != 4:
-        raise DimensionError(len(shape), 4, "data4d")
-    _check_mask_shape(mask, shape)
-    plan = _MaskedSmoothing(shape, affine, fwhm, mask)
+    plan, shape = _streamed_plan(shape, affine, fwhm, mask)
     chunks = iter(chunks)
     first = next(chunks, None)
     if first is None:
         raise ValueError(f"no volumes given for data of shape {shape}.")
     boxed = ((start, block[plan.box]) for start, block in _chain_first(first, chunks))
     return plan.run(boxed, shape[3], first[1].dtype, dtype, ensure_finite, n_jobs)
+
+
+def _streamed_plan(shape, affine, fwhm, mask):
+    """``(plan, shape)`` of smoothing 4D data of ``shape`` given block by block."""
+    fwhm = _warn_zero_fwhm(fwhm)
+    mask = _as_bool_mask(mask)
+    shape = tuple(shape)
+    if len(shape) != 4:
+        raise DimensionError(len(shape), 4, "data4d")
+    _check_mask_shape(mask, shape)
+    return _MaskedSmoothing(shape, affine, fwhm, mask), shape
 
 
 def _all_finite(values) -> bool:
@@ -927,13 +932,7 @@ def smooth_window_chunks(
         ``start + window.shape[3]``, Fortran order; float32 for float32 and integer
         input, float64 for float64. Consume it to run the smoothing.
     """
-    fwhm = _warn_zero_fwhm(fwhm)
-    mask = _as_bool_mask(mask)
-    shape = tuple(shape)
-    if len(shape) != 4:
-        raise DimensionError(len(shape), 4, "data4d")
-    _check_mask_shape(mask, shape)
-    plan = _MaskedSmoothing(shape, affine, fwhm, mask)
+    plan, shape = _streamed_plan(shape, affine, fwhm, mask)
     box = tuple(
         slice(outer.start + inner.start, outer.start + inner.stop)
         for outer, inner in zip(plan.box, plan.inner, strict=True)
