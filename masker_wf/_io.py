@@ -791,7 +791,7 @@ def _output_path(path, suffix: str, what: str) -> Path:
     return path
 
 
-def save_signals(signals, path) -> Path:
+def save_signals(signals, path, *, identity=None) -> Path:
     """Write a 2D signals array as ``.npy`` atomically, keeping its dtype.
 
     Parameters
@@ -801,6 +801,9 @@ def save_signals(signals, path) -> Path:
         stored as is, as NiftiMasker returns for a 3D image).
     path : str or os.PathLike
         Destination ending in ``.npy``.
+    identity : str, optional
+        What determines the content: the file is then not hashed (see
+        :func:`identified_output`).
 
     Returns
     -------
@@ -813,7 +816,8 @@ def save_signals(signals, path) -> Path:
         raise ValueError(
             f"signals must be a 1D or 2D array (n_volumes, n_voxels), got shape {signals.shape}."
         )
-    with hashed_output(path) as stream:
+    output = hashed_output(path) if identity is None else identified_output(path, identity)
+    with output as stream:
         if signals.flags.c_contiguous or signals.ndim == 1:
             np.save(stream, signals, allow_pickle=False)
         else:

@@ -330,7 +330,7 @@ def _streams(img) -> bool:
     return isinstance(img.dataobj, GzipArrayProxy) and len(img.shape) == 4
 
 
-def _masked_signals(img, mask, smoothing_fwhm, report) -> np.ndarray:
+def masked_signals(img, mask, smoothing_fwhm, report) -> np.ndarray:
     """The (smoothed) masked signals of a 4D image; the report's mean planes on the way.
 
     A gzipped file is streamed (decompression overlapping smoothing and masking);
@@ -359,6 +359,18 @@ def _masked_signals(img, mask, smoothing_fwhm, report) -> np.ndarray:
         signals = _extract_chunks(chunks, img.shape, img_data_dtype(img), mask)
     if planes is not None:
         report["mean_planes"] = planes.result()
+    return signals
+
+
+def _checked_extracted(signals, n_volumes: int, n_voxels: int) -> np.ndarray:
+    """Signals extracted upstream, checked against the image and the mask they are from."""
+    signals = np.asanyarray(signals)
+    if signals.shape != (n_volumes, n_voxels):
+        raise ValueError(
+            f"the extracted signals have shape {signals.shape}, but the image has "
+            f"{n_volumes} volumes and the mask {n_voxels} voxels: they were not extracted "
+            "from this image with this mask."
+        )
     return signals
 
 
@@ -584,6 +596,7 @@ def filter_and_extract(
     report=None,
     log_name="filter_and_extract",
     hv_confounds=None,
+    extracted=None,
     **params,
 ) -> np.ndarray:
     """Resample, smooth, mask and clean images: ``NiftiMasker.transform`` numerics.
@@ -630,6 +643,10 @@ def filter_and_extract(
         High-variance confounds already computed on the raw image
         (:func:`masker_wf.image.high_variance_confounds`), prepended to ``confounds`` as
         ``high_variance_confounds=True`` would (which is then not needed).
+    extracted : numpy.ndarray, shape (n_volumes, n_voxels), optional
+        The signals of ``mask_img``'s voxels already extracted from ``imgs`` (resampled
+        and smoothed upstream: the workflow's ``smooth`` node); only cleaned here, and
+        ``imgs`` is read for its header only. A memory map is not written to.
 
     Returns
     -------
@@ -675,15 +692,24 @@ def filter_and_extract(
         all_confounds = hv if confounds is None else [hv, confounds]
     del raw_img
 
-    if not check_same_fov(img, mask_img) or target_affine is not None or target_shape is not None:
-        log("Resampling images", verbose, log_name)
-    img, mask_img = resample_onto_mask(img, mask_img, target_affine, target_shape, stacklevel=3)
-    mask, _ = masking.load_mask_img(mask_img)
+    if extracted is not None:
+        signals = _checked_extracted(extracted, n_volumes, int(np.count_nonzero(mask)))
+    else:
+        if (
+            not check_same_fov(img, mask_img)
+            or target_affine is not None
+            or target_shape is not None
+        ):
+            log("Resampling images", verbose, log_name)
+        img, mask_img = resample_onto_mask(
+            img, mask_img, target_affine, target_shape, stacklevel=3
+        )
+        mask, _ = masking.load_mask_img(mask_img)
 
-    if smoothing_fwhm is not None:
-        log("Smoothing images", verbose, log_name)
-    log("Extracting region signals", verbose, log_name)
-    signals = _masked_signals(img, mask, smoothing_fwhm, report)
+        if smoothing_fwhm is not None:
+            log("Smoothing images", verbose, log_name)
+        log("Extracting region signals", verbose, log_name)
+        signals = masked_signals(img, mask, smoothing_fwhm, report)
     del img
 
     voxels = None

@@ -485,7 +485,9 @@ def _resample_onto_mask(in_file, mask_file, out_file, target_affine, target_shap
 
 
 @_step("smooth", "in_file")
-def smooth(in_file, out_file, *, fwhm, mask_file=None, dtype=None, planes_file=None) -> Path:
+def smooth(
+    in_file, out_file, *, fwhm, mask_file=None, dtype=None, planes_file=None, extract=False
+) -> Path:
     """Smooth an image with an isotropic or per-axis Gaussian kernel.
 
     Parameters
@@ -493,7 +495,7 @@ def smooth(in_file, out_file, *, fwhm, mask_file=None, dtype=None, planes_file=N
     in_file : path
         3D or 4D image.
     out_file : path
-        Destination ``.nii`` or ``.nii.gz``.
+        Destination ``.nii`` or ``.nii.gz`` (``.npy`` with ``extract``).
     fwhm : float, sequence of 3 floats, "fast" or None
         Full width at half maximum of the kernel, in millimetres.
     mask_file : path, optional
@@ -510,6 +512,11 @@ def smooth(in_file, out_file, *, fwhm, mask_file=None, dtype=None, planes_file=N
         temporal mean of the *unsmoothed* input through the mask's centroid, gathered as
         the volumes pass; :func:`masker_wf._io.save_qc`) to this ``.npz``, for
         :func:`clean_signals`' ``mean_planes_file``.
+    extract : bool, default=False
+        With ``mask_file``: write the smoothed time series of the mask's voxels instead
+        of the window (a ``.npy`` ``(n_volumes, n_voxels)``, as :func:`clean_signals`
+        extracts them), for :func:`clean_signals`' ``extracted_file``: less than half the
+        window's bytes, and no second masking pass downstream.
 
     Returns
     -------
@@ -522,17 +529,19 @@ def smooth(in_file, out_file, *, fwhm, mask_file=None, dtype=None, planes_file=N
         # The dimensionality is load_img's to check: the estimator's error, word for word.
         _check_input("smooth", in_file, "BOLD image")
         out_file = _check_output("smooth", in_file, out_file)
+        if extract:
+            return _smooth_signals(in_file, mask_file, out_file, fwhm, dtype, planes_file)
         return _smooth_window(in_file, mask_file, out_file, fwhm, dtype, planes_file)
+    if extract:
+        raise StepError("smooth", in_file, "extract needs the mask_file to extract with.")
     img = _check_input("smooth", in_file, "input image", ndim=(3, 4))
     out_file = _check_output("smooth", in_file, out_file)
     return save_img(smooth_img(img, fwhm), out_file)
 
 
-def _smooth_window(in_file, mask_file, out_file, fwhm, dtype, planes_file=None) -> Path:
-    """:func:`smooth` with ``mask_file``: the smoothed BOLD on the mask's bounding box."""
-    from ._niimg import iter_volume_chunks
-    from ._pipeline import MeanPlanes, load_img, mask_window
-    from .image import smooth_window_chunks
+def _bold_on_mask_window(in_file, mask_file, dtype):
+    """The BOLD to smooth (``dtype`` applied), its window of the mask's grid, the mask there."""
+    from ._pipeline import load_img, mask_window
 
     mask_img = _check_input("smooth", mask_file, "mask image", read_data=True)
     img, _, _ = load_img(os.fspath(in_file), dtype=dtype)
@@ -545,7 +554,32 @@ def _smooth_window(in_file, mask_file, out_file, fwhm, dtype, planes_file=None) 
             "holding every mask voxel: resample it onto the mask first (Resample with "
             "mask_file).",
         )
-    mask = (get_data(mask_img) != 0)[window]
+    return img, (get_data(mask_img) != 0)[window]
+
+
+def _smoothed_identity(what, in_file, mask_file, fwhm, dtype) -> str:
+    """What a smoothing output is computed from (see :func:`masker_wf._io.identified_output`).
+
+    Large intermediates are identified so, not hashed: their next node's cache key then
+    costs nothing (0.3 to 0.6 GB for a 2 mm MNI run).
+    """
+    return " ".join(
+        [
+            f"masker-wf {_version()} {what}",
+            _io.file_digest(in_file),
+            _io.file_digest(mask_file),
+            f"fwhm={fwhm!r} dtype={dtype!r}",
+        ]
+    )
+
+
+def _smooth_window(in_file, mask_file, out_file, fwhm, dtype, planes_file=None) -> Path:
+    """:func:`smooth` with ``mask_file``: the smoothed BOLD on the mask's bounding box."""
+    from ._niimg import iter_volume_chunks
+    from ._pipeline import MeanPlanes
+    from .image import smooth_window_chunks
+
+    img, mask = _bold_on_mask_window(in_file, mask_file, dtype)
     chunks = iter_volume_chunks(img)
     planes = None
     if planes_file is not None:
@@ -560,19 +594,30 @@ def _smooth_window(in_file, mask_file, out_file, fwhm, dtype, planes_file=None) 
     shape = (*(s.stop - s.start for s in box), img.shape[3])
     header = _window_header(img, affine, shape, first[1].dtype)
     blocks = (block for _, block in itertools.chain((first,), windows))
-    # The window is identified by what it is computed from, not hashed: its next node's
-    # cache key then costs nothing (0.6 GB for a 2 mm MNI run; see identified_output).
-    identity = " ".join(
-        [
-            f"masker-wf {_version()} smooth-window",
-            _io.file_digest(in_file),
-            _io.file_digest(mask_file),
-            f"fwhm={fwhm!r} dtype={dtype!r}",
-        ]
-    )
+    identity = _smoothed_identity("smooth-window", in_file, mask_file, fwhm, dtype)
     _io.save_img_blocks(header, blocks, out_file, identity=identity)
     if planes is not None:
         save_qc({"mean_planes": planes.result()}, planes_file)
+    return out_file
+
+
+def _smooth_signals(in_file, mask_file, out_file, fwhm, dtype, planes_file=None) -> Path:
+    """:func:`smooth` with ``extract``: the smoothed time series of the mask's voxels."""
+    from ._pipeline import masked_signals
+
+    if Path(out_file).suffix.lower() != ".npy":
+        raise StepError(
+            "smooth", in_file, f"with extract, out_file must end with .npy: '{out_file}'."
+        )
+    img, mask = _bold_on_mask_window(in_file, mask_file, dtype)
+    # Streamed from a .nii.gz (decompression overlapping smoothing), the report's mean
+    # image of the unsmoothed input gathered on the way: the fused path's own code.
+    report = None if planes_file is None else {}
+    signals = masked_signals(img, mask, fwhm, report)
+    identity = _smoothed_identity("smooth-signals", in_file, mask_file, fwhm, dtype)
+    save_signals(signals, out_file, identity=identity)
+    if report is not None:
+        save_qc({"mean_planes": report["mean_planes"]}, planes_file)
     return out_file
 
 
@@ -696,6 +741,7 @@ def clean_signals(
     hv_confounds_file=None,
     bold_window=False,
     mean_planes_file=None,
+    extracted_file=None,
 ) -> Path:
     """Extract the masked, (smoothed,) cleaned time series of a BOLD image to ``.npy``.
 
@@ -743,6 +789,11 @@ high_pass, t_r, runs, dtype, clean_args
     mean_planes_file : path, optional
         The report's mean image, gathered upstream from the unsmoothed BOLD
         (:func:`smooth`'s ``planes_file``), for ``qc_file``.
+    extracted_file : path, optional
+        The time series of ``mask_file``'s voxels already extracted from ``bold_file``
+        (resampled, smoothed: :func:`smooth` with ``extract``), memory-mapped and cleaned;
+        ``bold_file`` is then read for its header only, and ``smoothing_fwhm`` and the
+        target grid must be left unset (done upstream).
 
     Returns
     -------
@@ -750,6 +801,19 @@ high_pass, t_r, runs, dtype, clean_args
         ``out_file``.
     """
     from ._pipeline import filter_and_extract, mask_window
+
+    if extracted_file is not None and (
+        bold_window
+        or smoothing_fwhm is not None
+        or target_affine is not None
+        or target_shape is not None
+    ):
+        raise StepError(
+            "clean_signals",
+            extracted_file,
+            "extracted_file holds signals resampled and smoothed already: give it without "
+            "bold_window, smoothing_fwhm and a target grid.",
+        )
 
     bold_img = _check_input("clean_signals", bold_file, "BOLD image")
     _check_input("clean_signals", mask_file, "mask image", read_data=True)
@@ -782,6 +846,9 @@ high_pass, t_r, runs, dtype, clean_args
                 f"'{mask_file}' holding every mask voxel.",
             )
         mask_img = _crop(mask_img, window)
+    extracted = None
+    if extracted_file is not None:
+        extracted = load_signals(extracted_file, mmap_mode="r")
     report = None if qc_file is None else {}
     if report is not None and mean_planes_file is not None:
         report["mean_planes"] = load_qc(mean_planes_file)["mean_planes"]
@@ -806,6 +873,7 @@ high_pass, t_r, runs, dtype, clean_args
             clean_kwargs=dict(clean_args) if clean_args else None,
             report=report,
             hv_confounds=hv_confounds,
+            extracted=extracted,
         )
     except SampleMaskError as exc:
         _locate(exc, "clean_signals", mask_source)

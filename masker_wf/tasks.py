@@ -12,6 +12,8 @@ task                            inputs → output
 :class:`Resample`               image (+ target grid, reference or mask) →
                                 ``out_file``
 :class:`Smooth`                 image + FWHM (mm) (+ mask) → ``out_file``
+:class:`SmoothSignals`          BOLD + FWHM + mask → ``signals_file``: the mask
+                                voxels' smoothed time series (``.npy``)
 :class:`HighVarianceConfounds`  raw BOLD → ``confounds_file`` (``.npy``)
 :class:`CleanSignals`           BOLD + mask (+ confounds, sample mask,
                                 cleaning) → ``signals_file`` (``.npy``, see
@@ -29,6 +31,9 @@ needs of the BOLD only: the window of the mask's grid it is masked on (the mask'
 bounding box, plus one voxel for a resampled BOLD, as nilearn), uncompressed, in the
 data's dtype (float32 for float32 BOLD), with the values of the full field of view;
 :class:`CleanSignals` with ``bold_window=True`` masks such a window where it lies.
+:class:`SmoothSignals` goes one step further and writes the smoothed time series of the
+mask's voxels (less than half the window's bytes), which :class:`CleanSignals` cleans as
+they are (``extracted_file``): the workflow's smoothing node.
 
 Images are accepted as uncompressed ``.nii`` (:class:`fileformats.medimage.Nifti1`)
 or gzipped ``.nii.gz`` (:class:`fileformats.medimage.NiftiGz`). Outputs are
@@ -87,6 +92,7 @@ __all__ = [
     "Resample",
     "Signals",
     "Smooth",
+    "SmoothSignals",
     "TextTable",
     "Unmask",
     "segmented_hash_enabled",
@@ -370,6 +376,55 @@ def _smooth(
 Smooth = python.define(_smooth, outputs=["out_file", "planes_file"], name="Smooth")
 
 
+@_spec.fill_doc
+def _smooth_signals(
+    in_file: NiftiImage,
+    mask_file: NiftiImage,
+    fwhm: float | list[float] | str | None = None,
+    dtype: str | None = None,
+) -> tuple[Signals, QCData]:
+    """Smooth a BOLD and extract its mask voxels' time series (:func:`masker_wf._steps.smooth`
+    with ``extract``): the workflow's ``smooth`` node.
+
+    Parameters
+    ----------
+    in_file : NIfTI
+        4D BOLD on the mask's grid or on a window of it holding every mask voxel (what
+        :class:`Resample` writes with ``mask_file``); a ``.nii.gz`` is streamed.
+    mask_file : NIfTI
+        The mask the signals are extracted with.
+    fwhm : float or list of 3 floats or "fast", optional
+        Kernel full width at half maximum in mm; the values are those of smoothing the
+        whole field of view.
+    %(dtype)s
+
+    Returns
+    -------
+    signals_file : Signals
+        ``smoothed_signals.npy``, shape (n_volumes, n_voxels), for :class:`CleanSignals`'
+        ``extracted_file``.
+    planes_file : QCData
+        ``mean_planes.npz``, the report's mean image of the unsmoothed input.
+    """
+    planes_file = os.path.abspath("mean_planes.npz")
+    signals_file = _run(
+        _steps.smooth,
+        str(in_file),
+        os.path.abspath("smoothed_signals.npy"),
+        fwhm=fwhm,
+        mask_file=str(mask_file),
+        dtype=dtype,
+        planes_file=planes_file,
+        extract=True,
+    )
+    return _recorded(signals_file), planes_file
+
+
+SmoothSignals = python.define(
+    _smooth_signals, outputs=["signals_file", "planes_file"], name="SmoothSignals"
+)
+
+
 def _high_variance_confounds(bold_file: NiftiImage) -> Signals:
     """NiftiMasker's high-variance confounds of a raw BOLD (see
     :func:`masker_wf._steps.high_variance_confounds`).
@@ -420,6 +475,7 @@ def _clean_signals(
     hv_confounds_file: Signals | None = None,
     bold_window: bool = False,
     mean_planes_file: QCData | None = None,
+    extracted_file: Signals | None = None,
 ) -> tuple[Signals, QCData]:
     """Masked, smoothed, cleaned signals (see :func:`masker_wf._steps.clean_signals`).
 
@@ -444,6 +500,9 @@ def _clean_signals(
         :class:`Smooth` write with ``mask_file``): masked where it lies.
     mean_planes_file : QCData, optional
         The report's mean image gathered upstream (:class:`Smooth`'s ``planes_file``).
+    extracted_file : Signals, optional
+        The mask voxels' time series extracted upstream (:class:`SmoothSignals`): cleaned
+        as they are, ``bold_file`` read for its header only.
 
     Returns
     -------
@@ -467,6 +526,7 @@ def _clean_signals(
         hv_confounds_file=None if hv_confounds_file is None else str(hv_confounds_file),
         bold_window=bold_window,
         mean_planes_file=None if mean_planes_file is None else str(mean_planes_file),
+        extracted_file=None if extracted_file is None else str(extracted_file),
         **parameters,
     )
     return _recorded(signals_file, qc_file)

@@ -111,7 +111,7 @@ from .tasks import (
     QCData,
     Resample,
     Signals,
-    Smooth,
+    SmoothSignals,
     TextTable,
     Unmask,
     use_segmented_hash,
@@ -235,15 +235,17 @@ def _masker_nodes(given: dict):
             name="resample_bold",
         ).out_file
         window, dtype = True, None
-    mean_planes = None
+    mean_planes = extracted = None
     if smoothing_fwhm is not None:
+        # The smoothed BOLD leaves the node as its mask voxels' time series: less than
+        # half the bytes of the smoothed window, and no second masking pass in cleaning.
         smooth = workflow.add(
-            Smooth(in_file=bold, fwhm=smoothing_fwhm, mask_file=mask, dtype=dtype),
+            SmoothSignals(in_file=bold, mask_file=mask, fwhm=smoothing_fwhm, dtype=dtype),
             name="smooth",
         )
         # The report shows the unsmoothed mean image: gathered by the node that sees it.
-        bold, mean_planes = smooth.out_file, smooth.planes_file
-        window, dtype = True, None
+        extracted, mean_planes = smooth.signals_file, smooth.planes_file
+        bold, window, dtype = bold_file, False, None
     hv_confounds = None
     if given["high_variance_confounds"]:
         hv_confounds = workflow.add(
@@ -251,8 +253,8 @@ def _masker_nodes(given: dict):
         ).confounds_file
 
     cleaning = _spec.pick(given, "CleanSignals")
-    if window:
-        # Done upstream: the window is on the mask's grid, smoothed, converted.
+    if window or extracted is not None:
+        # Done upstream: on the mask's grid, smoothed, converted (extracted, when smoothed).
         cleaning.update(smoothing_fwhm=None, target_affine=None, target_shape=None, dtype=dtype)
     if hv_confounds is not None:
         cleaning["high_variance_confounds"] = False
@@ -265,6 +267,7 @@ def _masker_nodes(given: dict):
             hv_confounds_file=hv_confounds,
             bold_window=window,
             mean_planes_file=mean_planes,
+            extracted_file=extracted,
             **cleaning,
         ),
         name="clean_signals",

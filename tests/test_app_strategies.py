@@ -57,7 +57,7 @@ def test_two_strategies_write_two_output_sets_sharing_the_smoothing(tmp_path):
     scrubbing = cleaned_data(out, f"{RUN}_desc-denoisedScrubbing")
     assert simple.shape != scrubbing.shape or not np.array_equal(simple, scrubbing)
     # The BOLD was smoothed once: the second strategy's workflow took it from the cache.
-    assert len(_job_dirs_holding(work, "smoothed.nii")) == 1
+    assert len(_job_dirs_holding(work, "smoothed_signals.npy")) == 1
     assert len(_job_dirs_holding(work, "signals.npy")) == 2
     if shutil.which("bids-validator-deno"):
         done = subprocess.run(

@@ -153,7 +153,7 @@ def test_smoothing_as_a_separate_task_gives_the_same_signals(tmp_path, synthetic
     separate = run_masker_workflow(
         synthetic_bold_file, cache_root=tmp_path / "b", smooth_as_task=True, **params
     )
-    assert _job_dirs_holding(tmp_path / "b", "smoothed.nii")
+    assert _job_dirs_holding(tmp_path / "b", "smoothed_signals.npy")
     np.testing.assert_allclose(
         np.load(separate["signals_file"]), np.load(inside["signals_file"]), rtol=1e-5, atol=1e-5
     )

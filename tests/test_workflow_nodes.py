@@ -184,7 +184,7 @@ def test_another_confounds_strategy_reruns_only_cleaning_and_unmasking(
     simple = _confounds_file(tmp_path, "simple", 2, seed=2)
     first = run_masker_workflow(ds003_path, cache_root=cache_root, confounds_file=simple, **params)
     upstream = {
-        name: _job_dirs_holding(cache_root, name) for name in ("resampled.nii", "smoothed.nii")
+        name: _job_dirs_holding(cache_root, name) for name in ("resampled.nii", "smoothed_signals.npy")
     }
     assert all(len(dirs) == 1 for dirs in upstream.values())
     stamps = {d: (d / name).stat().st_mtime_ns for name, (d,) in upstream.items()}
@@ -316,7 +316,7 @@ def test_intermediates_are_not_read_again_to_be_hashed(tmp_path, ds003_path, ds0
     assert done.returncode == 0, done.stderr[-3000:]
     read = done.stdout.split()
     assert ds003_path.name in read  # the input, once
-    assert not {"smoothed.nii", "high_variance_confounds.npy", "signals.npy"} & set(read)
+    assert not {"smoothed_signals.npy", "high_variance_confounds.npy", "signals.npy"} & set(read)
 
 
 @pytest.mark.parametrize("fwhm", [4.0, [0.0, 7.0, 5.0], "fast"])
