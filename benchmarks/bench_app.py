@@ -190,9 +190,15 @@ _TRACED = (
     ("masker_wf._io", "_sha256_of_file", "hash inputs (SHA-256, read once)"),
     ("masker_wf._steps", "_resample_onto_mask", "resample the BOLD (resample_bold node)"),
     ("masker_wf._steps", "_smooth_window", "read .nii.gz + smooth, cropped (smooth node)"),
+    (
+        "masker_wf._steps",
+        "_smooth_signals",
+        "smooth node: read .nii.gz + smooth + mask, write its signals",
+    ),
     ("masker_wf._pipeline", "_masked_signals", "mask (before issue 16: read + smooth + mask)"),
     ("masker_wf.signal", "clean", "clean (detrend, filter, regress, zscore)"),
-    ("masker_wf._io", "save_signals", "signals .npy to the Pydra cache"),
+    # Called by the smooth node (inside its time above) and by clean_signals.
+    ("masker_wf._io", "save_signals", "signals .npy to the Pydra cache (both nodes)"),
     ("masker_wf._steps", "unmask", "cleaned BOLD .nii.gz (unmask + gzip, once)"),
     ("masker_wf.app.outputs", "write_report", "report (drawn meanwhile)"),
 )

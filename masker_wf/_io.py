@@ -818,10 +818,7 @@ def save_signals(signals, path, *, identity=None) -> Path:
         )
     output = hashed_output(path) if identity is None else identified_output(path, identity)
     with output as stream:
-        if signals.flags.c_contiguous or signals.ndim == 1:
-            np.save(stream, signals, allow_pickle=False)
-        else:
-            _write_c_order(stream, signals)
+        _write_npy(stream, signals)
     return path
 
 
@@ -877,13 +874,31 @@ def load_qc(path) -> dict:
     return qc
 
 
-def _write_c_order(stream, signals: np.ndarray, rows_per_chunk: int = 16) -> None:
-    """Write a non-C-contiguous 2D array as a C-order .npy without a full-size copy."""
-    header = {"descr": np.lib.format.dtype_to_descr(signals.dtype), "fortran_order": False}
-    header["shape"] = signals.shape
-    np.lib.format.write_array_header_2_0(stream, header)
+def _write_npy(stream, signals: np.ndarray, rows_per_chunk: int = 16) -> None:
+    """Write ``signals`` as a C-order ``.npy`` (``np.save``'s bytes), copying nothing whole.
+
+    ``np.save`` copies the array in pieces through ``tobytes`` for any stream that is
+    not a plain file (a hashing writer): 0.5 s for the 0.25 GB of a 2 mm MNI run. A
+    C-contiguous array is written from its own memory instead; any other layout a few
+    rows at a time.
+    """
+    header = {
+        "descr": np.lib.format.dtype_to_descr(signals.dtype),
+        "fortran_order": False,
+        "shape": signals.shape,
+    }
+    np.lib.format.write_array_header_1_0(stream, header)
+    if signals.flags.c_contiguous:
+        data = memoryview(signals.reshape(-1)).cast("B")
+        for start in range(0, data.nbytes, _NPY_PIECE_BYTES):
+            stream.write(data[start : start + _NPY_PIECE_BYTES])
+        return
     for start in range(0, signals.shape[0], rows_per_chunk):
-        stream.write(np.ascontiguousarray(signals[start : start + rows_per_chunk]).tobytes())
+        stream.write(np.ascontiguousarray(signals[start : start + rows_per_chunk]).data)
+
+
+#: Bytes of an array written per call (hashlib releases the GIL on buffers this large).
+_NPY_PIECE_BYTES = 16 * 1024**2
 
 
 def load_signals(path, mmap_mode=None) -> np.ndarray:

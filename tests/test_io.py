@@ -1,11 +1,13 @@
 """Atomic writers and readers of masker_wf._io."""
 
+import hashlib
 import os
 
 import nibabel as nib
 import numpy as np
 import pytest
 
+from masker_wf import _io
 from masker_wf._io import atomic_output, load_signals, read_sample_mask, save_img, save_signals
 
 
@@ -91,6 +93,29 @@ def test_signals_round_trip_keeps_float32_and_c_order(tmp_path):
     np.testing.assert_array_equal(loaded, signals)
     # The documented format is plain .npy: numpy reads it, memory-mapped too.
     np.testing.assert_array_equal(np.load(path, mmap_mode="r"), signals)
+
+
+@pytest.mark.parametrize(
+    "signals",
+    [
+        np.arange(12, dtype=np.float32).reshape(3, 4),
+        np.asfortranarray(np.arange(12.0).reshape(4, 3)),
+        np.arange(5, dtype=np.float32),
+        np.zeros((0, 3), dtype=np.float32),
+        # Larger than one piece written at a time (16 MiB).
+        np.ones((1100, 4000), dtype=np.float32),
+    ],
+    ids=["C order", "Fortran order", "1D", "no rows", "several pieces"],
+)
+def test_saved_signals_are_the_bytes_numpy_saves(tmp_path, signals):
+    import io
+
+    expected = io.BytesIO()
+    np.save(expected, np.ascontiguousarray(signals), allow_pickle=False)
+    path = save_signals(signals, tmp_path / "signals.npy")
+    assert path.read_bytes() == expected.getvalue()
+    # ... and the digest remembered while writing them is theirs.
+    assert _io.file_digest(path) == "sha256:" + hashlib.sha256(expected.getvalue()).hexdigest()
 
 
 def test_save_signals_validates_before_writing(tmp_path):

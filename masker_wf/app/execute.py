@@ -12,6 +12,7 @@ other through Pydra's SLURM worker), then :func:`masker_wf.app.summary.summarise
 
 from __future__ import annotations
 
+import gc
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -65,8 +66,11 @@ def _process_runs(plan, settings: Settings) -> list[RunResult]:
     preload = None
     if settings.reports:
         from ..reports.figures import preload_matplotlib as preload
-    # Where the runs are processed: here, or first thing in each worker process (a fork
-    # must not inherit an import in progress).
+    # What is alive now (modules, the pybids index, the plan) lives as long as the runs:
+    # out of the collector's full passes, whose cost per run would otherwise grow with the
+    # dataset (the up-to-date rerun of 160 participants cost 23 % more per run than of 40),
+    # and not copied into forked workers by the collector touching it.
+    gc.freeze()
     return parallel.process_runs(len(runs), one, estimates, limits, failed, setup=preload)
 
 
