@@ -17,17 +17,21 @@ nilearn computes them). The order and the numbers are ``NiftiMasker.transform``'
 the dtype conversion in the first BOLD node, resampling onto the mask's bounding box
 (padded by one voxel) when the grids differ, smoothing, masking, cleaning.
 
-The BOLD intermediates are small: each is the window of the mask's grid that the
-next step needs (``resample_bold``: nilearn's cropped grid; ``smooth``: the mask's
-bounding box, computed from that box padded by the kernel radius only, with the values
-smoothing the whole field of view gives), uncompressed, in the data's dtype (float32
-for float32 BOLD), memory-mapped by ``clean_signals`` (``bold_window=True``). The
-first node reading a ``.nii.gz`` streams it (decompression overlapping smoothing).
-Each step hashes what it writes as it writes it and leaves the digest beside the file
-(:func:`masker_wf._io.record_digest`), so that with the segmented hash
+The BOLD intermediates are small: ``resample_bold`` writes the window of the mask's grid
+that nilearn resamples onto (the mask's bounding box padded by one voxel), uncompressed,
+in the data's dtype (float32 for float32 BOLD); ``smooth``
+(:class:`~masker_wf.tasks.SmoothSignals`) writes the smoothed time series of the mask's
+voxels only (``.npy``, ``n_volumes x n_voxels``), computed from the mask's bounding box
+padded by the kernel radius, with the values smoothing the whole field of view gives;
+``clean_signals`` memory-maps either (``bold_window=True`` for a window,
+``extracted_file`` for signals). The first node reading a ``.nii.gz`` streams it
+(decompression overlapping smoothing). Each step hashes what it writes as it writes it,
+or identifies it by what it is computed from (the smoothed signals: the package version,
+the digests of the BOLD and the mask, the FWHM and dtype), and leaves the digest beside
+the file (:func:`masker_wf._io.record_digest`), so that with the segmented hash
 (``segmented_hash=True``) Pydra identifies an intermediate without reading it, with
-either worker. The high-variance confounds node reads the raw BOLD whole, a second
-read of it.
+either worker. The high-variance confounds node reads the raw BOLD whole, a second read
+of it.
 
 ``smooth_as_task`` is accepted for compatibility and changes nothing: smoothing is
 always a node of its own now, with every parameter (target grids and high-variance
@@ -36,7 +40,7 @@ confounds included).
 Caching: each node's cache key is the hash of its inputs, file *contents*
 included, so changing a cleaning parameter or the confounds (``low_pass``, another
 denoising strategy...) re-runs ``CleanSignals`` and ``Unmask`` only: the mask, the
-resampled and the smoothed BOLD come from the cache (the ``.nii.gz`` is not read
+resampled BOLD and the smoothed signals come from the cache (the ``.nii.gz`` is not read
 again). Pydra memoises file hashes in its hash cache keyed on path and mtime;
 :func:`run_masker_workflow` keeps it in ``<cache_root>/hashes`` (or ``hash_cache``)
 so that re-runs do not re-read the BOLD, and ``segmented_hash=True`` opts in to the
@@ -46,19 +50,18 @@ Errors: a failing node's exception reaches the caller of
 :func:`run_masker_workflow` as the object the step raised (class, message,
 ``step`` and ``file``), with both workers; see :mod:`masker_wf._steps`.
 
-Disk use: the cache root holds, per run, the mask, the resampled and smoothed BOLD
-windows (all volumes, the mask's bounding box), the signals
-(``n_kept_volumes * n_voxels * 4`` bytes) and the cleaned BOLD (uncompressed,
-``n_kept_volumes`` volumes of the mask's grid, float32). The workflow's own
-``workflow-*`` directory hard-links the outputs, so they are not stored twice.
-For the realistic benchmark run (97 x 115 x 97 voxels, 300 volumes, 270 kept,
-235 398 mask voxels in a 73 x 90 x 78 box, 47 % of the field of view) that is 2.0 GB
-per run: 0.61 GB of smoothed window, 1.17 GB of cleaned BOLD, 0.25 GB of signals.
-:class:`MaskerSignalsWorkflow` (what the BIDS App runs, writing the cleaned BOLD
-straight to its derivative) keeps the smoothed window and the signals: 0.86 GB. Each new
-parameter set adds its own outputs; remove ``cache_root``
-(or old ``python-*``/``workflow-*`` directories in it, the ``hashes`` directory
-is small) to reclaim the space.
+Disk use: the cache root holds, per run, the mask, the resampled BOLD window (with a
+target grid or a mask on another grid), the smoothed signals and the cleaned signals
+(``n_volumes * n_voxels * 4`` bytes each for float32) and the cleaned BOLD
+(uncompressed, ``n_kept_volumes`` volumes of the mask's grid, float32). The workflow's
+own ``workflow-*`` directory hard-links the outputs, so they are not stored twice. For
+the realistic benchmark run (97 x 115 x 97 voxels, 300 volumes, 270 kept, 235 398 mask
+voxels) that is 1.7 GB per run: 0.28 GB of smoothed signals, 0.25 GB of cleaned signals,
+1.17 GB of cleaned BOLD. :class:`MaskerSignalsWorkflow` (what the BIDS App runs, writing
+the cleaned BOLD straight to its derivative) keeps the smoothed and the cleaned signals:
+0.53 GB. Each new parameter set adds its own outputs; remove ``cache_root`` (or old
+``python-*``/``workflow-*`` directories in it, the ``hashes`` directory is small) to
+reclaim the space.
 
 Example::
 
@@ -162,7 +165,7 @@ def _masker_workflow(
         ".nii" (default, fastest) or ".nii.gz" for the image outputs.
     smooth_as_task : bool
         Accepted for compatibility; no effect: with ``smoothing_fwhm``, smoothing is
-        always the ``smooth`` node (a cropped smoothed BOLD).
+        always the ``smooth`` node (the mask voxels' smoothed time series).
 
     Returns
     -------

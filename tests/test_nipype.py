@@ -147,11 +147,16 @@ def test_smoothing_target_grid_and_high_variance_confounds_are_nodes():
     assert ("inputnode", "resample_bold", (("bold_file", "in_file"),)) in edges
     assert ("mask", "resample_bold", (("mask_file", "mask_file"),)) in edges
     assert ("resample_bold", "smooth", (("out_file", "in_file"),)) in edges
+    # The smoothed BOLD leaves smooth as its mask voxels' time series; clean reads the raw
+    # BOLD's header only.
+    assert wf.get_node("smooth").inputs.extract is True
     assert (
         "smooth",
         "clean",
-        (("out_file", "bold_file"), ("planes_file", "mean_planes_file")),
+        (("signals_file", "extracted_file"), ("planes_file", "mean_planes_file")),
     ) in edges
+    (to_clean,) = [conns for a, b, conns in edges if (a, b) == ("inputnode", "clean")]
+    assert ("bold_file", "bold_file") in to_clean
     assert ("inputnode", "high_variance_confounds", (("bold_file", "bold_file"),)) in edges
     assert (
         "high_variance_confounds",
@@ -162,7 +167,7 @@ def test_smoothing_target_grid_and_high_variance_confounds_are_nodes():
     assert wf.get_node("resample_bold").inputs.target_affine == np.diag([4.0, 4.0, 4.0]).tolist()
     clean = wf.get_node("clean").inputs
     assert clean.high_variance_confounds is False
-    assert clean.bold_window is True
+    assert clean.bold_window is False
     for name in ("smoothing_fwhm", "target_affine", "target_shape", "dtype"):
         assert not isdefined(getattr(clean, name)), name
 

@@ -21,6 +21,7 @@ _NOT_PARAMETERS = {
         "hv_confounds_file",
         "bold_window",
         "mean_planes_file",
+        "extracted_file",
     },
     "nipype": {"name", "omp_nthreads", "mem_gb", "smooth_as_task", "smooth_as_node", "out_suffix"},
 }

@@ -184,7 +184,8 @@ def test_another_confounds_strategy_reruns_only_cleaning_and_unmasking(
     simple = _confounds_file(tmp_path, "simple", 2, seed=2)
     first = run_masker_workflow(ds003_path, cache_root=cache_root, confounds_file=simple, **params)
     upstream = {
-        name: _job_dirs_holding(cache_root, name) for name in ("resampled.nii", "smoothed_signals.npy")
+        name: _job_dirs_holding(cache_root, name)
+        for name in ("resampled.nii", "smoothed_signals.npy")
     }
     assert all(len(dirs) == 1 for dirs in upstream.values())
     stamps = {d: (d / name).stat().st_mtime_ns for name, (d,) in upstream.items()}
@@ -237,6 +238,82 @@ def test_smoothed_window_is_the_full_field_smoothing_cropped_to_the_mask(
     os.utime(out, ns=(info.st_atime_ns, info.st_mtime_ns + 1_000_000))
     assert _io._recorded_digest(_io.stat_key(out)) is None
     assert _io.file_digest(out) == _io._sha256_of_file(str(out), 1 << 20)
+
+
+@pytest.mark.parametrize("mask", ["ds003", "coarse"])
+def test_smoothed_signals_are_nilearns_masked_smoothing(
+    tmp_path, request, ds003_path, ds003_mask_path, mask
+):
+    from nilearn.maskers import NiftiMasker as NilearnMasker
+
+    mask_file = ds003_mask_path if mask == "ds003" else request.getfixturevalue("coarse_mask_file")
+    bold = ds003_path
+    if mask == "coarse":
+        # What the resample_bold node hands over: the BOLD on the mask's bounding box.
+        bold = _steps.resample(ds003_path, tmp_path / "resampled.nii", mask_file=mask_file)
+    out = _steps.smooth(
+        bold,
+        tmp_path / "smoothed_signals.npy",
+        fwhm=5.0,
+        mask_file=mask_file,
+        planes_file=tmp_path / "planes.npz",
+        extract=True,
+    )
+    signals = _io.load_signals(out)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # resampling and missing-sform warnings
+        # nilearn's transform without cleaning: resampled (onto the mask), smoothed, masked.
+        nilearn_masker = NilearnMasker(mask_img=str(mask_file), smoothing_fwhm=5.0)
+        expected = nilearn_masker.fit_transform(str(ds003_path))
+    assert signals.dtype == np.float32
+    assert signals.shape == expected.shape
+    np.testing.assert_allclose(signals, expected, rtol=1e-6, atol=1e-5)
+    # Identified by what they are computed from, never read to be hashed.
+    assert _io.file_digest(out).startswith("sha256:id-")
+    assert len(_io.load_qc(tmp_path / "planes.npz")["mean_planes"]) == 3
+
+
+def test_extracted_signals_are_cleaned_as_they_are(tmp_path, ds003_path, ds003_mask_path):
+    extracted = _steps.smooth(
+        ds003_path, tmp_path / "s.npy", fwhm=6.0, mask_file=ds003_mask_path, extract=True
+    )
+    params = {"detrend": True, "standardize": "zscore_sample"}
+    out = _steps.clean_signals(
+        ds003_path, ds003_mask_path, tmp_path / "clean.npy", extracted_file=extracted, **params
+    )
+    expected = NiftiMasker(mask_img=ds003_mask_path, smoothing_fwhm=6.0, **params).fit_transform(
+        ds003_path
+    )
+    np.testing.assert_allclose(_io.load_signals(out), expected, rtol=1e-6, atol=1e-6)
+
+
+def test_extracted_signals_of_another_image_or_mask_are_refused(
+    tmp_path, ds003_path, ds003_mask_path, synthetic_bold_file
+):
+    extracted = _steps.smooth(
+        ds003_path, tmp_path / "s.npy", fwhm=6.0, mask_file=ds003_mask_path, extract=True
+    )
+    with pytest.raises(ValueError, match="not extracted from this image with this mask"):
+        _steps.clean_signals(
+            synthetic_bold_file, ds003_mask_path, tmp_path / "c.npy", extracted_file=extracted
+        )
+    # Smoothing (or resampling) asked again on signals smoothed upstream: refused.
+    with pytest.raises(_steps.StepError, match="extracted_file holds signals"):
+        _steps.clean_signals(
+            ds003_path,
+            ds003_mask_path,
+            tmp_path / "c.npy",
+            extracted_file=extracted,
+            smoothing_fwhm=6.0,
+        )
+    with pytest.raises(_steps.StepError, match=r"must end with \.npy"):
+        _steps.smooth(
+            ds003_path, tmp_path / "s.nii", fwhm=6.0, mask_file=ds003_mask_path, extract=True
+        )
+    with pytest.raises(_steps.StepError, match="needs the mask_file"):
+        _steps.smooth(ds003_path, tmp_path / "s2.npy", fwhm=6.0, extract=True)
+    assert not (tmp_path / "c.npy").exists()
+    assert not (tmp_path / "s.nii").exists()
 
 
 def test_clean_signals_refuses_a_window_that_misses_mask_voxels(

@@ -137,8 +137,8 @@ def _process_strategies(plan, settings: Settings, inputs) -> int:
     """Every run cleaned with each strategy of the invocation, one strategy after the other.
 
     The runs' workflows share each participant's Pydra cache: from the second strategy on,
-    the mask, the resampled and the smoothed BOLD are served from it (the BOLD is not read
-    again), and only the cleaning runs. Each strategy's outputs carry its own ``desc``.
+    the mask, the resampled BOLD and the smoothed signals are served from it (the BOLD is
+    not read again), and only the cleaning runs. Each strategy's outputs carry its own ``desc``.
     """
     results, logged = [], []
     # Every strategy is planned before any runs: one missing its inputs (ICA-AROMA's) is

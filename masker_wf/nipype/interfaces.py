@@ -406,6 +406,13 @@ class _SmoothInputSpec(BaseInterfaceInputSpec):
         "the output is the smoothed BOLD cropped to the mask's bounding box (the values of "
         "smoothing the whole field of view), and planes_file is written",
     )
+    extract = traits.Bool(
+        False,
+        usedefault=True,
+        desc="with mask_file: write the smoothed time series of the mask's voxels "
+        "(signals_file, (n_volumes, n_voxels) .npy, for CleanSignals' extracted_file) "
+        "instead of the cropped image: less than half the bytes, no second masking pass",
+    )
     dtype = _dtype_trait()
     out_suffix = _suffix_trait()
 
@@ -414,17 +421,36 @@ class Smooth(
     _ImageStep,
     step=_steps.smooth,
     out_label="_smoothed",
-    out_desc="the smoothed image (with mask_file: cropped to the mask's bounding box)",
+    out_desc="the smoothed image (with mask_file: cropped to the mask's bounding box); "
+    "not set with extract",
     more_outputs={
         "planes_file": File(
             desc="with mask_file: the report's mean image of the unsmoothed input (.npz), "
             "for CleanSignals' mean_planes_file"
-        )
+        ),
+        "signals_file": File(
+            desc="with extract: the mask voxels' smoothed time series (.npy), for "
+            "CleanSignals' extracted_file"
+        ),
     },
 ):
     """Gaussian spatial smoothing (wraps :func:`masker_wf._steps.smooth`)."""
 
     input_spec = _SmoothInputSpec
+
+    def _run_interface(self, runtime):
+        inputs = self.inputs
+        if not inputs.extract:
+            return super()._run_interface(runtime)
+        self._results["signals_file"] = _call_step(
+            self._step,
+            runtime,
+            inputs.in_file,
+            _out_file(runtime, inputs.in_file, self._out_label + "_signals.npy"),
+            extract=True,
+            **self._step_kwargs(inputs, runtime),
+        )
+        return runtime
 
     def _step_kwargs(self, inputs, runtime):
         planes_file = None
@@ -522,6 +548,12 @@ class _CleanSignalsInputSpec(BaseInterfaceInputSpec):
         desc="the report's mean image gathered upstream from the unsmoothed BOLD (Smooth's "
         "planes_file), for qc_file",
     )
+    extracted_file = File(
+        exists=True,
+        desc="the mask voxels' time series extracted upstream from bold_file (Smooth's "
+        "signals_file, with extract): cleaned as they are, bold_file read for its header "
+        "only",
+    )
 
 
 class _CleanSignalsOutputSpec(TraitedSpec):
@@ -541,7 +573,8 @@ class CleanSignals(SimpleInterface):
     Numerically this is :meth:`masker_wf.NiftiMasker.transform` with the same parameters.
     In :func:`~masker_wf.nipype.init_masker_wf` the resampling, smoothing and
     high-variance confounds are upstream nodes, and this node masks and cleans the window
-    they write (``bold_window``). The outputs are named after the run's BOLD
+    ``resample_bold`` writes (``bold_window``) or cleans the signals ``smooth`` extracts
+    (``extracted_file``). The outputs are named after the run's BOLD
     (``<bold>_signals.npy``, ``<bold>_qc.npz``): the labels the upstream nodes add to a
     window's name (``_resampled``, ``_smoothed``) are dropped.
     """
@@ -584,6 +617,7 @@ class CleanSignals(SimpleInterface):
             hv_confounds_file=_opt(inputs.hv_confounds_file),
             bold_window=inputs.bold_window,
             mean_planes_file=_opt(inputs.mean_planes_file),
+            extracted_file=_opt(inputs.extracted_file),
             context={
                 "mask_file": inputs.mask_file,
                 "confounds_file": _opt(inputs.confounds_file),

@@ -169,13 +169,14 @@ def init_masker_wf(
       runs, and a mask connected by the parent pipeline may be on another grid than the
       BOLD. A BOLD already on the mask's grid (and in the ``dtype``) is handed over
       untouched: no copy, no read of its data, the node costs two header reads.
-    - ``smooth`` (with ``smoothing_fwhm``) writes the smoothed BOLD cropped to the mask's
-      bounding box, uncompressed (the values of smoothing the whole field of view), and
-      the report's mean image of the unsmoothed BOLD.
+    - ``smooth`` (with ``smoothing_fwhm``) writes the smoothed time series of the mask's
+      voxels (``.npy``; the values of smoothing the whole field of view, computed on the
+      mask's bounding box padded by the kernel radius), and the report's mean image of the
+      unsmoothed BOLD.
     - ``high_variance_confounds`` (with ``high_variance_confounds=True``) computes them
       from the raw ``inputnode.bold_file``, as nilearn does, for ``clean``.
-    - ``clean`` masks the window it receives (memory-mapped) and cleans the signals;
-      ``unmask`` puts them back into a 4D image.
+    - ``clean`` cleans those signals (memory-mapped; without smoothing it masks the window
+      ``resample_bold`` hands over); ``unmask`` puts them back into a 4D image.
 
     Parameters
     ----------
@@ -200,8 +201,8 @@ def init_masker_wf(
         Extension of the mask and cleaned BOLD the nodes write. Uncompressed by default:
         gzip costs more than all the processing on full-size BOLD, and these files live in
         the working directory (a DataSink or derivatives writer can compress the final
-        outputs). The BOLD windows of ``resample_bold`` and ``smooth`` are always ``.nii``,
-        memory-mapped by ``clean``.
+        outputs). The BOLD window of ``resample_bold`` is always ``.nii`` and the smoothed
+        signals ``.npy``, memory-mapped by ``clean``.
 
     Inputs
     ------
@@ -380,17 +381,24 @@ def _connect_bold_steps(
         ])
         # fmt: on
     else:
+        # The smoothed BOLD leaves the node as its mask voxels' time series: less than
+        # half the bytes of the smoothed window, and no second masking pass in clean,
+        # which reads the raw BOLD's header only.
         smooth = pe.Node(
-            Smooth(fwhm=smoothing_fwhm), name="smooth", mem_gb=2 * mem_gb, n_procs=omp_nthreads
+            Smooth(fwhm=smoothing_fwhm, extract=True),
+            name="smooth",
+            mem_gb=2 * mem_gb,
+            n_procs=omp_nthreads,
         )
-        # The smoothed BOLD is always a window of the mask's grid.
-        clean.inputs.bold_window = True
         # fmt: off
         workflow.connect([
             (resample_bold, smooth, [("out_file", "in_file")]),
             (mask, smooth, [("mask_file", "mask_file")]),
+            (inputnode, clean, [("bold_file", "bold_file")]),
             # The report shows the unsmoothed mean image: gathered by the node that sees it.
-            (smooth, clean, [("out_file", "bold_file"), ("planes_file", "mean_planes_file")]),
+            (smooth, clean, [
+                ("signals_file", "extracted_file"), ("planes_file", "mean_planes_file"),
+            ]),
         ])
         # fmt: on
 
