@@ -270,8 +270,12 @@ def record_digest(path) -> Path | None:
     if digest is None:
         return None
     record = _record_path(key[0])
+    text = f"{digest} {key[1]} {key[2]} {key[4]}\n"
+    with contextlib.suppress(OSError, UnicodeDecodeError):
+        if record.read_text(encoding="ascii") == text:
+            return record  # already there (a run served from the cache writes nothing)
     with atomic_output(record) as tmp:
-        tmp.write_text(f"{digest} {key[1]} {key[2]} {key[4]}\n", encoding="ascii")
+        tmp.write_text(text, encoding="ascii")
     return record
 
 
@@ -306,19 +310,25 @@ def remember_digest(path, digest: str) -> None:
             keys.append(key)
 
 
-def carry_digests(paths) -> None:
+def carry_digests(paths, origins=()) -> None:
     """Keep the known digests of files that were hard-linked since they were hashed.
 
     A hard link (Pydra links a workflow's outputs into its directory) changes a file's
     ``st_ctime``, hence its :func:`stat_key`, not its content: for each of ``paths`` that
     is the same file (same device and inode, size and modification time) as a file whose
-    digest is known, the digest is remembered under the current keys of both names.
+    digest is known, the digest is remembered under the current keys of both names. A
+    digest another process left beside an earlier name (:func:`record_digest`) counts
+    when that name is in one of ``origins``.
 
     Parameters
     ----------
     paths : iterable of str or os.PathLike
         Files to look at (missing ones are skipped).
+    origins : iterable of str or os.PathLike
+        Directories that may hold an earlier name of a file (with the same file name),
+        e.g. the job directories of the nodes that wrote a workflow's outputs.
     """
+    origins = [Path(directory) for directory in origins]
     for path in paths:
         try:
             key = stat_key(path)
@@ -328,6 +338,13 @@ def carry_digests(paths) -> None:
             if key in _digests:
                 continue
             earlier = [(k, _digests[k]) for k in _by_inode.get((key[1], key[2], key[4]), ())]
+        for name in (directory / Path(path).name for directory in origins):
+            with contextlib.suppress(OSError):
+                if name.is_file() and os.path.samefile(name, key[0]):
+                    recorded = _recorded_digest(stat_key(name))
+                    if recorded is not None:
+                        earlier.append((stat_key(name), recorded))
+                        break
         for (name, *_), value in earlier:
             with contextlib.suppress(OSError):
                 if os.path.samefile(name, key[0]):
@@ -860,8 +877,12 @@ def save_qc(report: dict, path) -> Path:
     if planes is not None:
         for key, plane in zip(QC_KEYS[5:], planes, strict=True):
             arrays[key] = np.asarray(plane)
-    with atomic_output(path) as tmp, open(tmp, "wb") as stream:
-        np.savez(stream, **arrays)
+    # Built in memory (a few MB; the zip writer seeks) and hashed as it is written, so
+    # that the next node's cache key reads nothing.
+    archive = io.BytesIO()
+    np.savez(archive, **arrays)
+    with hashed_output(path) as stream:
+        stream.write(archive.getbuffer())
     return path
 
 

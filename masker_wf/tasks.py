@@ -583,12 +583,13 @@ def _unmask(
     out_file : NIfTI
         4D image (3D for 1D signals) on the mask's grid.
     """
-    if out_file is None:
+    in_cache = out_file is None
+    if in_cache:
         out_file = _image_name("cleaned_bold", out_suffix)
     elif not os.path.isabs(out_file):
         # Pydra runs the task in its cache directory: a relative path would land there.
         raise ValueError(f"out_file must be an absolute path, got '{out_file}'.")
-    return _run(
+    written = _run(
         _steps.unmask,
         str(signals_file),
         str(mask_file),
@@ -598,6 +599,8 @@ def _unmask(
         sidecar=sidecar,
         compress_level=compress_level,
     )
+    # The digest is left beside an output of the cache only, never in a derivatives tree.
+    return _recorded(written) if in_cache else written
 
 
 Unmask = python.define(

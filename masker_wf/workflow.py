@@ -103,7 +103,7 @@ import numpy as np
 from pydra.compose import workflow
 
 from . import _spec, _validation
-from ._io import carry_digests
+from ._io import carry_digests, record_digest
 from ._steps import load_error, on_masking_grid
 from .tasks import (
     MASK_STRATEGY_VALUES,
@@ -582,6 +582,10 @@ def run_masker_workflow(
     names = ("mask_file", "signals_file", "cleaned_bold_file", "qc_file")
     found = {name: Path(getattr(outputs, name)) for name in names if hasattr(outputs, name)}
     # Pydra hard-linked the nodes' outputs into the workflow's directory: the digests the
-    # steps computed while writing them still hold (nothing is read again to hash them).
-    carry_digests(found.values())
+    # steps computed while writing them still hold (nothing is read again to hash them),
+    # and are left beside those names too, for the next process served from the cache.
+    carry_digests(found.values(), origins=node_dirs)
+    for path in found.values():
+        with contextlib.suppress(OSError):
+            record_digest(path)
     return found

@@ -364,10 +364,13 @@ _COUNTED_HASHES = textwrap.dedent(
     sha256 = _io._sha256_of_file
     _io._sha256_of_file = lambda path, size: (read.append(Path(path).name), sha256(path, size))[1]
     bold, mask, root = sys.argv[1:]
-    run_masker_workflow(
+    outputs = run_masker_workflow(
         bold, cache_root=root, worker="cf", n_procs=2, mask_file=mask, smoothing_fwhm=5.0,
         high_variance_confounds=True, detrend=True, segmented_hash=True,
     )
+    # What the BIDS App's derivatives workflow hashes next: the workflow's outputs.
+    for path in outputs.values():
+        _io.file_digest(path)
     print(" ".join(read))
     """
 )
@@ -376,15 +379,16 @@ _COUNTED_HASHES = textwrap.dedent(
 def test_intermediates_are_not_read_again_to_be_hashed(tmp_path, ds003_path, ds003_mask_path):
     # In a fresh process (the segmented hash is process-wide), with the process pool: the
     # nodes' outputs are hashed in this process, which did not write them.
+    command = [
+        sys.executable,
+        "-c",
+        _COUNTED_HASHES,
+        str(ds003_path),
+        str(ds003_mask_path),
+        str(tmp_path / "cache"),
+    ]
     done = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            _COUNTED_HASHES,
-            str(ds003_path),
-            str(ds003_mask_path),
-            str(tmp_path / "cache"),
-        ],
+        command,
         capture_output=True,
         text=True,
         check=False,
@@ -394,6 +398,12 @@ def test_intermediates_are_not_read_again_to_be_hashed(tmp_path, ds003_path, ds0
     read = done.stdout.split()
     assert ds003_path.name in read  # the input, once
     assert not {"smoothed_signals.npy", "high_variance_confounds.npy", "signals.npy"} & set(read)
+    # A later process served from the cache reads nothing to hash: the input's hash is in
+    # Pydra's hash cache, the outputs' digests beside their names in the workflow's
+    # directory (and beside their nodes' own names).
+    again = subprocess.run(command, capture_output=True, text=True, check=False, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stdout.split() == []
 
 
 @pytest.mark.parametrize("fwhm", [4.0, [0.0, 7.0, 5.0], "fast"])
