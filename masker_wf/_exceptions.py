@@ -57,3 +57,15 @@ class BoundingBoxError(ValueError):
 
 class MaskWarning(UserWarning):
     """A computed mask is suspicious (for instance empty)."""
+
+
+class IntermediateMismatchError(ValueError):
+    """Data computed upstream do not fit the image or mask they are said to come from.
+
+    ``source`` names which: ``"extracted"`` (signals extracted upstream) or
+    ``"hv_confounds"`` (high-variance confounds computed upstream).
+    """
+
+    def __init__(self, message: str, source: str):
+        super().__init__(message)
+        self.source = source

@@ -833,6 +833,9 @@ def save_signals(signals, path, *, identity=None) -> Path:
         raise ValueError(
             f"signals must be a 1D or 2D array (n_volumes, n_voxels), got shape {signals.shape}."
         )
+    if signals.dtype.hasobject or signals.dtype.kind in "mM":
+        # np.save(allow_pickle=False) refuses objects; dates are not signals either.
+        raise ValueError(f"signals must be a numeric array, got dtype {signals.dtype}.")
     output = hashed_output(path) if identity is None else identified_output(path, identity)
     with output as stream:
         _write_npy(stream, signals)

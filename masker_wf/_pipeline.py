@@ -32,7 +32,7 @@ import warnings
 import numpy as np
 
 from . import _qc, _spec, _validation, image, masking, signal
-from ._exceptions import DimensionError
+from ._exceptions import DimensionError, IntermediateMismatchError
 from ._niimg import (
     GzipArrayProxy,
     check_niimg,
@@ -366,10 +366,11 @@ def _checked_extracted(signals, n_volumes: int, n_voxels: int) -> np.ndarray:
     """Signals extracted upstream, checked against the image and the mask they are from."""
     signals = np.asanyarray(signals)
     if signals.shape != (n_volumes, n_voxels):
-        raise ValueError(
+        raise IntermediateMismatchError(
             f"the extracted signals have shape {signals.shape}, but the image has "
             f"{n_volumes} volumes and the mask {n_voxels} voxels: they were not extracted "
-            "from this image with this mask."
+            "from this image with this mask.",
+            "extracted",
         )
     return signals
 
@@ -527,6 +528,10 @@ def mask_window(img, mask_img):
         The window in the mask's grid; None when ``img`` is not on a window of it, or
         misses mask voxels.
     """
+    mask = np.asanyarray(mask_img.dataobj) != 0
+    if check_same_fov(img, mask_img):
+        # The mask's own grid, as the estimator decides it (affines np.allclose): whole.
+        return tuple(slice(0, n) for n in mask.shape[:3])
     rotation = mask_img.affine[:3, :3]
     if not np.allclose(img.affine[:3, :3], rotation):
         return None
@@ -539,7 +544,6 @@ def mask_window(img, mask_img):
     if (start < 0).any() or (stop > np.asarray(mask_img.shape[:3])).any():
         return None
     window = tuple(slice(int(a), int(b)) for a, b in zip(start, stop, strict=True))
-    mask = np.asanyarray(mask_img.dataobj) != 0
     if int(np.count_nonzero(mask[window])) != int(np.count_nonzero(mask)):
         return None
     return window
@@ -679,6 +683,12 @@ def filter_and_extract(
     )
 
     all_confounds = confounds
+    if hv_confounds is not None and np.shape(hv_confounds)[:1] != (n_volumes,):
+        raise IntermediateMismatchError(
+            f"the high-variance confounds have shape {np.shape(hv_confounds)}, but the image "
+            f"has {n_volumes} volumes: they were not computed from this image.",
+            "hv_confounds",
+        )
     if hv_confounds is not None:
         # Computed beforehand on the raw image (a node of its own in the workflow).
         all_confounds = hv_confounds if confounds is None else [hv_confounds, confounds]

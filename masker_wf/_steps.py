@@ -43,7 +43,7 @@ from pathlib import Path
 import numpy as np
 
 from . import _io, _validation
-from ._exceptions import DimensionError, SampleMaskError
+from ._exceptions import DimensionError, IntermediateMismatchError, SampleMaskError
 from ._io import (
     atomic_output,
     load_qc,
@@ -318,6 +318,18 @@ def _check_input(step: str, path, what: str, ndim=None, read_data=False):
     return img
 
 
+def _mask_input(step: str, path):
+    """A mask input, checked and 3D (a 4D mask of one volume squeezed, as nilearn takes it)."""
+    from ._niimg import check_niimg_3d
+
+    img = _check_input(step, path, "mask image", read_data=True)
+    try:
+        return check_niimg_3d(img, name=f"mask image '{path}'")
+    except (TypeError, ValueError) as exc:
+        _locate(exc, step, path)
+        raise
+
+
 def _check_output(step: str, input_file, out_file) -> Path:
     out_file = Path(out_file)
     if not out_file.parent.is_dir():
@@ -543,7 +555,7 @@ def _bold_on_mask_window(in_file, mask_file, dtype):
     """The BOLD to smooth (``dtype`` applied), its window of the mask's grid, the mask there."""
     from ._pipeline import load_img, mask_window
 
-    mask_img = _check_input("smooth", mask_file, "mask image", read_data=True)
+    mask_img = _mask_input("smooth", mask_file)
     img, _, _ = load_img(os.fspath(in_file), dtype=dtype)
     window = mask_window(img, mask_img)
     if window is None:
@@ -807,12 +819,13 @@ high_pass, t_r, runs, dtype, clean_args
         or smoothing_fwhm is not None
         or target_affine is not None
         or target_shape is not None
+        or dtype is not None
     ):
         raise StepError(
             "clean_signals",
             extracted_file,
-            "extracted_file holds signals resampled and smoothed already: give it without "
-            "bold_window, smoothing_fwhm and a target grid.",
+            "extracted_file holds signals resampled, smoothed and converted already: give "
+            "it without bold_window, smoothing_fwhm, a target grid and dtype.",
         )
 
     bold_img = _check_input("clean_signals", bold_file, "BOLD image")
@@ -832,11 +845,13 @@ high_pass, t_r, runs, dtype, clean_args
     if qc_file is not None and Path(qc_file).suffix.lower() != ".npz":
         raise StepError("clean_signals", bold_file, f"qc_file must end with .npz: '{qc_file}'.")
     confounds = _read_confounds(confounds_file)
-    hv_confounds = None if hv_confounds_file is None else load_signals(hv_confounds_file)
+    hv_confounds = None
+    if hv_confounds_file is not None:
+        hv_confounds = _intermediate(load_signals, hv_confounds_file)
     mask_img = os.fspath(mask_file)
     window = None
     if bold_window:
-        mask_img = _check_input("clean_signals", mask_file, "mask image")
+        mask_img = _mask_input("clean_signals", mask_file)
         window = mask_window(bold_img, mask_img)
         if window is None:
             raise StepError(
@@ -848,10 +863,10 @@ high_pass, t_r, runs, dtype, clean_args
         mask_img = _crop(mask_img, window)
     extracted = None
     if extracted_file is not None:
-        extracted = load_signals(extracted_file, mmap_mode="r")
+        extracted = _intermediate(load_signals, extracted_file, mmap_mode="r")
     report = None if qc_file is None else {}
     if report is not None and mean_planes_file is not None:
-        report["mean_planes"] = load_qc(mean_planes_file)["mean_planes"]
+        report["mean_planes"] = _intermediate(load_qc, mean_planes_file)["mean_planes"]
     try:
         signals = filter_and_extract(
             os.fspath(bold_file),
@@ -878,6 +893,9 @@ high_pass, t_r, runs, dtype, clean_args
     except SampleMaskError as exc:
         _locate(exc, "clean_signals", mask_source)
         raise
+    except IntermediateMismatchError as exc:
+        at_fault = extracted_file if exc.source == "extracted" else hv_confounds_file
+        raise StepError("clean_signals", at_fault, f"{exc} {_RECOMPUTE}") from exc
     except DimensionError as exc:
         # The core checks both images; a BOLD of a valid dimensionality leaves the mask.
         at_fault = bold_file if len(bold_img.shape) not in (3, 4) else mask_file
@@ -886,6 +904,23 @@ high_pass, t_r, runs, dtype, clean_args
     if qc_file is not None:
         save_qc(report, qc_file)
     return save_signals(signals, out_file)
+
+
+# What to do about a damaged intermediate of a workflow (Pydra serves its cached result).
+_RECOMPUTE = (
+    "It is an intermediate of a workflow's cache: remove the directory holding it (or the "
+    "work directory) to have it computed again."
+)
+
+
+def _intermediate(load, path, **kwargs):
+    """``load(path)`` of an upstream node's output; a failure names that file."""
+    try:
+        return load(path, **kwargs)
+    except Exception as exc:
+        raise StepError(
+            "clean_signals", path, f"cannot be read ({type(exc).__name__}: {exc}). {_RECOMPUTE}"
+        ) from exc
 
 
 def _crop(img, window):
@@ -936,7 +971,7 @@ def unmask(
     reference_file : path, optional
         The run's input BOLD: the output states its sform/qform codes and space and
         time units (mm and s when it has none), as a derivative should (see
-        :func:`with_reference_header`).
+        :func:`with_reference_header`), and its repetition time unless ``t_r`` is given.
     t_r : float, optional
         Repetition time (s), recorded as the 4th voxel size of a 4D output.
     sidecar : dict, optional
@@ -1047,6 +1082,10 @@ def _unmasked_header(signals, mask_img, reference, t_r):
 
     first = unmask_array(signals[:1] if signals.ndim == 2 else np.asarray(signals), mask_img)
     if reference is not None:
+        if t_r is None and len(reference.get_data_shape()) == 4:
+            # The run's own repetition time, when the caller gives none.
+            zoom = float(reference.get_zooms()[3])
+            t_r = zoom if zoom > 0 else None
         first = with_reference_header(first, reference, t_r)
     first.update_header()
     header = first.header.copy()

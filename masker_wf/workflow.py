@@ -180,7 +180,14 @@ def _masker_workflow(
     """
     mask, clean = _masker_nodes(locals())
     cleaned = workflow.add(
-        Unmask(signals_file=clean.signals_file, mask_file=mask, out_suffix=out_suffix),
+        # The cleaned BOLD states the run's header codes, units and repetition time.
+        Unmask(
+            signals_file=clean.signals_file,
+            mask_file=mask,
+            out_suffix=out_suffix,
+            reference_file=bold_file,
+            t_r=t_r,
+        ),
         name="unmask",
     ).out_file
     return mask, clean.signals_file, cleaned, clean.qc_file

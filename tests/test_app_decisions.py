@@ -169,6 +169,30 @@ def test_repetition_time_comes_from_the_sidecars_before_the_header(tmp_path, cap
     assert "RepetitionTime 2.0 s (the raw BOLD's sidecar) differs from the NIfTI header" in err
 
 
+def test_a_run_without_any_repetition_time_is_refused_before_any_output(tmp_path, capsys):
+    fmriprep = copy_fmriprep(tmp_path / "fmriprep")
+    func = fmriprep / "sub-01" / "func"
+    sidecar = func / f"{RUN}_desc-preproc_bold.json"
+    meta = json.loads(sidecar.read_text())
+    del meta["RepetitionTime"]
+    sidecar.write_text(json.dumps(meta))
+    bold = func / f"{RUN}_desc-preproc_bold.nii.gz"
+    image = nib.load(bold)
+    image.header.set_zooms((*image.header.get_zooms()[:3], 0.0))
+    nib.save(nib.Nifti1Image(np.asarray(image.dataobj), image.affine, image.header), bold)
+    out = tmp_path / "out"
+    argv = one_run_argv(fmriprep, out, tmp_path / "w", "--no-reports")
+    assert main(argv) == 65
+    err = capsys.readouterr().err
+    assert "no repetition time" in err
+    assert "--t-r SECONDS" in err
+    assert not list(out.glob("sub-01/func/*_bold.json"))
+    # Given on the command line, it is the run's.
+    assert main([*argv, "--t-r", "2"]) == 0
+    written = json.loads((out / "sub-01" / "func" / f"{STEM}_bold.json").read_text())
+    assert written["RepetitionTime"] == 2.0
+
+
 @pytest.mark.parametrize(
     "strategy",
     [

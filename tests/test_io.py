@@ -118,6 +118,17 @@ def test_saved_signals_are_the_bytes_numpy_saves(tmp_path, signals):
     assert _io.file_digest(path) == "sha256:" + hashlib.sha256(expected.getvalue()).hexdigest()
 
 
+@pytest.mark.parametrize(
+    "signals",
+    [np.array([[None, 1.0]], dtype=object), np.zeros((2, 2), dtype="datetime64[s]")],
+    ids=["objects", "dates"],
+)
+def test_save_signals_refuses_what_is_not_numeric(tmp_path, signals):
+    with pytest.raises(ValueError, match="numeric array"):
+        save_signals(signals, tmp_path / "s.npy")
+    assert not (tmp_path / "s.npy").exists()
+
+
 def test_save_signals_validates_before_writing(tmp_path):
     with pytest.raises(ValueError, match="1D or 2D"):
         save_signals(np.zeros((2, 3, 4)), tmp_path / "s.npy")

@@ -834,3 +834,22 @@ def test_a_filter_builds_without_t_r_which_the_inputnode_brings():
     assert "clean" in wf.list_node_names()
     with pytest.raises(ValueError, match="high_pass"):
         init_masker_wf(low_pass=0.01, high_pass=0.08)
+
+
+@pytest.mark.parametrize("t_r", [None, 2.5], ids=["the input's", "given"])
+def test_cleaned_bold_states_the_runs_header_codes_units_and_repetition_time(
+    tmp_path, ds003_path, ds003_mask_path, t_r
+):
+    source = nib.load(ds003_path).header
+    out = run_masker_wf(
+        ds003_path,
+        base_dir=tmp_path / "nipype",
+        mask_file=ds003_mask_path,
+        detrend=True,
+        **({} if t_r is None else {"t_r": t_r}),
+    )
+    cleaned = nib.load(out["cleaned_bold_file"]).header
+    expected_t_r = float(source.get_zooms()[3]) if t_r is None else t_r
+    assert cleaned.get_zooms()[3] == pytest.approx(expected_t_r)
+    assert cleaned.get_xyzt_units() == ("mm", "sec")
+    assert int(cleaned["qform_code"]) == int(source["qform_code"])

@@ -5,6 +5,7 @@ import subprocess
 import sys
 import textwrap
 import warnings
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -293,19 +294,16 @@ def test_extracted_signals_of_another_image_or_mask_are_refused(
     extracted = _steps.smooth(
         ds003_path, tmp_path / "s.npy", fwhm=6.0, mask_file=ds003_mask_path, extract=True
     )
-    with pytest.raises(ValueError, match="not extracted from this image with this mask"):
+    with pytest.raises(_steps.StepError, match="not extracted from this image with this mask"):
         _steps.clean_signals(
             synthetic_bold_file, ds003_mask_path, tmp_path / "c.npy", extracted_file=extracted
         )
     # Smoothing (or resampling) asked again on signals smoothed upstream: refused.
-    with pytest.raises(_steps.StepError, match="extracted_file holds signals"):
-        _steps.clean_signals(
-            ds003_path,
-            ds003_mask_path,
-            tmp_path / "c.npy",
-            extracted_file=extracted,
-            smoothing_fwhm=6.0,
-        )
+    for again in ({"smoothing_fwhm": 6.0}, {"dtype": "float64"}):
+        with pytest.raises(_steps.StepError, match="extracted_file holds signals"):
+            _steps.clean_signals(
+                ds003_path, ds003_mask_path, tmp_path / "c.npy", extracted_file=extracted, **again
+            )
     with pytest.raises(_steps.StepError, match=r"must end with \.npy"):
         _steps.smooth(
             ds003_path, tmp_path / "s.nii", fwhm=6.0, mask_file=ds003_mask_path, extract=True
@@ -314,6 +312,66 @@ def test_extracted_signals_of_another_image_or_mask_are_refused(
         _steps.smooth(ds003_path, tmp_path / "s2.npy", fwhm=6.0, extract=True)
     assert not (tmp_path / "c.npy").exists()
     assert not (tmp_path / "s.nii").exists()
+
+
+def _nifti_masker_case(tmp_path, bold, mask_file, **params):
+    outputs = run_masker_workflow(
+        bold, cache_root=tmp_path / "cache", mask_file=mask_file, **params
+    )
+    expected = NiftiMasker(mask_img=mask_file, **params).fit_transform(bold)
+    np.testing.assert_allclose(np.load(outputs["signals_file"]), expected, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("resampled", [False, True], ids=["on its grid", "target grid"])
+def test_a_4d_mask_of_one_volume_is_taken_with_smoothing(
+    tmp_path, ds003_path, ds003_mask_path, resampled
+):
+    mask = nib.load(ds003_mask_path)
+    four_d = tmp_path / "mask_4d.nii.gz"
+    nib.Nifti1Image(np.asanyarray(mask.dataobj)[..., np.newaxis], mask.affine).to_filename(four_d)
+    grid = {"target_affine": np.diag([4.0, 4.0, 4.0])} if resampled else {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _nifti_masker_case(tmp_path, ds003_path, four_d, smoothing_fwhm=6.0, **grid)
+
+
+def test_a_mask_whose_affine_differs_by_float_noise_is_on_the_bold_grid(
+    tmp_path, ds003_path, ds003_mask_path
+):
+    # The estimator takes affines within np.allclose as one grid (no resampling): so do
+    # the smoothing and cleaning nodes, whatever the offset in voxels.
+    mask = nib.load(ds003_mask_path)
+    affine = mask.affine.copy()
+    affine[:3, 3] += [8e-4, -1e-3, 6e-4]
+    jittered = tmp_path / "mask_jittered.nii.gz"
+    nib.Nifti1Image(np.asanyarray(mask.dataobj), affine).to_filename(jittered)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _nifti_masker_case(tmp_path, ds003_path, jittered, smoothing_fwhm=6.0, detrend=True)
+
+
+def test_a_damaged_cached_intermediate_is_named_with_what_to_do(
+    tmp_path, ds003_path, ds003_mask_path
+):
+    params = {"mask_file": ds003_mask_path, "smoothing_fwhm": 6.0}
+    cache_root = tmp_path / "cache"
+    run_masker_workflow(ds003_path, cache_root=cache_root, **params)
+    (directory,) = _job_dirs_holding(cache_root, "smoothed_signals.npy")
+    damaged = directory / "smoothed_signals.npy"
+    signals = np.load(damaged)
+    np.save(damaged, signals[:, :-3])
+    with pytest.raises(_steps.StepError) as caught:
+        run_masker_workflow(ds003_path, cache_root=cache_root, detrend=True, **params)
+    assert Path(caught.value.file) == damaged
+    assert "remove the directory holding it" in str(caught.value)
+    # A damaged report archive is named too.
+    (directory,) = _job_dirs_holding(cache_root, "mean_planes.npz")
+    (directory / "mean_planes.npz").write_bytes(b"not a zip archive")
+    with pytest.raises(_steps.StepError) as caught:
+        run_masker_workflow(
+            ds003_path, cache_root=cache_root, standardize="zscore_sample", **params
+        )
+    assert Path(caught.value.file) == directory / "mean_planes.npz"
 
 
 def test_clean_signals_refuses_a_window_that_misses_mask_voxels(
@@ -424,3 +482,21 @@ def test_smoothed_window_equals_full_field_smoothing_at_the_field_edges(fwhm, sy
     window = np.concatenate([block for _, block in windows], axis=3)
     expected = smooth_array(data, bold.affine, fwhm=fwhm)[box]
     np.testing.assert_array_equal(window, expected)
+
+
+@pytest.mark.parametrize("t_r", [None, 2.5], ids=["the input's", "given"])
+def test_cleaned_bold_states_the_runs_header_codes_units_and_repetition_time(
+    tmp_path, synthetic_bold_file, t_r
+):
+    source = nib.load(synthetic_bold_file).header
+    outputs = run_masker_workflow(
+        synthetic_bold_file,
+        cache_root=tmp_path / "cache",
+        detrend=True,
+        **({} if t_r is None else {"t_r": t_r}),
+    )
+    cleaned = nib.load(outputs["cleaned_bold_file"]).header
+    expected_t_r = float(source.get_zooms()[3]) if t_r is None else t_r
+    assert cleaned.get_zooms()[3] == pytest.approx(expected_t_r)
+    assert cleaned.get_xyzt_units() == ("mm", "sec")
+    assert int(cleaned["sform_code"]) == (int(source["sform_code"]) or 1)

@@ -69,7 +69,9 @@ def _process_runs(plan, settings: Settings) -> list[RunResult]:
     # What is alive now (modules, the pybids index, the plan) lives as long as the runs:
     # out of the collector's full passes, whose cost per run would otherwise grow with the
     # dataset (the up-to-date rerun of 160 participants cost 23 % more per run than of 40),
-    # and not copied into forked workers by the collector touching it.
+    # and not copied into forked workers by the collector touching it. Garbage already
+    # unreachable is collected first, not frozen with the rest.
+    gc.collect()
     gc.freeze()
     return parallel.process_runs(len(runs), one, estimates, limits, failed, setup=preload)
 

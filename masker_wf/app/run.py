@@ -254,6 +254,14 @@ def prepare_run(run: RunInputs, plan: Plan, settings: Settings) -> RunJob:
     t_r, notes = outputs.t_r_of(
         run, settings.masker["t_r"], float(zooms[3]) if len(zooms) > 3 else None
     )
+    if t_r is None and n_volumes > 1:
+        # BIDS requires RepetitionTime of a BOLD derivative; a sidecar with null fails the
+        # validator, and filters need it.
+        raise RunError(
+            run.bold_file,
+            "no repetition time: the sidecar has no RepetitionTime and the NIfTI header's "
+            "pixdim[4] is 0; give it with --t-r SECONDS.",
+        )
     strategy = plan.strategy
     confound_params = confound_parameters(settings.denoising, strategy)
     dummy_scans = settings.denoising.dummy_scans

@@ -632,6 +632,12 @@ class CleanSignals(SimpleInterface):
 class _UnmaskInputSpec(BaseInterfaceInputSpec):
     signals_file = File(exists=True, mandatory=True, desc="signals (n_volumes, n_voxels) in .npy")
     mask_file = File(exists=True, mandatory=True, desc="the mask the signals were extracted with")
+    reference_file = File(
+        exists=True,
+        desc="the run's input BOLD: the output states its sform/qform codes, units and "
+        "repetition time (unless t_r is set)",
+    )
+    t_r = traits.Float(desc="repetition time (s) of the output, its 4th voxel size")
     out_suffix = _suffix_trait()
 
 
@@ -657,6 +663,8 @@ class Unmask(SimpleInterface):
             inputs.signals_file,
             inputs.mask_file,
             str(Path(runtime.cwd) / f"{base}_cleaned{inputs.out_suffix}"),
+            reference_file=_opt(inputs.reference_file),
+            t_r=_opt(inputs.t_r),
             context={"mask_file": inputs.mask_file},
         )
         return runtime

@@ -334,6 +334,8 @@ def init_masker_wf(
         ]),
         (mask, clean, [("mask_file", "mask_file")]),
         (mask, unmask, [("mask_file", "mask_file")]),
+        # The cleaned BOLD states the run's header codes, units and repetition time.
+        (inputnode, unmask, [("bold_file", "reference_file"), ("t_r", "t_r")]),
         (clean, unmask, [("signals_file", "signals_file")]),
         (mask, outputnode, [("mask_file", "mask_file")]),
         (clean, outputnode, [("signals_file", "signals_file"), ("qc_file", "qc_file")]),
