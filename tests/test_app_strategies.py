@@ -90,10 +90,23 @@ def test_strategy_files_are_labelled_by_their_names(tmp_path):
     assert len(assert_sets_consistent(out)) == 2
 
 
+def test_presets_named_with_strategy_files_are_cleaned_too(tmp_path):
+    # The presets used to be dropped without a word when a file was given.
+    path = tmp_path / "motion_only.json"
+    path.write_text(json.dumps({"strategy": ["motion"], "motion": "basic"}))
+    out, work = tmp_path / "out", tmp_path / "work"
+    argv = _argv(out, work, "--denoise-strategy", "simple", "--custom-strategy", str(path))
+    assert main(argv) == 0
+    assert _sidecar(out, "denoisedSimple")["DenoiseStrategy"] == "simple"
+    assert _sidecar(out, "denoisedMotiononly")["DenoiseStrategy"] == "custom"
+    assert len(assert_sets_consistent(out)) == 2
+
+
 @pytest.mark.parametrize(
     ("strategy", "message"),
     [
         (["--denoise-strategy", "auto", "simple"], "auto cannot be combined"),
+        (["--denoise-strategy", "auto", "--custom-strategy", "x.json"], "auto cannot be combined"),
         (["--denoise-strategy", "simple", "simple"], "give each once"),
     ],
 )

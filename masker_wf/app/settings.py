@@ -330,12 +330,26 @@ class Settings:
 def _strategies(presets, custom_files) -> tuple:
     """``(strategy, custom file)`` of each strategy asked for, in order.
 
-    Strategy files override the presets (as one file always did); several of either are
-    cleaned one after the other, so that their desc labels must differ.
+    Presets named with strategy files are cleaned too, the presets first; the default
+    preset (``auto``, the bare string argparse and the settings default to) gives way to
+    the files. Several strategies are cleaned one after the other, so that their desc
+    labels must differ.
     """
     if custom_files is not None:
         files = [custom_files] if isinstance(custom_files, (str, Path)) else custom_files
-        strategies = tuple(("custom", Path(f)) for f in files)
+        named = (
+            []
+            if presets in (None, "auto")
+            else [presets]
+            if isinstance(presets, str)
+            else list(presets)
+        )
+        if "auto" in named:
+            raise ValueError(
+                "--denoise-strategy auto cannot be combined with --custom-strategy: name the "
+                "presets to clean with besides the files."
+            )
+        strategies = (*((preset, None) for preset in named), *(("custom", Path(f)) for f in files))
     else:
         if presets is None:  # not given: the default
             presets = "auto"
