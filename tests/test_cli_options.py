@@ -167,3 +167,10 @@ def test_options_are_recorded_in_the_logs(tmp_path):
     assert recorded["space"] == [SPACE]
     assert recorded["smoothing_fwhm"] is None
     assert recorded["analysis_level"] == "participant"
+
+
+def test_an_option_off_by_default_says_so_as_it_is_spelled():
+    # "--standardize False" is refused (the choice is 'none'): the help said "(default: False)".
+    helps = {action.dest: action.help for action in build_parser().options.values()}
+    assert helps["standardize"].endswith("(default: none)")
+    assert "(default: False)" not in helps["standardize"]

@@ -215,6 +215,9 @@ def _spec_option(add, parameter: _spec.Parameter) -> None:
         choices = [c for c in parameter.choices if isinstance(c, str)]
         if False in parameter.choices or None in parameter.choices:
             choices.append(OFF)
+            if parameter.default in (False, None):
+                # The default as it is spelled on the command line, not Python's False.
+                kwargs["help"] += f" (default: {OFF})"
         kwargs["choices"] = choices
     else:
         kwargs.update(_SPEC_TYPES[parameter.type])
