@@ -177,3 +177,12 @@ def test_dry_run_names_every_strategy_and_its_desc(tmp_path, capsys):
     assert "'simple' (desc-denoisedSimple)" in printed
     assert "'scrubbing' (desc-denoisedScrubbing)" in printed
     assert not out.exists()
+
+
+def test_an_unknown_component_in_a_strategy_file_names_the_file(tmp_path, capsys):
+    path = tmp_path / "typo.json"
+    path.write_text(json.dumps({"strategy": ["motoin"]}))
+    out = tmp_path / "out"
+    assert main(_argv(out, tmp_path / "work", "--custom-strategy", str(path))) == 65
+    assert f"strategy file '{path}'" in capsys.readouterr().err
+    assert not out.exists()

@@ -194,7 +194,13 @@ def check_inputs(settings: Settings) -> Inputs:
             strategy = denoising.denoise_strategy
             confound_parameters(denoising, "simple" if strategy == "auto" else strategy)
         except ValueError as exc:
-            raise AppError(str(exc), EXIT_USAGE) from exc
+            if denoising.custom_strategy is None:
+                raise AppError(str(exc), EXIT_USAGE) from exc
+            message = f"strategy file '{denoising.custom_strategy}': {exc}"
+            given = any(value is not None for value in denoising.options.values())
+            # The file alone is at fault (EX_DATAERR, as for its other errors), or the file
+            # with the strategy options of the command line (a usage error).
+            raise AppError(message, EXIT_USAGE if given else EXIT_DATA) from exc
     links = _dataset_links(settings, kind)
     return Inputs(
         kind=kind,
