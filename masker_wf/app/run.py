@@ -254,9 +254,10 @@ def prepare_run(run: RunInputs, plan: Plan, settings: Settings) -> RunJob:
     t_r, notes = outputs.t_r_of(
         run, settings.masker["t_r"], float(zooms[3]) if len(zooms) > 3 else None
     )
-    if t_r is None and n_volumes > 1:
-        # BIDS requires RepetitionTime of a BOLD derivative; a sidecar with null fails the
-        # validator, and filters need it.
+    filtering = any(settings.masker[name] is not None for name in ("low_pass", "high_pass"))
+    if t_r is None and n_volumes > 1 and not filtering:
+        # BIDS requires RepetitionTime of a BOLD derivative (a sidecar with null fails the
+        # validator). With a filter, the validator's own message says it, as on every face.
         raise RunError(
             run.bold_file,
             "no repetition time: the sidecar has no RepetitionTime and the NIfTI header's "
