@@ -31,10 +31,10 @@ each contender in a fresh process too:
                           costs (mask, resampling and smoothing from the cache)
 ``app_three_strategies``  one invocation with three strategies, empty work directory
 
-The synthetic confounds have motion and white matter / CSF columns only, so the three
-strategies are strategy files the benchmark writes: ``simple``'s regressors (cosine
-high-pass, 24 motion parameters, white matter and CSF), the 24 motion parameters alone,
-and the 6 basic motion parameters with white matter and CSF. It prints the ratios the
+The three strategies are the first run's ``simple`` preset and two strategy files the
+benchmark writes (the synthetic confounds have motion and white matter / CSF columns
+only): the 24 motion parameters alone, and the 6 basic motion parameters with white matter
+and CSF; the second strategy is the first of these files. It prints the ratios the
 issue bounds: first run / fused first run (at most 1.15), second strategy / first run (at
 most 0.40; also printed: what each strategy after the first adds to one invocation, where
 imports and planning are paid once), three strategies / one strategy (at most 1.8).
@@ -73,9 +73,9 @@ PARAMS = {
     "high_pass": 0.01,
     "t_r": 2.0,
 }
+#: The strategy of the App's contenders (but the second strategy's, a file of its own).
+PRESET = ["--denoise-strategy", "simple"]
 APP_OPTIONS = [
-    "--denoise-strategy",
-    "simple",
     "--smoothing-fwhm",
     "6",
     "--detrend",
@@ -91,11 +91,6 @@ STRATEGY_CONTENDERS = ("app_fused", "app", "app_second_strategy", "app_three_str
 APPS = tuple(dict.fromkeys(("app", "app_cached", *STRATEGY_CONTENDERS)))
 #: The strategy files of ``--mode strategies`` (load_confounds keywords).
 STRATEGY_FILES = {
-    "simple": {
-        "strategy": ["high_pass", "motion", "wm_csf"],
-        "motion": "full",
-        "wm_csf": "basic",
-    },
     "motion24": {"strategy": ["motion"], "motion": "full"},
     "basic": {"strategy": ["motion", "wm_csf"], "motion": "basic", "wm_csf": "basic"},
 }
@@ -302,11 +297,14 @@ def _child_options(name: str, tmp: Path, app_args, baseline) -> tuple[list, Path
     if name == "app_fused":
         work = tmp / "work-fused"
         env["PYTHONPATH"] = os.pathsep.join([str(baseline), env.get("PYTHONPATH", "")])
-    elif name == "app_second_strategy":
+    if name == "app_second_strategy":
         extra += ["--custom-strategy", str(files["motion24"])]
     elif name == "app_three_strategies":
+        # The first run's preset, then two files: presets named with files are cleaned too.
         work = tmp / "work-three"
-        extra += ["--custom-strategy", *(str(path) for path in files.values())]
+        extra += [*PRESET, "--custom-strategy", *(str(path) for path in files.values())]
+    else:
+        extra += PRESET
     return extra, work, env
 
 
