@@ -528,10 +528,9 @@ def mask_window(img, mask_img):
         The window in the mask's grid; None when ``img`` is not on a window of it, or
         misses mask voxels.
     """
-    mask = np.asanyarray(mask_img.dataobj) != 0
     if check_same_fov(img, mask_img):
         # The mask's own grid, as the estimator decides it (affines np.allclose): whole.
-        return tuple(slice(0, n) for n in mask.shape[:3])
+        return tuple(slice(0, n) for n in mask_img.shape[:3])
     rotation = mask_img.affine[:3, :3]
     if not np.allclose(img.affine[:3, :3], rotation):
         return None
@@ -544,6 +543,7 @@ def mask_window(img, mask_img):
     if (start < 0).any() or (stop > np.asarray(mask_img.shape[:3])).any():
         return None
     window = tuple(slice(int(a), int(b)) for a, b in zip(start, stop, strict=True))
+    mask = np.asanyarray(mask_img.dataobj) != 0
     if int(np.count_nonzero(mask[window])) != int(np.count_nonzero(mask)):
         return None
     return window

@@ -147,10 +147,8 @@ def test_raw_bold_beside_fmriprep_outputs_is_a_warning(tmp_path, capsys):
     assert "cleaning the raw BOLD" not in capsys.readouterr().err
 
 
-def test_repetition_time_comes_from_the_sidecars_before_the_header(tmp_path, capsys):
-    raw = tmp_path / "raw"
-    shutil.copytree(RAW, raw)
-    fmriprep = raw / "derivatives" / "fmriprep"
+def _without_sidecar_repetition_time(fmriprep: Path, header_t_r: float) -> None:
+    """Remove the first run's sidecar RepetitionTime; set its header's pixdim[4]."""
     func = fmriprep / "sub-01" / "func"
     sidecar = func / f"{RUN}_desc-preproc_bold.json"
     meta = json.loads(sidecar.read_text())
@@ -158,8 +156,15 @@ def test_repetition_time_comes_from_the_sidecars_before_the_header(tmp_path, cap
     sidecar.write_text(json.dumps(meta))
     bold = func / f"{RUN}_desc-preproc_bold.nii.gz"
     image = nib.load(bold)
-    image.header.set_zooms((*image.header.get_zooms()[:3], 3.0))
+    image.header.set_zooms((*image.header.get_zooms()[:3], header_t_r))
     nib.save(nib.Nifti1Image(np.asarray(image.dataobj), image.affine, image.header), bold)
+
+
+def test_repetition_time_comes_from_the_sidecars_before_the_header(tmp_path, capsys):
+    raw = tmp_path / "raw"
+    shutil.copytree(RAW, raw)
+    fmriprep = raw / "derivatives" / "fmriprep"
+    _without_sidecar_repetition_time(fmriprep, header_t_r=3.0)
     out = tmp_path / "out"
     argv = one_run_argv(raw, out, tmp_path / "w", "--no-reports")
     assert main([*argv, "--derivatives", f"fmriprep={fmriprep}"]) == 0
@@ -171,15 +176,7 @@ def test_repetition_time_comes_from_the_sidecars_before_the_header(tmp_path, cap
 
 def test_a_run_without_any_repetition_time_is_refused_before_any_output(tmp_path, capsys):
     fmriprep = copy_fmriprep(tmp_path / "fmriprep")
-    func = fmriprep / "sub-01" / "func"
-    sidecar = func / f"{RUN}_desc-preproc_bold.json"
-    meta = json.loads(sidecar.read_text())
-    del meta["RepetitionTime"]
-    sidecar.write_text(json.dumps(meta))
-    bold = func / f"{RUN}_desc-preproc_bold.nii.gz"
-    image = nib.load(bold)
-    image.header.set_zooms((*image.header.get_zooms()[:3], 0.0))
-    nib.save(nib.Nifti1Image(np.asarray(image.dataobj), image.affine, image.header), bold)
+    _without_sidecar_repetition_time(fmriprep, header_t_r=0.0)
     out = tmp_path / "out"
     argv = one_run_argv(fmriprep, out, tmp_path / "w", "--no-reports")
     assert main(argv) == 65
