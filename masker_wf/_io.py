@@ -735,7 +735,7 @@ def write_file(in_file, out_file, *, compress_level=1, n_threads=None) -> Path:
     Returns
     -------
     pathlib.Path
-        ``out_file``.
+        ``out_file``, once the whole file is in place.
 
     Raises
     ------

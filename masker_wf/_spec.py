@@ -15,6 +15,7 @@ This module is part of the core: it imports nothing beyond the standard library.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import re
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ __all__ = [
     "Parameter",
     "bind",
     "by_name",
+    "declare_signature",
     "defaults",
     "fill_doc",
     "fill_doc_with",
@@ -403,6 +405,56 @@ def with_face_signature(face: str, *, after: str, exclude=()):
     return decorate
 
 
+def declare_signature(names: str, *sources, **defaults):
+    """Decorator: ``function(first, ..., **options)`` takes the parameter list ``names``.
+
+    For public functions whose parameter list is nilearn's and mostly another
+    function's: each default is taken from ``defaults``, else from the first of
+    ``sources`` that has the parameter (a parameter found in neither is required), so a
+    default is written once. Calls are bound to that signature: positional arguments,
+    unknown and missing names behave as with a ``def`` that lists them. The function
+    receives every parameter by keyword, those it does not name in ``**options``.
+
+    Parameters
+    ----------
+    names : str
+        The parameter names in order, separated by white space.
+    *sources : callable
+        Functions whose defaults are reused.
+    **defaults
+        Defaults not taken from ``sources``.
+    """
+
+    def default(name):
+        if name in defaults:
+            return defaults[name]
+        for source in sources:
+            parameter = inspect.signature(source).parameters.get(name)
+            if parameter is not None and parameter.default is not parameter.empty:
+                return parameter.default
+        return inspect.Parameter.empty
+
+    kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    signature = inspect.Signature(
+        [inspect.Parameter(name, kind, default=default(name)) for name in names.split()]
+    )
+
+    def decorate(function):
+        @functools.wraps(function)
+        def bound(*args, **kwargs):
+            try:
+                arguments = signature.bind(*args, **kwargs)
+            except TypeError as error:
+                raise TypeError(f"{function.__name__}() {error}") from None
+            arguments.apply_defaults()
+            return function(**arguments.arguments)
+
+        bound.__signature__ = signature
+        return bound
+
+    return decorate
+
+
 _FILL = re.compile(r"^(?P<indent>[ \t]*)%\((?P<name>[\w:]+)\)s[ \t]*$", re.M)
 
 
@@ -433,9 +485,25 @@ def fill_doc_with(texts: dict):
     Parameters
     ----------
     texts : dict
-        ``{name: text}``; a ``%(name)s`` line becomes ``text``, re-indented.
+        ``{name: text}``; a ``%(name)s`` line becomes ``text``, re-indented. When the
+        decorated function has a parameter ``name``, ``{default}`` in its text becomes that
+        parameter's default, so one text serves functions whose defaults differ.
     """
-    return lambda obj: _fill(obj, texts.get)
+
+    def decorate(obj):
+        parameters = inspect.signature(obj).parameters
+
+        def entry(name):
+            text = texts.get(name)
+            if text is not None and name in parameters:
+                default = parameters[name].default
+                shown = f'"{default}"' if isinstance(default, str) else repr(default)
+                text = text.replace("{default}", shown)
+            return text
+
+        return _fill(obj, entry)
+
+    return decorate
 
 
 def _fill(obj, entry):

@@ -504,10 +504,9 @@ def smooth(
 
     Parameters
     ----------
-    in_file : path
-        3D or 4D image.
-    out_file : path
-        Destination ``.nii`` or ``.nii.gz`` (``.npy`` with ``extract``).
+    in_file, out_file : path
+        The 3D or 4D image, and where its smoothed version goes: a ``.nii`` or
+        ``.nii.gz`` (a ``.npy`` with ``extract``).
     fwhm : float, sequence of 3 floats, "fast" or None
         Full width at half maximum of the kernel, in millimetres.
     mask_file : path, optional
@@ -974,18 +973,14 @@ def unmask(
         :func:`with_reference_header`), and its repetition time unless ``t_r`` is given.
     t_r : float, optional
         Repetition time (s), recorded as the 4th voxel size of a 4D output.
-    sidecar : dict, optional
-        JSON sidecar written next to the image once it is in place (see
-        :func:`write_derivative`).
-    compress_level : {0, 1, 2, 3}, default=1
-        isal compression level of a ``.nii.gz``.
-    n_threads : int, optional
-        Compression threads (they do not change the bytes written).
+    sidecar, compress_level, n_threads
+        As in :func:`write_derivative`: the JSON sidecar written next to the image once
+        it is in place, the isal compression level of a ``.nii.gz``, its threads.
 
     Returns
     -------
     pathlib.Path
-        ``out_file``.
+        ``out_file``, with its sidecar when one is given.
 
     Raises
     ------

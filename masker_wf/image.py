@@ -30,6 +30,7 @@ import numpy as np
 from scipy import linalg
 from scipy.ndimage import affine_transform, binary_dilation, gaussian_filter1d
 
+from . import _spec
 from ._exceptions import BoundingBoxError, DimensionError
 from ._niimg import (
     _expand_path,
@@ -246,7 +247,7 @@ def resample_img(
     order="F",
     clip=True,
     fill_value=0,
-    force_resample=False,
+    force_resample=None,
     copy_header=False,
 ):
     """Resample an image onto a new voxel grid.
@@ -274,9 +275,10 @@ def resample_img(
         (over the whole input) to remove spline ringing.
     fill_value : float, default=0
         Value of output voxels outside the input field of view.
-    force_resample : bool, default=False
+    force_resample : bool or None, default=None
         Interpolate even when the transform is a pure integer translation
-        (otherwise the data block is copied, which is exact).
+        (otherwise the data block is copied, which is exact). None is False, as in
+        nilearn 0.11.1 (whose warning that 0.13 will change it is not repeated here).
     copy_header : bool, default=False
         Copy the input header into the output image.
 
@@ -405,22 +407,15 @@ def resample_img(
     return new_img_like(img, resampled, target_affine, copy_header=copy_header)
 
 
-def resample_to_img(
-    source_img,
-    target_img,
-    interpolation="continuous",
-    copy=True,
-    order="F",
+@_spec.declare_signature(
+    "source_img target_img interpolation copy order clip fill_value force_resample copy_header",
+    resample_img,
     clip=False,
-    fill_value=0,
-    force_resample=False,
-    copy_header=False,
-):
+)
+def resample_to_img(source_img, target_img, **options):
     """Resample ``source_img`` onto the grid (shape and affine) of ``target_img``.
 
     No registration is done: both images must already be in the same space.
-    Parameters are those of :func:`resample_img`; only ``clip`` defaults to
-    False here, as in nilearn.
 
     Parameters
     ----------
@@ -428,13 +423,10 @@ def resample_to_img(
         Image(s) to resample.
     target_img : Niimg-like object
         Reference image; only its first three dimensions and affine are used.
-    interpolation : {"continuous", "linear", "nearest"}, default="continuous"
-    copy : bool, default=True
-    order : {"F", "C"}, default="F"
+    interpolation, copy, order, fill_value, force_resample, copy_header
+        As in :func:`resample_img`, with the same defaults.
     clip : bool, default=False
-    fill_value : float, default=0
-    force_resample : bool, default=False
-    copy_header : bool, default=False
+        As in :func:`resample_img`, whose default is True (nilearn's defaults).
 
     Returns
     -------
@@ -442,16 +434,7 @@ def resample_to_img(
     """
     target = check_niimg(target_img, name="target_img")
     return resample_img(
-        source_img,
-        target_affine=target.affine,
-        target_shape=target.shape[:3],
-        interpolation=interpolation,
-        copy=copy,
-        order=order,
-        clip=clip,
-        fill_value=fill_value,
-        force_resample=force_resample,
-        copy_header=copy_header,
+        source_img, target_affine=target.affine, target_shape=target.shape[:3], **options
     )
 
 
@@ -916,12 +899,8 @@ def smooth_window_chunks(
 
     Parameters
     ----------
-    chunks : iterable of (int, array)
-        ``(start, block)`` pairs of consecutive volumes (see :func:`smooth_masked_chunks`).
-    shape : tuple of 4 int
-        Shape of the whole 4D data.
-    affine, fwhm, mask, dtype, ensure_finite, n_jobs
-        As in :func:`smooth_masked`.
+    chunks, shape, affine, fwhm, mask, dtype, ensure_finite, n_jobs
+        As in :func:`smooth_masked_chunks`.
 
     Returns
     -------

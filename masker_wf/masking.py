@@ -93,8 +93,11 @@ def largest_connected_component(volume):
     return labels == sizes.argmax()
 
 
-def _post_process_mask(mask, opening=2, connected=True, warning_msg=""):
-    """Erode, keep the largest component, then dilate and erode back (nilearn's recipe)."""
+def _mask_img(img, mask, affine, *, opening, connected, warning_msg):
+    """The mask image of ``img``'s space from a raw boolean ``mask``.
+
+    Erode, keep the largest component, then dilate and erode back (nilearn's recipe).
+    """
     if opening:
         opening = int(opening)
         mask = binary_erosion(mask, iterations=opening)
@@ -106,7 +109,7 @@ def _post_process_mask(mask, opening=2, connected=True, warning_msg=""):
     if opening:
         mask = binary_dilation(mask, iterations=2 * opening)
         mask = binary_erosion(mask, iterations=opening)
-    return mask
+    return new_img_like(img, mask, affine)
 
 
 def _border_values(data, border_size):
@@ -129,6 +132,27 @@ def _border_values(data, border_size):
 # --------------------------------------------------------------------------------------
 
 
+# Parameter entries the mask functions share; their defaults differ (nilearn's).
+_mask_doc = _spec.fill_doc_with(
+    {
+        "connected": """connected : bool, default={default}
+    Keep only the largest connected component.""",
+        "opening": """opening : bool or int, default={default}
+    Morphological opening iterations (0 or False: none): erosions before, and twice as
+    many dilations then erosions after, the connected-component step.""",
+        "target_grid": """target_affine, target_shape : optional
+    Resample the mean image first (see :func:`masker_wf.image.resample_img`).""",
+        "unused": """memory, verbose
+    Accepted for nilearn compatibility; unused.""",
+        "mask_returns": """Returns
+-------
+nibabel.Nifti1Image
+    uint8 mask.""",
+    }
+)
+
+
+@_mask_doc
 def compute_background_mask(
     data_imgs,
     border_size=2,
@@ -152,20 +176,12 @@ def compute_background_mask(
         3D or 4D image(s); lists are concatenated along time.
     border_size : int, default=2
         Width (voxels) of the border used to estimate the background.
-    connected : bool, default=False
-        Keep only the largest connected component.
-    opening : bool or int, default=False
-        Number of erosions before, and 2x dilations then erosions after,
-        the connected-component step.
-    target_affine, target_shape : optional
-        Resample the mean image first (see :func:`masker_wf.image.resample_img`).
-    memory, verbose
-        Accepted for nilearn compatibility; unused.
+    %(connected)s
+    %(opening)s
+    %(target_grid)s
+    %(unused)s
 
-    Returns
-    -------
-    nibabel.Nifti1Image
-        uint8 mask.
+    %(mask_returns)s
     """
     del memory, verbose
     img = check_niimg(data_imgs, name="data_imgs")
@@ -175,15 +191,17 @@ def compute_background_mask(
         mask = ~np.isnan(mean)
     else:
         mask = mean != np.median(border)
-    mask = _post_process_mask(
+    return _mask_img(
+        img,
         mask,
+        affine,
         opening=opening,
         connected=connected,
         warning_msg="Are you sure that input images have a homogeneous background.",
     )
-    return new_img_like(img, mask, affine)
 
 
+@_mask_doc
 def compute_epi_mask(
     epi_img,
     lower_cutoff=0.2,
@@ -212,24 +230,16 @@ def compute_epi_mask(
         Lower fraction of the sorted intensities excluded from the search.
     upper_cutoff : float, default=0.85
         Upper fraction excluded.
-    connected : bool, default=True
-        Keep only the largest connected component.
-    opening : bool or int, default=2
-        Morphological opening/closing iterations (0/False: none, and no
-        pre-smoothing).
+    %(connected)s
+    %(opening)s
     exclude_zeros : bool, default=False
         Ignore exact zeros in the intensity histogram.
     ensure_finite : bool, default=True
         Treat NaN/inf in the mean as 0.
-    target_affine, target_shape : optional
-        Resample the mean image first.
-    memory, verbose
-        Accepted for nilearn compatibility; unused.
+    %(target_grid)s
+    %(unused)s
 
-    Returns
-    -------
-    nibabel.Nifti1Image
-        uint8 mask.
+    %(mask_returns)s
     """
     del memory, verbose
     img = check_niimg(epi_img, name="epi_img")
@@ -260,15 +270,17 @@ def compute_epi_mask(
         )
     first = low + gaps.argmax()
     threshold = 0.5 * (values[first] + values[first + 1])
-    mask = _post_process_mask(
+    return _mask_img(
+        img,
         mean >= threshold,
+        affine,
         opening=opening,
         connected=connected,
         warning_msg="Are you sure that input data are EPI images not detrended. ",
     )
-    return new_img_like(img, mask, affine)
 
 
+@_mask_doc
 def compute_brain_mask(
     target_img,
     threshold=0.5,
@@ -293,12 +305,9 @@ def compute_brain_mask(
         Image giving the output grid.
     threshold : float, default=0.5
         Keep voxels whose resampled template value is at least this.
-    connected : bool, default=True
-        Keep only the largest connected component.
-    opening : bool or int, default=2
-        Morphological opening/closing iterations.
-    memory, verbose
-        Accepted for nilearn compatibility; unused.
+    %(connected)s
+    %(opening)s
+    %(unused)s
     mask_type : {"whole-brain", "gm", "wm"}, default="whole-brain"
         Which template: T1 brain, grey-matter or white-matter probability.
 
@@ -324,14 +333,14 @@ def compute_brain_mask(
     img = check_niimg(target_img, name="target_img")
     template = load_template(mask_type)
     resampled = resample_to_img(template, img, copy=False)
-    mask = (get_data(resampled) >= threshold).astype(np.int8)
-    mask = _post_process_mask(
-        mask,
+    return _mask_img(
+        img,
+        (get_data(resampled) >= threshold).astype(np.int8),
+        img.affine,
         opening=opening,
         connected=connected,
         warning_msg=f"{mask_type} mask is empty, lower the threshold or check your input FOV",
     )
-    return new_img_like(img, mask, img.affine)
 
 
 def _check_nonempty_list(imgs, name):
@@ -353,95 +362,86 @@ def _map(function, items, n_jobs):
         return list(pool.map(function, items))
 
 
-def _intersect_run_masks(compute_mask, imgs_name, arguments):
+def _intersect_run_masks(compute_mask, imgs_name, imgs, options):
     """One ``compute_mask`` per run (in threads), then the intersection of the run masks.
 
-    ``arguments`` are those of the multi-run function (its ``locals()``): the ones
-    ``compute_mask`` also takes are passed on, so the two signatures cannot drift apart;
-    ``threshold`` and ``n_jobs`` are used here.
+    ``options`` are the other arguments of the multi-run function: the ones
+    ``compute_mask`` also takes are passed on; ``threshold`` and ``n_jobs`` are used here.
     """
-    imgs = _check_nonempty_list(arguments[imgs_name], imgs_name)
+    imgs = _check_nonempty_list(imgs, imgs_name)
     passed_on = inspect.signature(compute_mask).parameters.keys() - {"memory", "verbose"}
-    options = {name: arguments[name] for name in passed_on & (arguments.keys() - {imgs_name})}
-    masks = _map(lambda img: compute_mask(img, **options), imgs, arguments["n_jobs"])
-    return intersect_masks(
-        masks, threshold=arguments["threshold"], connected=arguments["connected"]
-    )
+    per_run = {name: options[name] for name in passed_on & options.keys()}
+    masks = _map(lambda img: compute_mask(img, **per_run), imgs, options["n_jobs"])
+    return intersect_masks(masks, threshold=options["threshold"], connected=options["connected"])
 
 
-# The parameters every multi-run mask function adds to its one-run function's, documented once.
-_multi_run_doc = _spec.fill_doc_with(
-    {
-        "multi_run_parameters": """threshold : float, default=0.5
-    Fraction of the run masks a voxel must belong to (see :func:`intersect_masks`).
-target_affine, target_shape : optional
-    Resample the mean images first.
+#: Defaults of the multi-run mask functions where they are not the one-run function's
+#: (nilearn's, in both: ``compute_background_mask`` opens nothing, its multi-run form does).
+_MULTI_RUN_DEFAULTS = {"connected": True, "opening": 2, "threshold": 0.5, "n_jobs": 1}
+#: Documentation of a multi-run function's parameters, after its summary line.
+_MULTI_RUN_DOC = """
+
+Parameters
+----------
+{imgs} : list of Niimg-like objects
+    One image per run.
+{passed_on}
+    Passed to :func:`{function}`.
+%(connected)s
+%(opening)s
+threshold : float, default=0.5
+    Fraction of the run masks a voxel must belong to (see :func:`intersect_masks`);
+    ``connected`` applies to each run's mask and to their intersection.
+%(target_grid)s
 n_jobs : int, default=1
     Number of threads.
-memory, verbose
-    Accepted for nilearn compatibility; unused.
+%(unused)s
 
-Returns
--------
-nibabel.Nifti1Image"""
-    }
+%(mask_returns)s
+"""
+
+
+def _multi_run_mask(compute_mask, names, summary):
+    """The multi-run form of ``compute_mask``: nilearn's parameter list ``names``.
+
+    Its defaults are ``compute_mask``'s but for :data:`_MULTI_RUN_DEFAULTS`; its name is
+    nilearn's (``compute_epi_mask`` -> ``compute_multi_epi_mask``).
+    """
+    imgs_name, *others = names.split()
+    # The parameters passed on with the one-run function's defaults; the others are
+    # documented in _MULTI_RUN_DOC.
+    own = set(_MULTI_RUN_DEFAULTS) | {"target_affine", "target_shape", "memory", "verbose"}
+    passed_on = [n for n in others if n in inspect.signature(compute_mask).parameters.keys() - own]
+
+    def multi_run_mask(**options):
+        imgs = options.pop(imgs_name)
+        return _intersect_run_masks(compute_mask, imgs_name, imgs, options)
+
+    multi_run_mask.__name__ = multi_run_mask.__qualname__ = compute_mask.__name__.replace(
+        "compute_", "compute_multi_", 1
+    )
+    multi_run_mask.__doc__ = summary + _MULTI_RUN_DOC.format(
+        imgs=imgs_name, passed_on=", ".join(passed_on), function=compute_mask.__name__
+    )
+    function = _spec.declare_signature(names, compute_mask, **_MULTI_RUN_DEFAULTS)
+    return _mask_doc(function(multi_run_mask))
+
+
+compute_multi_epi_mask = _multi_run_mask(
+    compute_epi_mask,
+    "epi_imgs lower_cutoff upper_cutoff connected opening threshold target_affine "
+    "target_shape exclude_zeros n_jobs memory verbose",
+    "EPI mask common to several runs: one :func:`compute_epi_mask` each, intersected.",
+)
+compute_multi_background_mask = _multi_run_mask(
+    compute_background_mask,
+    "data_imgs border_size connected opening threshold target_affine target_shape n_jobs "
+    "memory verbose",
+    "Background mask common to several runs: one per run, intersected.",
 )
 
 
-@_multi_run_doc
-def compute_multi_epi_mask(
-    epi_imgs,
-    lower_cutoff=0.2,
-    upper_cutoff=0.85,
-    connected=True,
-    opening=2,
-    threshold=0.5,
-    target_affine=None,
-    target_shape=None,
-    exclude_zeros=False,
-    n_jobs=1,
-    memory=None,
-    verbose=0,
-):
-    """EPI mask common to several runs: one :func:`compute_epi_mask` each, intersected.
-
-    Parameters
-    ----------
-    epi_imgs : list of Niimg-like objects
-        One 4D (or 3D) image per run.
-    lower_cutoff, upper_cutoff, connected, opening, exclude_zeros
-        Passed to :func:`compute_epi_mask`.
-    %(multi_run_parameters)s
-    """
-    return _intersect_run_masks(compute_epi_mask, "epi_imgs", locals())
-
-
-@_multi_run_doc
-def compute_multi_background_mask(
-    data_imgs,
-    border_size=2,
-    connected=True,
-    opening=2,
-    threshold=0.5,
-    target_affine=None,
-    target_shape=None,
-    n_jobs=1,
-    memory=None,
-    verbose=0,
-):
-    """Background mask common to several runs: one per run, intersected.
-
-    Parameters
-    ----------
-    data_imgs : list of Niimg-like objects
-        One image per run.
-    border_size, connected, opening
-        Passed to :func:`compute_background_mask`.
-    %(multi_run_parameters)s
-    """
-    return _intersect_run_masks(compute_background_mask, "data_imgs", locals())
-
-
+@_mask_doc
 def compute_multi_brain_mask(
     target_imgs,
     threshold=0.5,
@@ -460,8 +460,7 @@ def compute_multi_brain_mask(
         Images that must all have the same shape and affine.
     threshold, connected, opening, mask_type
         Passed to :func:`compute_brain_mask`.
-    memory, verbose
-        Accepted for nilearn compatibility; unused.
+    %(unused)s
     **kwargs
         Ignored (``n_jobs`` and the like), as in nilearn.
 

@@ -123,3 +123,42 @@ def test_mask_args_options_are_the_mask_functions_keywords(strategy):
     fixed = {"data_imgs", "epi_img", "target_img", "memory", "verbose", "mask_type"}
     options = set(inspect.signature(function).parameters) - fixed
     assert options == set(_spec.MASK_ARGS[strategy])
+
+
+@pytest.mark.parametrize("module", ["masking", "image", "signal"])
+def test_core_functions_take_nilearns_parameters(module):
+    # Every public function of a core module that nilearn 0.11.1 also has takes the same
+    # parameters, in the same order, of the same kinds, with the same defaults: the
+    # signatures built by _spec.declare_signature included.
+    import importlib
+
+    ours = importlib.import_module(f"masker_wf.{module}")
+    theirs = importlib.import_module(f"nilearn.{module}")
+
+    def parameters(function):
+        return [
+            (p.name, p.kind, p.default) for p in inspect.signature(function).parameters.values()
+        ]
+
+    shared = [
+        name
+        for name in ours.__all__
+        if inspect.isfunction(getattr(ours, name)) and hasattr(theirs, name)
+    ]
+    assert len(shared) >= 4
+    for name in shared:
+        assert parameters(getattr(ours, name)) == parameters(getattr(theirs, name)), name
+
+
+def test_declared_signatures_bind_calls_as_a_def_does():
+    from masker_wf.image import resample_to_img
+    from masker_wf.masking import compute_multi_background_mask
+
+    with pytest.raises(TypeError, match=r"resample_to_img\(\) got an unexpected keyword"):
+        resample_to_img(None, None, clipp=True)
+    with pytest.raises(TypeError, match=r"resample_to_img\(\) missing a required argument"):
+        resample_to_img(None)
+    with pytest.raises(TypeError, match=r"compute_multi_background_mask\(\) too many"):
+        compute_multi_background_mask(*range(11))
+    assert resample_to_img.__name__ == "resample_to_img"
+    assert "%(" not in compute_multi_background_mask.__doc__

@@ -455,8 +455,6 @@ class Submission:
     ----------
     tasks : tuple of tuple of str
         The participants (labels without ``sub-``) of each task, in array-index order.
-    arrays : tuple of tuple of int
-        ``(first task, number of tasks)`` of each job array.
     participants_per_task : int
     max_array_size : int
         The cluster's ``MaxArraySize``.
@@ -470,12 +468,19 @@ class Submission:
     """
 
     tasks: tuple[tuple[str, ...], ...]
-    arrays: tuple[tuple[int, int], ...]
     participants_per_task: int
     max_array_size: int
     n_runs: int
     task_seconds: float
     memory_mb: int | None
+
+    @property
+    def arrays(self) -> tuple[tuple[int, int], ...]:
+        """``(first task, number of tasks)`` of each job array, in order."""
+        starts = range(0, len(self.tasks), self.max_array_size)
+        return tuple(
+            (first, min(self.max_array_size, len(self.tasks) - first)) for first in starts
+        )
 
     @property
     def participants(self) -> list[str]:
@@ -548,16 +553,11 @@ def plan_submission(
         sum(seconds.values()) / len(labels), len(labels)
     )
     tasks = tuple(tuple(labels[i : i + per_task]) for i in range(0, len(labels), per_task))
-    arrays = tuple(
-        (first, min(max_array_size, len(tasks) - first))
-        for first in range(0, len(tasks), max_array_size)
-    )
     bolds = [bold for label in labels for bold in runs_by_participant[label]]
     memory = None if run_memory_mb is None else run_memory_mb * max(1, runs_at_once)
     task_seconds = TASK_START_SECONDS + max(sum(seconds[label] for label in t) for t in tasks)
     return Submission(
         tasks=tasks,
-        arrays=arrays,
         participants_per_task=per_task,
         max_array_size=max_array_size,
         n_runs=len(bolds),

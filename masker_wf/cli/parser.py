@@ -272,6 +272,7 @@ def build_parser(*, with_defaults: bool = True, raise_errors: bool = False) -> A
 
 
 def _selection_options(add) -> None:
+    """Which runs of the input dataset are processed (BIDS entities, spaces, filters)."""
     add(
         "--participant-label",
         nargs="+",
@@ -310,6 +311,7 @@ def _selection_options(add) -> None:
 
 
 def _denoising_options(add) -> None:
+    """The confound strategy: presets, strategy files or components, and dummy scans."""
     add(
         "--denoise-strategy",
         default="auto",
@@ -380,6 +382,7 @@ def _denoising_options(add) -> None:
 
 
 def _data_guards_options(add) -> None:
+    """The degrees of freedom and the time a cleaned run must keep."""
     add(
         "--warn-dof",
         type=int,
@@ -424,6 +427,7 @@ def _masker_options(add) -> None:
 
 
 def _outputs_options(add) -> None:
+    """What is written beside the cleaned BOLD, and how it is named."""
     add(
         "--output-desc",
         default="denoised",
@@ -439,6 +443,7 @@ def _outputs_options(add) -> None:
 
 
 def _performance_options(add) -> None:
+    """The work directory, processes, threads and memory."""
     add(
         "-w",
         "--work-dir",
