@@ -258,14 +258,17 @@ def _extract(data, mask: np.ndarray) -> np.ndarray:
     return _extract_chunks(((0, data),), data.shape, data.dtype, mask)
 
 
-def _extract_chunks(chunks, shape, dtype, mask: np.ndarray) -> np.ndarray:
-    """:func:`_extract` of 4D data given as ``(start, block)`` blocks of volumes."""
+def _extract_chunks(chunks, shape, dtype, mask: np.ndarray, allocate=None) -> np.ndarray:
+    """:func:`_extract` of 4D data given as ``(start, block)`` blocks of volumes.
+
+    The result is written into ``allocate(shape, dtype)`` (default numpy.empty).
+    """
     dtype = np.dtype(dtype)
     n_volumes = shape[3]
     out_dtype = dtype if dtype.kind == "f" else np.dtype(np.float32)
     if dtype.itemsize > 4 and dtype.kind == "f":
         out_dtype = dtype
-    out = np.empty((n_volumes, int(mask.sum())), dtype=out_dtype)
+    out = (allocate or np.empty)((n_volumes, int(mask.sum())), out_dtype)
     flat_index = {}
     for start, block in chunks:
         # Volumes of a NIfTI array (Fortran order) are contiguous: flat indices of the
@@ -330,10 +333,11 @@ def _streams(img) -> bool:
     return isinstance(img.dataobj, GzipArrayProxy) and len(img.shape) == 4
 
 
-def masked_signals(img, mask, smoothing_fwhm, report) -> np.ndarray:
+def masked_signals(img, mask, smoothing_fwhm, report, allocate=None) -> np.ndarray:
     """The (smoothed) masked signals of a 4D image; the report's mean planes on the way.
 
-    A gzipped file is streamed (decompression overlapping smoothing and masking);
+    A gzipped file is streamed (decompression overlapping smoothing and masking), into
+    ``allocate(shape, dtype)`` when given (a memory map of the output file, say);
     anything else is read as an array (a memory map for an uncompressed file).
     """
     # Mean planes given by the caller (gathered upstream, from the unsmoothed BOLD) stand.
@@ -354,9 +358,11 @@ def masked_signals(img, mask, smoothing_fwhm, report) -> np.ndarray:
         planes = MeanPlanes(img.shape[3], mask)
         chunks = planes.follow(chunks)
     if smoothing_fwhm is not None:
-        signals = image.smooth_masked_chunks(chunks, img.shape, img.affine, smoothing_fwhm, mask)
+        signals = image.smooth_masked_chunks(
+            chunks, img.shape, img.affine, smoothing_fwhm, mask, allocate=allocate
+        )
     else:
-        signals = _extract_chunks(chunks, img.shape, img_data_dtype(img), mask)
+        signals = _extract_chunks(chunks, img.shape, img_data_dtype(img), mask, allocate)
     if planes is not None:
         report["mean_planes"] = planes.result()
     return signals
@@ -601,6 +607,7 @@ def filter_and_extract(
     log_name="filter_and_extract",
     hv_confounds=None,
     extracted=None,
+    allocate=None,
     **params,
 ) -> np.ndarray:
     """Resample, smooth, mask and clean images: ``NiftiMasker.transform`` numerics.
@@ -651,6 +658,9 @@ def filter_and_extract(
         The signals of ``mask_img``'s voxels already extracted from ``imgs`` (resampled
         and smoothed upstream: the workflow's ``smooth`` node); only cleaned here, and
         ``imgs`` is read for its header only. A memory map is not written to.
+    allocate : callable, optional
+        ``allocate(shape, dtype)`` gives the array the cleaned signals are written into
+        (default :func:`numpy.empty`): a memory map of the output file, for instance.
 
     Returns
     -------
@@ -742,6 +752,8 @@ def filter_and_extract(
     if report is not None:
         noise_std = np.empty(signals.shape[1])
         clean_kwargs = {**clean_kwargs, "_noise_std_out": noise_std}
+    if allocate is not None:
+        clean_kwargs = {**clean_kwargs, "_allocate_out": allocate}
     cleaned = signal.clean(
         signals,
         sample_mask=sample_mask,

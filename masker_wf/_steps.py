@@ -624,9 +624,10 @@ def _smooth_signals(in_file, mask_file, out_file, fwhm, dtype, planes_file=None)
     # Streamed from a .nii.gz (decompression overlapping smoothing), the report's mean
     # image of the unsmoothed input gathered on the way: the fused path's own code.
     report = None if planes_file is None else {}
-    signals = masked_signals(img, mask, fwhm, report)
     identity = _smoothed_identity("smooth-signals", in_file, mask_file, fwhm, dtype)
-    save_signals(signals, out_file, identity=identity)
+    # Computed into a memory map of the output file (streamed input): never a second copy.
+    with _io.signals_output(out_file, identity=identity) as output:
+        output.set(masked_signals(img, mask, fwhm, report, output.allocate))
     if report is not None:
         save_qc({"mean_planes": report["mean_planes"]}, planes_file)
     return out_file
@@ -866,43 +867,47 @@ high_pass, t_r, runs, dtype, clean_args
     report = None if qc_file is None else {}
     if report is not None and mean_planes_file is not None:
         report["mean_planes"] = _intermediate(load_qc, mean_planes_file)["mean_planes"]
-    try:
-        signals = filter_and_extract(
-            os.fspath(bold_file),
-            mask_img,
-            smoothing_fwhm=smoothing_fwhm,
-            target_affine=_as_affine(target_affine),
-            target_shape=_as_shape(target_shape),
-            dtype=dtype,
-            high_variance_confounds=high_variance_confounds,
-            confounds=confounds,
-            sample_mask=kept,
-            runs=None if runs is None else np.asarray(runs),
-            detrend=detrend,
-            standardize=standardize,
-            standardize_confounds=standardize_confounds,
-            low_pass=low_pass,
-            high_pass=high_pass,
-            t_r=t_r,
-            clean_kwargs=dict(clean_args) if clean_args else None,
-            report=report,
-            hv_confounds=hv_confounds,
-            extracted=extracted,
-        )
-    except SampleMaskError as exc:
-        _locate(exc, "clean_signals", mask_source)
-        raise
-    except IntermediateMismatchError as exc:
-        at_fault = extracted_file if exc.source == "extracted" else hv_confounds_file
-        raise StepError("clean_signals", at_fault, f"{exc} {_RECOMPUTE}") from exc
-    except DimensionError as exc:
-        # The core checks both images; a BOLD of a valid dimensionality leaves the mask.
-        at_fault = bold_file if len(bold_img.shape) not in (3, 4) else mask_file
-        _locate(exc, "clean_signals", at_fault)
-        raise
+    # The cleaned signals are computed into a memory map of the output file: no copy.
+    with _io.signals_output(out_file) as output:
+        try:
+            signals = filter_and_extract(
+                os.fspath(bold_file),
+                mask_img,
+                smoothing_fwhm=smoothing_fwhm,
+                target_affine=_as_affine(target_affine),
+                target_shape=_as_shape(target_shape),
+                dtype=dtype,
+                high_variance_confounds=high_variance_confounds,
+                confounds=confounds,
+                sample_mask=kept,
+                runs=None if runs is None else np.asarray(runs),
+                detrend=detrend,
+                standardize=standardize,
+                standardize_confounds=standardize_confounds,
+                low_pass=low_pass,
+                high_pass=high_pass,
+                t_r=t_r,
+                clean_kwargs=dict(clean_args) if clean_args else None,
+                report=report,
+                hv_confounds=hv_confounds,
+                extracted=extracted,
+                allocate=output.allocate,
+            )
+        except SampleMaskError as exc:
+            _locate(exc, "clean_signals", mask_source)
+            raise
+        except IntermediateMismatchError as exc:
+            at_fault = extracted_file if exc.source == "extracted" else hv_confounds_file
+            raise StepError("clean_signals", at_fault, f"{exc} {_RECOMPUTE}") from exc
+        except DimensionError as exc:
+            # The core checks both images; a BOLD of a valid dimensionality leaves the mask.
+            at_fault = bold_file if len(bold_img.shape) not in (3, 4) else mask_file
+            _locate(exc, "clean_signals", at_fault)
+            raise
+        output.set(signals)
     if qc_file is not None:
         save_qc(report, qc_file)
-    return save_signals(signals, out_file)
+    return Path(out_file)
 
 
 # What to do about a damaged intermediate of a workflow (Pydra serves its cached result).

@@ -641,7 +641,16 @@ def smooth_masked(data4d, affine, fwhm, mask, *, dtype=None, ensure_finite=True,
 
 
 def smooth_masked_chunks(
-    chunks, shape, affine, fwhm, mask, *, dtype=None, ensure_finite=True, n_jobs=None
+    chunks,
+    shape,
+    affine,
+    fwhm,
+    mask,
+    *,
+    dtype=None,
+    ensure_finite=True,
+    n_jobs=None,
+    allocate=None,
 ):
     """:func:`smooth_masked` of 4D data given as consecutive blocks of volumes.
 
@@ -660,10 +669,14 @@ def smooth_masked_chunks(
         Shape of the whole 4D data.
     affine, fwhm, mask, dtype, ensure_finite, n_jobs
         As in :func:`smooth_masked`.
+    allocate : callable, optional
+        ``allocate(shape, dtype)`` gives the array the result is written into (default
+        :func:`numpy.empty`): a memory map of the output file, for instance.
 
     Returns
     -------
     numpy.ndarray, shape (t, n_mask_voxels)
+        The array ``allocate`` gave.
     """
     plan, shape = _streamed_plan(shape, affine, fwhm, mask)
     chunks = iter(chunks)
@@ -671,7 +684,7 @@ def smooth_masked_chunks(
     if first is None:
         raise ValueError(f"no volumes given for data of shape {shape}.")
     boxed = ((start, block[plan.box]) for start, block in _chain_first(first, chunks))
-    return plan.run(boxed, shape[3], first[1].dtype, dtype, ensure_finite, n_jobs)
+    return plan.run(boxed, shape[3], first[1].dtype, dtype, ensure_finite, n_jobs, allocate)
 
 
 def _streamed_plan(shape, affine, fwhm, mask):
@@ -796,11 +809,16 @@ class _MaskedSmoothing:
                     values[bad] = 0
             out[row] = values
 
-    def run(self, boxed, n_volumes, in_dtype, dtype, ensure_finite, n_jobs) -> np.ndarray:
-        """Smooth the ``(start, boxed block)`` pairs on threads into ``(t, n_voxels)``."""
+    def run(
+        self, boxed, n_volumes, in_dtype, dtype, ensure_finite, n_jobs, allocate=None
+    ) -> np.ndarray:
+        """Smooth the ``(start, boxed block)`` pairs on threads into ``(t, n_voxels)``.
+
+        The result is written into ``allocate(shape, dtype)`` (default numpy.empty).
+        """
         work_dtype = np.dtype(dtype) if dtype is not None else _smoothing_dtype(in_dtype)
         out_dtype = work_dtype if work_dtype.kind == "f" else np.dtype(np.float32)
-        out = np.empty((n_volumes, self.n_voxels), dtype=out_dtype)
+        out = (allocate or np.empty)((n_volumes, self.n_voxels), out_dtype)
         if self.n_voxels == 0 or n_volumes == 0:
             for _ in boxed:  # let a streaming source finish
                 pass

@@ -1181,6 +1181,9 @@ def clean(
     # Private: an (n_features,) float64 array that receives the standard deviation of the
     # cleaned signals before standardization (the noise of the report's tSNR), for free.
     noise_std_out = kwargs.pop("_noise_std_out", None)
+    # Private: ``allocate(shape, dtype)`` gives the array the result is written into (a
+    # memory map of the output file: the cleaned signals are stored as they are computed).
+    allocate = kwargs.pop("_allocate_out", None) or np.empty
     butterworth_kwargs = _butterworth_options(
         kwargs,
         lambda key: TypeError(
@@ -1242,7 +1245,7 @@ def clean(
     ]
     if strategy == "zscore":
         _warn_zscore()
-    out = np.empty((sum(n_out), n_features), dtype=_output_dtype(signals.dtype))
+    out = allocate((sum(n_out), n_features), _output_dtype(signals.dtype))
     sum_of_squares = None if noise_std_out is None else np.zeros(n_features)
     offset = 0
     for (plan, rows), n_rows_out in zip(plans, n_out, strict=True):

@@ -118,6 +118,54 @@ def test_saved_signals_are_the_bytes_numpy_saves(tmp_path, signals):
     assert _io.file_digest(path) == "sha256:" + hashlib.sha256(expected.getvalue()).hexdigest()
 
 
+@pytest.mark.parametrize("shape", [(3, 4), (7,), (0, 3), (1100, 4000)])
+def test_signals_computed_in_place_are_the_bytes_numpy_saves(tmp_path, shape):
+    import io
+
+    values = np.arange(np.prod(shape), dtype=np.float32).reshape(shape)
+    path = tmp_path / "signals.npy"
+    with _io.signals_output(path) as output:
+        out = output.allocate(shape, np.float32)
+        assert isinstance(out, np.memmap)
+        assert not path.exists()  # in place only once complete
+        out[...] = values
+        output.set(out)
+    expected = io.BytesIO()
+    np.save(expected, values, allow_pickle=False)
+    assert path.read_bytes() == expected.getvalue()
+    assert _io.file_digest(path) == "sha256:" + hashlib.sha256(expected.getvalue()).hexdigest()
+    assert _leftovers(tmp_path) == ["signals.npy"]
+
+
+def test_signals_output_stores_another_array_than_the_one_it_gave(tmp_path):
+    # A computation that allocated, then returned a view of what it allocated (a 3D
+    # image's single row): the view is stored, and the array given stays readable.
+    path = tmp_path / "signals.npy"
+    with _io.signals_output(path, identity="test 1") as output:
+        out = output.allocate((1, 5), np.float32)
+        out[...] = np.arange(5)
+        output.set(out[0])
+        assert out.sum() == 10
+    np.testing.assert_array_equal(np.load(path), np.arange(5, dtype=np.float32))
+    assert _io.file_digest(path).startswith("sha256:id-")
+    assert _leftovers(tmp_path) == ["signals.npy"]
+
+
+def test_signals_output_leaves_nothing_when_the_computation_fails(tmp_path):
+    path = tmp_path / "signals.npy"
+    path.write_bytes(b"previous")
+    with pytest.raises(ZeroDivisionError), _io.signals_output(path) as output:
+        output.allocate((2, 3), np.float32)[...] = 1
+        raise ZeroDivisionError
+    assert path.read_bytes() == b"previous"
+    with pytest.raises(RuntimeError, match="no signals were set"), _io.signals_output(path):
+        pass
+    assert _leftovers(tmp_path) == ["signals.npy"]
+    with pytest.raises(ValueError, match="1D or 2D"), _io.signals_output(path) as output:
+        output.allocate((2, 3, 4), np.float32)
+    assert path.read_bytes() == b"previous"
+
+
 @pytest.mark.parametrize(
     "signals",
     [np.array([[None, 1.0]], dtype=object), np.zeros((2, 2), dtype="datetime64[s]")],

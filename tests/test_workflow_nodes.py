@@ -288,6 +288,32 @@ def test_extracted_signals_are_cleaned_as_they_are(tmp_path, ds003_path, ds003_m
     np.testing.assert_allclose(_io.load_signals(out), expected, rtol=1e-6, atol=1e-6)
 
 
+def test_smoothed_and_cleaned_signals_are_computed_in_their_files(
+    tmp_path, ds003_path, ds003_mask_path, monkeypatch
+):
+    # Both nodes compute their signals into a memory map of their output file: no array
+    # in memory beside it, no copy into the file (a second per 0.28 GB on a 2 mm MNI run).
+    in_place = []
+    store = _io.SignalsOutput.set
+
+    def observed(self, signals):
+        in_place.append(isinstance(signals, np.memmap) and signals is self._mapped)
+        return store(self, signals)
+
+    monkeypatch.setattr(_io.SignalsOutput, "set", observed)
+    extracted = _steps.smooth(
+        ds003_path, tmp_path / "s.npy", fwhm=6.0, mask_file=ds003_mask_path, extract=True
+    )
+    out = _steps.clean_signals(
+        ds003_path, ds003_mask_path, tmp_path / "c.npy", extracted_file=extracted, detrend=True
+    )
+    assert in_place == [True, True]
+    expected = NiftiMasker(mask_img=ds003_mask_path, smoothing_fwhm=6.0, detrend=True)
+    np.testing.assert_allclose(
+        _io.load_signals(out), expected.fit_transform(ds003_path), rtol=1e-6, atol=1e-6
+    )
+
+
 def test_extracted_signals_of_another_image_or_mask_are_refused(
     tmp_path, ds003_path, ds003_mask_path, synthetic_bold_file
 ):
