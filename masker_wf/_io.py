@@ -874,7 +874,8 @@ class SignalsOutput:
         """The signals to store: the array :meth:`allocate` gave (written already), or any."""
         self.done = True
         if signals is self._mapped:
-            self._mapped.flush()
+            # No msync: the page cache is what any reader sees, as after a write(); the
+            # file is not made more durable than the written ones.
             if self._hashed:
                 self.digest = _sha256_of_file(os.fspath(self._tmp), _HASH_SEGMENT_BYTES)
             return

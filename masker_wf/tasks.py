@@ -527,6 +527,8 @@ def _clean_signals(
         bold_window=bold_window,
         mean_planes_file=None if mean_planes_file is None else str(mean_planes_file),
         extracted_file=None if extracted_file is None else str(extracted_file),
+        # Unmask's cache key then reads nothing: the signals are known by their inputs.
+        identify=True,
         **parameters,
     )
     return _recorded(signals_file, qc_file)

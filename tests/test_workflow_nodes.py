@@ -314,6 +314,33 @@ def test_smoothed_and_cleaned_signals_are_computed_in_their_files(
     )
 
 
+def test_cleaned_signals_are_identified_by_every_input(tmp_path, ds003_path, ds003_mask_path):
+    # With identify (the Pydra task's way), the signals' digest is that of what they are
+    # computed from: equal for equal inputs, different when any input differs, a file's
+    # content included; never their bytes read again.
+    confounds = _confounds_file(tmp_path, "conf", 3, seed=0)
+
+    def digest(name, **params):
+        out = _steps.clean_signals(
+            ds003_path, ds003_mask_path, tmp_path / name, identify=True, **params
+        )
+        return _io.file_digest(out)
+
+    first = digest("a.npy", detrend=True, confounds_file=confounds)
+    assert first.startswith("sha256:id-")
+    assert digest("b.npy", detrend=True, confounds_file=confounds) == first
+    assert digest("c.npy", detrend=False, confounds_file=confounds) != first
+    assert digest("d.npy", detrend=True, confounds_file=confounds, sample_mask=[0, 2, 5]) != first
+    confounds.write_text(confounds.read_text().replace("c0", "x0", 1).replace("1", "2", 1))
+    assert digest("e.npy", detrend=True, confounds_file=confounds) != first
+    # Arrays are written in full: a long sample mask differing in one place only.
+    kept = np.arange(5000)
+    other = kept.copy()
+    other[2500] = 2501
+    identities = [_steps._arguments_identity("x", {"sample_mask": k}) for k in (kept, other)]
+    assert identities[0] != identities[1]
+
+
 def test_extracted_signals_of_another_image_or_mask_are_refused(
     tmp_path, ds003_path, ds003_mask_path, synthetic_bold_file
 ):
