@@ -865,9 +865,15 @@ class SignalsOutput:
         run's 0.28 GB on this project's machine).
         """
         dtype = _check_signals(shape, dtype)
+        if self._mapped is not None:
+            raise RuntimeError(f"signals_output: '{self._tmp}' was allocated already.")
         self._mapped = np.lib.format.open_memmap(
             self._tmp, mode="w+", dtype=dtype, shape=tuple(shape)
         )
+        # The file's blocks reserved now: a full disk or quota is an OSError here, not a
+        # SIGBUS when a page of the map is first written.
+        with open(self._tmp, "r+b") as stream:
+            os.posix_fallocate(stream.fileno(), 0, os.fstat(stream.fileno()).st_size)
         return self._mapped
 
     def set(self, signals) -> None:

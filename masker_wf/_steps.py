@@ -576,7 +576,8 @@ def _arguments_identity(what: str, arguments: dict) -> str:
     so that two computations with the same identity have the same inputs.
     """
     parts = [f"masker-wf {_version()} {what}"]
-    with np.printoptions(threshold=sys.maxsize):
+    # Every element, each float in the digits that tell it apart from any other.
+    with np.printoptions(threshold=sys.maxsize, floatmode="unique"):
         for name, value in sorted(arguments.items()):
             text = repr(value.tolist() if isinstance(value, np.ndarray) else value)
             if isinstance(value, (str, os.PathLike)) and os.path.isfile(value):

@@ -154,9 +154,13 @@ def test_signals_output_stores_another_array_than_the_one_it_gave(tmp_path):
 def test_signals_output_leaves_nothing_when_the_computation_fails(tmp_path):
     path = tmp_path / "signals.npy"
     path.write_bytes(b"previous")
-    with pytest.raises(ZeroDivisionError), _io.signals_output(path) as output:
-        output.allocate((2, 3), np.float32)[...] = 1
-        raise ZeroDivisionError
+    def failing():
+        with _io.signals_output(path) as output:
+            output.allocate((2, 3), np.float32)[...] = 1
+            raise ZeroDivisionError
+
+    with pytest.raises(ZeroDivisionError):
+        failing()
     assert path.read_bytes() == b"previous"
     with pytest.raises(RuntimeError, match="no signals were set"), _io.signals_output(path):
         pass
