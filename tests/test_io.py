@@ -154,6 +154,7 @@ def test_signals_output_stores_another_array_than_the_one_it_gave(tmp_path):
 def test_signals_output_leaves_nothing_when_the_computation_fails(tmp_path):
     path = tmp_path / "signals.npy"
     path.write_bytes(b"previous")
+
     def failing():
         with _io.signals_output(path) as output:
             output.allocate((2, 3), np.float32)[...] = 1
