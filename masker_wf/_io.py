@@ -864,12 +864,12 @@ class SignalsOutput:
         besides the page cache, no copy into the file afterwards (a second of a 2 mm MNI
         run's 0.28 GB on this project's machine).
         """
+        # Plain ints: numpy integers would be written into the header as np.int64(...).
+        shape = tuple(int(n) for n in shape)
         dtype = _check_signals(shape, dtype)
         if self._mapped is not None:
             raise RuntimeError(f"signals_output: '{self._tmp}' was allocated already.")
-        self._mapped = np.lib.format.open_memmap(
-            self._tmp, mode="w+", dtype=dtype, shape=tuple(shape)
-        )
+        self._mapped = np.lib.format.open_memmap(self._tmp, mode="w+", dtype=dtype, shape=shape)
         # The file's blocks reserved now: a full disk or quota is an OSError here, not a
         # SIGBUS when a page of the map is first written.
         with open(self._tmp, "r+b") as stream:

@@ -137,6 +137,16 @@ def test_signals_computed_in_place_are_the_bytes_numpy_saves(tmp_path, shape):
     assert _leftovers(tmp_path) == ["signals.npy"]
 
 
+def test_signals_output_takes_a_shape_of_numpy_integers(tmp_path):
+    # A shape computed with numpy (a sum of run lengths) still gives a readable header.
+    path = tmp_path / "signals.npy"
+    with _io.signals_output(path) as output:
+        out = output.allocate((np.int64(2), np.intp(3)), np.float32)
+        out[...] = 1
+        output.set(out)
+    np.testing.assert_array_equal(np.load(path), np.ones((2, 3), dtype=np.float32))
+
+
 def test_signals_output_stores_another_array_than_the_one_it_gave(tmp_path):
     # A computation that allocated, then returned a view of what it allocated (a 3D
     # image's single row): the view is stored, and the array given stays readable.
