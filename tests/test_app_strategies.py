@@ -5,6 +5,7 @@ import shutil
 import subprocess
 
 import numpy as np
+import pandas as pd
 import pytest
 from app_helpers import FMRIPREP, RUN, assert_sets_consistent, cleaned_data
 
@@ -186,3 +187,22 @@ def test_an_unknown_component_in_a_strategy_file_names_the_file(tmp_path, capsys
     assert main(_argv(out, tmp_path / "work", "--custom-strategy", str(path))) == 65
     assert f"strategy file '{path}'" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_the_group_table_tells_the_strategies_apart(tmp_path):
+    out, work = tmp_path / "out", tmp_path / "work"
+    strategies = ["--denoise-strategy", "simple", "scrubbing", *FEW_REGRESSORS]
+    assert main(_argv(out, work, *strategies)) == 0
+    assert main([str(FMRIPREP), str(out), "group"]) == 0
+
+    table = pd.read_csv(out / "group" / "summary.tsv", sep="\t", dtype=str)
+    rows = table[["run", "desc", "denoise_strategy"]].sort_values("desc")
+    assert rows.values.tolist() == [
+        ["01", "denoisedScrubbing", "scrubbing"],
+        ["01", "denoisedSimple", "simple"],
+    ]
+    # Scrubbing keeps fewer volumes: the rows are the sets' own numbers.
+    kept = dict(zip(table["desc"], table["volumes_kept"].astype(int), strict=True))
+    assert kept["denoisedScrubbing"] < kept["denoisedSimple"]
+    described = json.loads((out / "group" / "summary.json").read_text())
+    assert {"desc", "denoise_strategy"} <= set(described)

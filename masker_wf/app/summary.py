@@ -233,6 +233,14 @@ def _failures(out_dir: Path, participants=None) -> list[dict]:
 
 
 _SUMMARY_COLUMNS = {
+    "desc": {
+        "Description": "desc label of the output set: several confound strategies of one "
+        "run are rows of their own (--denoise-strategy/--custom-strategy)"
+    },
+    "denoise_strategy": {
+        "Description": "Confound strategy of the set: a nilearn load_confounds_strategy "
+        "preset, or custom (--custom-strategy, --motion, ...)"
+    },
     "voxels_in_mask": {"Description": "Number of voxels in the mask used"},
     "volumes_total": {"Description": "Volumes in the input BOLD"},
     "volumes_kept": {"Description": "Volumes after censoring (sample_mask)"},
@@ -293,13 +301,15 @@ def _failure_entities(failure: dict) -> dict:
     return entities if "subject" in entities else {"subject": failure.get("subject")}
 
 
-def _row(entities: dict, bold, summary: dict, seconds, status: str, reason: str) -> dict:
+def _row(entities: dict, bold, summary: dict, seconds, status: str, reason: str, set_of) -> dict:
     return {
         "subject": entities.get("subject"),
         "session": entities.get("session", "n/a"),
         "task": entities.get("task", "n/a"),
         "run": entities.get("run", "n/a"),
         "space": entities.get("space", "n/a"),
+        "desc": set_of.get("desc") or "n/a",
+        "denoise_strategy": set_of.get("denoise_strategy") or "n/a",
         "bold": bold,
         **summary,
         "seconds": seconds,
@@ -326,8 +336,19 @@ def _group_rows(out_dir: Path, wanted: set) -> list[dict]:
             matched.add((failure.get("run"), failure.get("desc")))
             if str(failure.get("time", "")) > written and status == "ok":
                 status, reason = "kept-previous", str(failure.get("reason", ""))
-        rows.append(_row(entities, bold, record["Summary"], record.get("Seconds"), status, reason))
-    numbers = list(_SUMMARY_COLUMNS)[:6]
+        parameters = record.get("Parameters", {})
+        rows.append(
+            _row(
+                entities,
+                bold,
+                record["Summary"],
+                record.get("Seconds"),
+                status,
+                reason,
+                parameters,
+            )
+        )
+    numbers = [c for c in _SUMMARY_COLUMNS if c not in ("desc", "denoise_strategy")][:6]
     for key, failure in failures.items():
         if key not in matched:
             rows.append(
@@ -338,6 +359,7 @@ def _group_rows(out_dir: Path, wanted: set) -> list[dict]:
                     None,
                     "failed",
                     str(failure.get("reason", "")),
+                    failure,
                 )
             )
     for row in rows:
