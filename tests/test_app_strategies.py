@@ -178,6 +178,10 @@ def test_dry_run_names_every_strategy_and_its_desc(tmp_path, capsys):
     assert "'simple' (desc-denoisedSimple)" in printed
     assert "'scrubbing' (desc-denoisedScrubbing)" in printed
     assert not out.exists()
+    # A SLURM submission is sized for every strategy of each run.
+    assert main([*argv, "--dry-run", "--slurm"]) == 0
+    assert "1 run(s) (2 strategies each) of 1 participant(s)" in capsys.readouterr().out
+    assert not out.exists()
 
 
 def test_an_unknown_component_in_a_strategy_file_names_the_file(tmp_path, capsys):

@@ -278,6 +278,25 @@ def test_tasks_bundle_participants_and_arrays_respect_max_array_size(tmp_path):
         app_slurm.plan_submission(bolds, max_array_size=0)
 
 
+def test_a_task_of_several_strategies_is_estimated_longer(tmp_path):
+    bolds = {}
+    for i in range(1, 41):
+        bold = tmp_path / f"sub-{i:02d}_bold.nii.gz"
+        with open(bold, "wb") as stream:  # sparse: the estimate reads the size only
+            stream.truncate(300 * 2**20)
+        bolds[f"{i:02d}"] = [bold]
+    one = app_slurm.plan_submission(bolds, participants_per_task=1)
+    three = app_slurm.plan_submission(bolds, participants_per_task=1, strategies=3)
+    run_seconds = one.task_seconds - app_slurm.TASK_START_SECONDS
+    extra = 1 + 2 * app_slurm.EXTRA_STRATEGY_SHARE
+    assert three.task_seconds - app_slurm.TASK_START_SECONDS == pytest.approx(run_seconds * extra)
+    assert "40 run(s) (3 strategies each) of 40 participant(s)" in three.describe()
+    assert "strategies each" not in one.describe()
+    # Longer runs: fewer participants bundled into a task by default.
+    bundled = app_slurm.plan_submission(bolds).participants_per_task
+    assert app_slurm.plan_submission(bolds, strategies=3).participants_per_task < bundled
+
+
 def test_task_resources_follow_the_app_options():
     resources = app_slurm.TaskResources(nprocs=2, omp_nthreads=3, mem_mb=4000)
     # two runs at once of three threads each; the runs' memory together

@@ -113,6 +113,7 @@ def participant_level(settings: Settings, array_command: slurm.ArrayCommand | No
             ),
             dry_run=dry_run,
             estimate_memory=lambda run: parallel.estimate_run_memory_mb(run, settings),
+            strategies=len(settings.each_strategy()),
         )
     if options.slurm:
         try:

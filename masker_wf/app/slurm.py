@@ -119,6 +119,10 @@ START_UP_SHARE = 0.1
 #: proportional to its BOLD file (about 35 s for a 1.2 GB MNI 2 mm run of 300 volumes).
 RUN_FIXED_SECONDS = 0.5
 RUN_SECONDS_PER_MB = 0.03
+#: What each strategy after the first adds to a run cleaned with several (``--denoise-strategy
+#: a b``), as a share of its first: the cleaning and the outputs again, not the reading and
+#: smoothing (0.31-0.46 measured by ``benchmarks/bench_app.py --mode strategies``).
+EXTRA_STRATEGY_SHARE = 0.4
 
 
 @dataclass(frozen=True)
@@ -465,6 +469,8 @@ class Submission:
     memory_mb : int or None
         Estimated peak memory of a task (MB): the largest run, times the runs a task
         processes at the same time.
+    strategies : int
+        Confound strategies each run is cleaned with.
     """
 
     tasks: tuple[tuple[str, ...], ...]
@@ -473,6 +479,7 @@ class Submission:
     n_runs: int
     task_seconds: float
     memory_mb: int | None
+    strategies: int = 1
 
     @property
     def arrays(self) -> tuple[tuple[int, int], ...]:
@@ -494,8 +501,9 @@ class Submission:
 
     def describe(self) -> str:
         """What would be submitted, for ``--dry-run`` and the submission message."""
+        strategies = "" if self.strategies == 1 else f" ({self.strategies} strategies each)"
         lines = [
-            f"{self.n_runs} run(s) of {len(self.participants)} participant(s) in "
+            f"{self.n_runs} run(s){strategies} of {len(self.participants)} participant(s) in "
             f"{len(self.tasks)} array task(s) of up to {self.participants_per_task} "
             f"participant(s), in {len(self.arrays)} job array(s) (MaxArraySize "
             f"{self.max_array_size})",
@@ -519,6 +527,7 @@ def plan_submission(
     max_array_size=DEFAULT_MAX_ARRAY_SIZE,
     run_memory_mb=None,
     runs_at_once=1,
+    strategies=1,
 ) -> Submission:
     """Bundle participants into array tasks and the tasks into job arrays.
 
@@ -534,6 +543,9 @@ def plan_submission(
         Estimated peak memory of the largest run (MB).
     runs_at_once : int
         Runs a task processes at the same time, each in its own process.
+    strategies : int
+        Confound strategies each run is cleaned with (they run one after the other, each
+        after the first costing :data:`EXTRA_STRATEGY_SHARE` of it).
 
     Raises
     ------
@@ -545,8 +557,9 @@ def plan_submission(
     labels = list(runs_by_participant)
     if not labels:
         raise ValueError("no participants to submit")
+    per_run = 1.0 + EXTRA_STRATEGY_SHARE * (max(1, int(strategies)) - 1)
     seconds = {
-        label: sum(estimate_run_seconds(bold) for bold in runs_by_participant[label])
+        label: per_run * sum(estimate_run_seconds(bold) for bold in runs_by_participant[label])
         for label in labels
     }
     per_task = participants_per_task or default_participants_per_task(
@@ -563,6 +576,7 @@ def plan_submission(
         n_runs=len(bolds),
         task_seconds=task_seconds,
         memory_mb=memory,
+        strategies=max(1, int(strategies)),
     )
 
 
@@ -808,7 +822,7 @@ def largest_run_memory_mb(runs, estimate) -> int | None:
     return estimate(max(runs, key=lambda run: _file_size(run.bold_file)))
 
 
-def _submission(slurm, runs, labels, size, memory, resources) -> Submission:
+def _submission(slurm, runs, labels, size, memory, resources, strategies) -> Submission:
     """The submission of the participants ``labels`` (made, or described by a dry run)."""
     grouped = {label: [] for label in labels}
     for run in runs:
@@ -820,6 +834,7 @@ def _submission(slurm, runs, labels, size, memory, resources) -> Submission:
         max_array_size=size,
         run_memory_mb=memory,
         runs_at_once=(resources and resources.nprocs) or 1,
+        strategies=strategies,
     )
 
 
@@ -834,6 +849,7 @@ def submit(
     dry_run=False,
     participants: Sequence[str] | None = None,
     estimate_memory=None,
+    strategies=1,
 ) -> int:
     """Submit the runs' participants as job arrays, and optionally wait for them.
 
@@ -859,6 +875,8 @@ def submit(
     estimate_memory : callable, optional
         ``estimate_memory(run)``: estimated peak memory of a run (MB), for the description
         of the submission.
+    strategies : int
+        Confound strategies each run is cleaned with (for the estimated time of a task).
 
     Returns
     -------
@@ -881,7 +899,7 @@ def submit(
     try:
         if dry_run:
             memory = largest_run_memory_mb(runs, estimate_memory)
-            return _dry_run(slurm, runs, labels, jobs_file, command, resources, memory)
+            return _dry_run(slurm, runs, labels, jobs_file, command, resources, memory, strategies)
         require_slurm_programs("sbatch", "squeue", "scontrol")
         results_dir.mkdir(parents=True, exist_ok=True)
         with _locked(logs_dir):
@@ -894,7 +912,7 @@ def submit(
             if to_submit:
                 memory = largest_run_memory_mb(runs, estimate_memory)
                 submission = _submission(
-                    slurm, runs, to_submit, max_array_size(), memory, resources
+                    slurm, runs, to_submit, max_array_size(), memory, resources, strategies
                 )
                 print("masker-wf --slurm: " + submission.describe().replace("\n", "\n  "))
 
@@ -914,7 +932,7 @@ def submit(
     return wait_for_participants(jobs_file, results_dir, watched)
 
 
-def _dry_run(slurm, runs, labels, jobs_file, command, resources, memory) -> int:
+def _dry_run(slurm, runs, labels, jobs_file, command, resources, memory, strategies) -> int:
     rows = read_jobs(jobs_file)
     try:
         size, where = max_array_size(), ""
@@ -929,7 +947,7 @@ def _dry_run(slurm, runs, labels, jobs_file, command, resources, memory) -> int:
         print(f"still queued or running, would be skipped: {_names(in_flight)}")
     if not to_submit:
         return 0
-    submission = _submission(slurm, runs, to_submit, size, memory, resources)
+    submission = _submission(slurm, runs, to_submit, size, memory, resources, strategies)
     print(submission.describe() + where)
     sbatch = ["sbatch", "--parsable", f"--array=0-(n-1){_throttle(slurm)}"]
     sbatch += [*_sbatch_options(slurm, resources), "SCRIPT", "TASK_LIST"]
