@@ -193,6 +193,37 @@ def test_an_unknown_component_in_a_strategy_file_names_the_file(tmp_path, capsys
     assert not out.exists()
 
 
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b'{"strategy": null}', "'strategy' must be a list of names"),
+        (b'{"strategy": "motion"}', "'strategy' must be a list of names"),
+        (b'{"strategy": ["motion"], "columns": "csf"}', "'columns' must be a list of names"),
+        (b'{"parameters": [1, 2]}', "'parameters' must be a JSON object"),
+        (b'\xff\xfe{"strategy": ["motion"]}', "cannot be read as JSON"),
+    ],
+)
+def test_a_malformed_strategy_file_is_refused_naming_it(tmp_path, capsys, content, message):
+    path = tmp_path / "bad.json"
+    path.write_bytes(content)
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps({"strategy": ["motion"], "motion": "basic"}))
+    out = tmp_path / "out"
+    argv = _argv(out, tmp_path / "work", "--custom-strategy", str(path), str(good))
+    assert main([*argv, "--dry-run"]) == 65
+    err = capsys.readouterr().err
+    assert f"strategy file '{path}'" in err
+    assert message in err
+    assert not out.exists()
+
+
+def test_a_directory_given_as_strategy_file_is_not_called_missing(tmp_path, capsys):
+    path = tmp_path / "dir.json"
+    path.mkdir()
+    assert main(_argv(tmp_path / "out", tmp_path / "work", "--custom-strategy", str(path))) == 66
+    assert f"input file '{path}' is not a file" in capsys.readouterr().err
+
+
 def test_the_group_table_tells_the_strategies_apart(tmp_path):
     out, work = tmp_path / "out", tmp_path / "work"
     strategies = ["--denoise-strategy", "simple", "scrubbing", *FEW_REGRESSORS]

@@ -134,8 +134,11 @@ def _require_files(settings: Settings) -> None:
         settings.mask_img,
         settings.execution.config_file,
     ):
-        if path is not None and not Path(path).is_file():
-            raise AppError(f"input file '{path}' does not exist.", EXIT_NOINPUT)
+        if path is None or Path(path).is_file():
+            continue
+        if Path(path).exists():
+            raise AppError(f"input file '{path}' is not a file.", EXIT_NOINPUT)
+        raise AppError(f"input file '{path}' does not exist.", EXIT_NOINPUT)
 
 
 def _dataset_links(settings: Settings, kind: str) -> dict:

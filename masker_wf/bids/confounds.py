@@ -290,13 +290,19 @@ def load_strategy_file(path) -> dict:
     path = Path(path)
     try:
         content = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError) as exc:  # ValueError: bad JSON, or not UTF-8 text
         raise ValueError(f"strategy file '{path}' cannot be read as JSON: {exc}") from exc
     if not isinstance(content, dict):
         raise ValueError(f"strategy file '{path}' must hold a JSON object.")
     if "parameters" in content or "function" in content:
         function = content.get("function", "load_confounds")
-        params = dict(content.get("parameters", {}))
+        params = content.get("parameters", {})
+        if not isinstance(params, dict):
+            raise ValueError(
+                f"strategy file '{path}': 'parameters' must be a JSON object of "
+                f"load_confounds keywords, got {params!r}."
+            )
+        params = dict(params)
         if function == "load_confounds_strategy":
             denoise = params.pop("denoise_strategy", content.get("name", "simple"))
         elif function == "load_confounds":
@@ -317,6 +323,17 @@ def load_strategy_file(path) -> dict:
         raise ValueError(
             f"strategy file '{path}': unknown keys {unknown}; known: {sorted(known)}."
         )
+    for key in ("strategy", "columns"):
+        value = params.get(key)
+        # A string would be taken letter by letter: a list of names is asked for.
+        if key in params and not (
+            isinstance(value, list) and all(isinstance(item, str) for item in value)
+        ):
+            example = '["motion", "high_pass"]' if key == "strategy" else '["csf", "rot_.*"]'
+            raise ValueError(
+                f"strategy file '{path}': '{key}' must be a list of names (e.g. {example}), "
+                f"got {value!r}."
+            )
     if "strategy" in params:
         params["strategy"] = tuple(params["strategy"])
     return {"denoise_strategy": denoise, **params}
