@@ -168,6 +168,36 @@ def test_a_strategy_missing_its_inputs_is_refused_before_any_other_runs(tmp_path
     out, work = tmp_path / "out", tmp_path / "work"
     assert main(_argv(out, work, "--denoise-strategy", "simple", "ica_aroma")) == 66
     assert not list(out.glob("sub-01/func/*_bold.nii.gz"))
+    # The dry run refuses it too, whichever position the strategy has.
+    for order in (["simple", "ica_aroma"], ["ica_aroma", "simple"]):
+        assert main([*_argv(out, work, "--denoise-strategy", *order), "--dry-run"]) == 66
+
+
+def test_a_strategy_failing_on_a_run_is_reported_with_its_desc(tmp_path, capsys):
+    # Run 1 of sub-01 lacks the CompCor columns: compcor fails there, simple does not.
+    dataset = tmp_path / "fmriprep"
+    shutil.copytree(FMRIPREP, dataset)
+    tsv = dataset / "sub-01" / "func" / "sub-01_task-rhymes_run-01_desc-confounds_timeseries.tsv"
+    table = pd.read_csv(tsv, sep="\t")
+    table.drop(columns=[c for c in table if "comp_cor" in c]).to_csv(tsv, sep="\t", index=False)
+    out, work = tmp_path / "out", tmp_path / "work"
+    argv = _argv(out, work, "--denoise-strategy", "compcor", "simple", *FEW_REGRESSORS)
+    argv[0] = str(dataset)
+    argv.remove("--no-reports")
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    # The last lines count every output set, and name the failed one by its desc.
+    assert "1/2 output sets (2 strategies) succeeded" in err
+    assert f"FAILED {RUN}_desc-preproc_bold (desc-denoisedCompcor):" in err
+    # The subject page, written once, lists the failure of the first strategy.
+    page = (out / "sub-01.html").read_text()
+    assert f"{RUN}_desc-preproc_bold (desc-denoisedCompcor)" in page
+    log = json.loads((out / "logs" / "failures_sub-01.json").read_text())
+    assert [(e["desc"], e["denoise_strategy"]) for e in log] == [("denoisedCompcor", "compcor")]
+    assert main([str(dataset), str(out), "group"]) == 0
+    table = pd.read_csv(out / "group" / "summary.tsv", sep="\t", dtype=str)
+    rows = table[["desc", "denoise_strategy", "status"]].sort_values("desc").values.tolist()
+    assert rows == [["denoisedCompcor", "compcor", "failed"], ["denoisedSimple", "simple", "ok"]]
 
 
 def test_dry_run_names_every_strategy_and_its_desc(tmp_path, capsys):

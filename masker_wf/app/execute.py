@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ..bids.layout import strip_sub
 from . import console, parallel, slurm
-from .errors import EXIT_CANTCREAT, EXIT_IOERR, EXIT_NOINPUT, EXIT_NOTHING, EXIT_OK, AppError
+from .errors import EXIT_CANTCREAT, EXIT_NOINPUT, EXIT_NOTHING, EXIT_OK, AppError
 from .plan import check_inputs, plan_runs, prepare_output
 from .run import RunResult, by_subject, process_run
 from .settings import Settings
@@ -127,13 +127,23 @@ def participant_level(settings: Settings, array_command: slurm.ArrayCommand | No
         )
     plan = plan_runs(settings, inputs)
     if dry_run:
+        if settings.denoising.strategies:
+            # What the run refuses before any work (ICA-AROMA's inputs, whichever strategy
+            # asks for them), the dry run refuses too.
+            for each in settings.each_strategy():
+                _strategy_plan(plan, each, inputs)
         return _print_plan(plan, settings)
     if settings.denoising.strategies:
         return _process_strategies(plan, settings, inputs)
-    results = _process_runs(plan, settings)
+    results = _labelled(_process_runs(plan, settings), settings, plan)
     code = summarise(results, settings)
     _finish_participants(settings, results)
     return code
+
+
+def _labelled(results, each: Settings, plan) -> list[RunResult]:
+    """``results`` with the ``desc`` and the strategy of their output sets."""
+    return [replace(r, desc=each.outputs.desc, strategy=plan.strategy) for r in results]
 
 
 def _process_strategies(plan, settings: Settings, inputs) -> int:
@@ -143,20 +153,19 @@ def _process_strategies(plan, settings: Settings, inputs) -> int:
     the mask, the resampled BOLD and the smoothed signals are served from it (the BOLD is
     not read again), and only the cleaning runs. Each strategy's outputs carry its own ``desc``.
     """
-    results, logged = [], []
+    results = []
     # Every strategy is planned before any runs: one missing its inputs (ICA-AROMA's) is
     # refused before the others have written anything, whatever the order given.
     plans = [(each, _strategy_plan(plan, each, inputs)) for each in settings.each_strategy()]
     for each, own_plan in plans:
         strategy = each.denoising.denoise_strategy
         console.progress(f"masker-wf: strategy '{strategy}': outputs desc-{each.outputs.desc}")
-        own = _process_runs(own_plan, each)
-        code = summarise(own, each)
-        if code in (EXIT_CANTCREAT, EXIT_IOERR):
-            logged.append(code)
-        results.extend(own)
+        results += _labelled(_process_runs(own_plan, each), each, own_plan)
+    # One summary of every strategy: the subject pages list each failure with its desc,
+    # and the last line counts every output set.
+    code = summarise(results, settings)
     _finish_participants(settings, results)
-    return max(logged) if logged else exit_code(results)
+    return code
 
 
 def _strategy_plan(plan, each: Settings, inputs):

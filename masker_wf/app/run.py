@@ -74,6 +74,10 @@ class RunResult:
     report: str | None = None
     #: Exit code of an output-side failure (73 or 74, see :class:`OutputError`).
     exit_code: int | None = None
+    #: The output set's ``desc`` label and confound strategy (set by the caller that knows
+    #: them: a run cleaned with several strategies has a result for each).
+    desc: str = ""
+    strategy: str = ""
 
     @classmethod
     def of(cls, run: RunInputs, *, ok: bool, **fields) -> RunResult:

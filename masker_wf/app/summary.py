@@ -105,7 +105,12 @@ def write_subject_report(out_dir, subject: str, results, desc) -> Path:
                 "flags": quality.quality_flags(summary),
             }
         )
-    errors = [{"name": r.name, "reason": r.reason} for r in results if not r.ok]
+    several = len({r.desc for r in results}) > 1
+    errors = [
+        {"name": _result_name(r) if several else r.name, "reason": r.reason}
+        for r in results
+        if not r.ok
+    ]
     versions = software_versions()
     versions = {k: versions[k] for k in versions if k in _METHODS_SOFTWARE}
     # Every set the page lists gets its methods: this invocation's labels first, then
@@ -132,8 +137,16 @@ def write_subject_report(out_dir, subject: str, results, desc) -> Path:
     return report.save_as_html(out_dir / naming.subject_report_path(subject))
 
 
+def _result_name(result) -> str:
+    """The run's name, with the ``desc`` of its set when the invocation has several."""
+    return f"{result.name} (desc-{result.desc})" if result.desc else result.name
+
+
 def _write_failure_logs(out_dir: Path, results, desc: str) -> None:
     """Update ``logs/failures_sub-<label>.json``: this invocation's runs replace their entries.
+
+    Each entry is keyed by the run and the ``desc`` of its output set (the result's own, else
+    ``desc``), and names the confound strategy.
 
     A run that succeeded now loses its entry; a run that failed gets one (with the time, so
     that the group level can tell a failure after the outputs on disk from an older one);
@@ -142,14 +155,15 @@ def _write_failure_logs(out_dir: Path, results, desc: str) -> None:
     """
     for subject, own in sorted(by_subject(results).items()):
         path = out_dir / naming.failure_log_path(subject)
-        mine = {(r.name, desc) for r in own}
+        mine = {(r.name, r.desc or desc) for r in own}
         entries = [e for e in _read_failure_log(path) if (e.get("run"), e.get("desc")) not in mine]
         entries += [
             {
                 "run": r.name,
                 "bold": r.bold_file,
                 "reason": r.reason,
-                "desc": desc,
+                "desc": r.desc or desc,
+                "denoise_strategy": r.strategy or None,
                 "kind": r.kind,
                 "time": now(),
                 # A run refused for too little data keeps its numbers for the group table.
@@ -192,10 +206,12 @@ def exit_code(results) -> int:
 def summarise(results: list[RunResult], settings) -> int:
     """Subject pages, failure logs and the final message; return the exit code."""
     out_dir = settings.output_dir
+    # The labels of the sets written (several strategies: each one's), in their order.
+    descs = tuple(dict.fromkeys(r.desc for r in results if r.desc)) or settings.outputs.descs
     if settings.reports:
         for subject, own in sorted(by_subject(results).items()):
             try:
-                write_subject_report(out_dir, subject, own, settings.outputs.descs)
+                write_subject_report(out_dir, subject, own, descs)
             except Exception as exc:  # a report must not hide the processing result
                 console.progress(f"masker-wf: subject report of sub-{subject} failed: {exc}")
     code = exit_code(results)
@@ -207,12 +223,14 @@ def summarise(results: list[RunResult], settings) -> int:
         logged = output_exit_code(exc.errno)
         code = max(code, logged) if code in (73, 74) else logged
     failed = [r for r in results if not r.ok]
+    descs = {r.desc for r in results}
+    what = "runs" if len(descs) < 2 else f"output sets ({len(descs)} strategies)"
     console.progress(
-        f"\nmasker-wf: {len(results) - len(failed)}/{len(results)} runs succeeded "
+        f"\nmasker-wf: {len(results) - len(failed)}/{len(results)} {what} succeeded "
         f"(outputs in {out_dir})"
     )
     for r in failed:
-        console.progress(f"  FAILED {r.name}: {r.reason}")
+        console.progress(f"  FAILED {_result_name(r) if len(descs) > 1 else r.name}: {r.reason}")
     return code
 
 
