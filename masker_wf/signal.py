@@ -810,8 +810,10 @@ class DegreesOfFreedom:
     n_kept : int
         Volumes kept (``sample_mask``).
     n_trend : int
-        Mean and linear trend removed: 2 with ``detrend``, 1 when only standardization
-        removes the mean, else 0.
+        Mean and linear trend: 2 with ``detrend``; else 1 for the mean, which holds no time
+        course whether standardization removes it or the cleaning keeps it (0 when the
+        confounds span part of it, or a Butterworth filter that is not followed by
+        standardization decides).
     n_filter : int
         Dimensions the temporal filter removes on the kept-volume grid: for a Butterworth
         filter, those its operator (interpolation of censored volumes, detrending,
@@ -909,12 +911,29 @@ def _filter_pass_rank(plan, t_r, n_trend, centre, exact_max):
     return max(0, min(passed, n_out - n_trend)), False
 
 
+def _mean_apart(basis) -> bool:
+    """Whether the constant time course is orthogonal to the confound ``basis``.
+
+    Only then does removing (or disregarding) the mean cost a dimension beyond the
+    confounds': the centred residuals of a projection span ``n - rank`` dimensions, one
+    fewer exactly when the constant lies in the residual space.
+    """
+    if basis is None:
+        return True
+    overlap = basis.sum(axis=0) / np.sqrt(basis.shape[0])
+    return float(overlap @ overlap) < 1e-12
+
+
 def _plan_budget(plan, n_volumes, strategy, t_r, n_extra_confounds=0, exact_max=None):
     """:class:`DegreesOfFreedom` of one run's plan."""
     n_out = plan.censor_after.size if plan.censor_after is not None else plan.n_span
     centre = strategy is not None and n_out > 1
     if plan.detrend:
         n_trend = min(2, n_out)
+    elif plan.sos is None:
+        # The mean holds no time course, whether standardization removes it or the cleaning
+        # keeps it: a dimension of its own unless the confounds already span part of it.
+        n_trend = 1 if n_out > 1 and _mean_apart(plan.basis) else 0
     else:
         n_trend = 1 if centre else 0
     n_filter, exact = plan.n_drift_dims, True

@@ -24,13 +24,14 @@ def operator_rank(n_volumes, **kwargs):
     """Effective rank of clean()'s linear operator: directions kept with >= half amplitude.
 
     clean() is linear before standardization, so cleaning the identity gives its operator
-    (kept volumes x volumes); the mean that standardization removes is removed here too.
+    (kept volumes x volumes). Its output is centred: a mean, whether standardization removes
+    it or the cleaning keeps it, holds no time course.
     """
-    standardize = kwargs.pop("standardize", False)
+    kwargs.pop("standardize", False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         operator = signal.clean(np.eye(n_volumes), standardize=False, **kwargs)
-    if standardize and operator.shape[0] > 1:
+    if operator.shape[0] > 1:
         operator = operator - operator.mean(axis=0)
     return int((np.linalg.svd(operator, compute_uv=False) >= 0.5).sum())
 
@@ -48,6 +49,43 @@ CASES = {
         "detrend": False,
         "standardize": "zscore_sample",
         "confounds": _confounds(40, 5, 1),
+    },
+    # Demeaned confounds leave the mean in the signals: it is no degree of freedom (as many
+    # regressors as kept volumes minus one used to be budgeted 1, for constant outputs).
+    "confounds only, the mean kept": {
+        "n": 30,
+        "detrend": False,
+        "standardize": False,
+        "confounds": _confounds(30, 8, 5),
+    },
+    "scrubbing and confounds, the mean kept": {
+        "n": 60,
+        "detrend": False,
+        "standardize": False,
+        "confounds": _confounds(60, 8, 6),
+        "sample_mask": SCRUBBED,
+    },
+    "cosine high-pass, the mean kept": {
+        "n": 60,
+        "detrend": False,
+        "standardize": False,
+        "filter": "cosine",
+        "high_pass": 0.01,
+        "t_r": 2.0,
+        "confounds": _confounds(60, 4, 7),
+    },
+    "confounds spanning the mean, standardized": {
+        "n": 30,
+        "detrend": False,
+        "standardize_confounds": False,
+        "confounds": _confounds(30, 5, 8) + 3.0,
+    },
+    "confounds spanning the mean, the mean kept": {
+        "n": 30,
+        "detrend": False,
+        "standardize": False,
+        "standardize_confounds": False,
+        "confounds": _confounds(30, 5, 9) + 3.0,
     },
     "scrubbing, no filter": {
         "n": 60,
@@ -251,6 +289,30 @@ def test_the_readme_options_are_refused_on_the_terminal_and_flagged(tmp_path, ca
     assert row["tsnr_after"] > 1000
 
 
+def test_a_run_left_with_only_its_mean_is_refused(tmp_path, capsys):
+    # Scrubbing keeps 29 volumes of sub-02's run 2 against 28 independent regressors: what
+    # is left is the mean, a constant (it used to be budgeted 1 and written as a run).
+    code, out = _app(
+        tmp_path,
+        "--denoise-strategy",
+        "scrubbing",
+        "--participant-label",
+        "02",
+        "--run-id",
+        "2",
+        "--smoothing-fwhm",
+        "6",
+    )
+    assert code == 65
+    err = capsys.readouterr().err
+    assert "0 degree(s) of freedom left" in err
+    assert not list((out / "sub-02" / "func").glob("*_bold.nii.gz"))
+    row = _group(out).iloc[0]
+    assert row["status"] == "failed"
+    assert row["dof"] == 0
+    assert "refused" in row["qc_flags"]
+
+
 def test_few_degrees_of_freedom_warn_on_the_terminal_and_enough_pass_silently(tmp_path, capsys):
     one_run = ["--participant-label", "01", "--run-id", "1", "--motion", "basic"]
     # Scrubbing with 9 regressors on 35 volumes and the band-pass: 2 degrees of freedom left.
@@ -272,13 +334,14 @@ def test_few_degrees_of_freedom_warn_on_the_terminal_and_enough_pass_silently(tm
     report = (out / "sub-01" / "figures" / f"{stem}_report.html").read_text()
     assert "few degrees of freedom" in report
 
-    # 9 regressors, no filter, 39 volumes: 30 degrees of freedom, nothing to say.
+    # 9 regressors, no filter, 39 volumes, the mean kept: 29 degrees of freedom, nothing
+    # to say.
     code, out = _app(tmp_path, "--denoise-strategy", "simple", *one_run, name="enough")
     err = capsys.readouterr().err
     assert code == 0
     assert "warning" not in err.lower()
     row = _group(out).iloc[0]
-    assert row["dof"] == 30
+    assert row["dof"] == 29
     assert pd.isna(row["qc_flags"])  # n/a: nothing to flag
 
 
