@@ -195,6 +195,25 @@ def test_group_summary_has_a_status_per_run(references, tmp_path):
     assert summary["status"].tolist() == ["ok"]
 
 
+@pytest.mark.parametrize("damage", ["deleted", "not JSON"])
+def test_a_set_whose_record_is_gone_is_a_modified_row(references, tmp_path, damage):
+    out = tmp_path / "out"
+    assert main(one_run_argv(FMRIPREP, out, references["work"], "--smoothing-fwhm", "6")) == 0
+    record = out / "sub-01" / "func" / f"{STEM}_provenance.json"
+    if damage == "deleted":
+        record.unlink()
+    else:
+        record.write_text("{ not json")
+    assert main([str(FMRIPREP), str(out), "group"]) == 0
+    summary = pd.read_csv(out / "group" / "summary.tsv", sep="\t", dtype=str)
+    # The images are still there: the set stays in the table, marked.
+    (row,) = summary.to_dict("records")
+    assert row["status"] == "modified"
+    assert row["bold"] == f"sub-01/func/{STEM}_bold.nii.gz"
+    assert row["desc"] == "denoised"
+    assert f"sub-01/func/{STEM}_provenance.json" in row["reason"]
+
+
 #: The App in a process of its own (which knows no digest but those the output dataset and
 #: Pydra's cache remember), printing the files it read to hash them once it is done.
 COUNT_HASHED_FILES = """

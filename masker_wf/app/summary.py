@@ -340,8 +340,10 @@ def _group_rows(out_dir: Path, wanted: set) -> list[dict]:
     failures = {}
     for failure in _failures(out_dir, wanted or None):
         failures[(failure.get("run"), failure.get("desc"))] = failure
-    rows, matched = [], set()
+    rows, matched, listed = [], set(), set()
     for path, record in _provenance_files(out_dir):
+        listed.update(record.get("Files") or ())
+        listed.update(record["Outputs"].values())
         bold = record["Outputs"].get("bold")
         entities = naming.run_entities(bold)
         if wanted and entities.get("subject") not in wanted:
@@ -380,10 +382,44 @@ def _group_rows(out_dir: Path, wanted: set) -> list[dict]:
                     failure,
                 )
             )
+    rows += _orphan_rows(out_dir, wanted, listed, numbers)
     for row in rows:
         flags = quality.quality_flags(row)
         row.pop("refused", None)
         row["qc_flags"] = ",".join(flags) if flags else "n/a"
+    return rows
+
+
+def _orphan_rows(out_dir: Path, wanted: set, listed: set, numbers) -> list[dict]:
+    """Rows of cleaned BOLDs that no readable provenance record lists: ``modified``.
+
+    A set whose record was deleted or damaged would otherwise vanish from the table while
+    its images stay in the output dataset.
+    """
+    rows = []
+    for pattern in ("sub-*/func/*_bold.nii*", "sub-*/ses-*/func/*_bold.nii*"):
+        for path in sorted(out_dir.glob(pattern)):
+            bold = path.relative_to(out_dir).as_posix()
+            entities = naming.run_entities(bold)
+            if bold in listed or (wanted and entities.get("subject") not in wanted):
+                continue
+            try:
+                desc = naming.source_entities(bold).get("desc")
+                record = naming.output_record_path(bold).as_posix()
+            except (KeyError, ValueError):
+                continue  # not a name the App writes
+            reason = f"no readable provenance record ({record}) lists {bold}"
+            rows.append(
+                _row(
+                    entities,
+                    bold,
+                    dict.fromkeys(numbers),
+                    None,
+                    "modified",
+                    reason,
+                    {"desc": desc},
+                )
+            )
     return rows
 
 

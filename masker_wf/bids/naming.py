@@ -194,6 +194,18 @@ def output_report_path(output_bold) -> Path:
     return report_path(output_bold, source_entities(output_bold)["desc"])
 
 
+def output_record_path(output_bold) -> Path:
+    """Provenance record of the set whose cleaned BOLD is ``output_bold`` (both relative).
+
+    Parameters
+    ----------
+    output_bold : str or os.PathLike
+        An App output ``..._desc-<label>_bold.nii.gz``, relative to the output dataset.
+    """
+    desc = source_entities(output_bold)["desc"]
+    return derivative_path(output_bold, desc, "provenance", ".json")
+
+
 def subject_report_path(subject: str) -> Path:
     """``sub-<label>.html``: the subject page, at the root of the output dataset."""
     return _build({"subject": subject, "extension": ".html"})
