@@ -88,7 +88,13 @@ def test_strategy_files_are_labelled_by_their_names(tmp_path):
     assert main(argv) == 0
     assert _sidecar(out, "denoisedMotiononly")["DenoiseStrategy"] == "custom"
     assert _sidecar(out, "denoisedWmcsf")["DenoiseStrategy"] == "custom"
-    assert len(assert_sets_consistent(out)) == 2
+    records = assert_sets_consistent(out)
+    assert sorted(r["Parameters"]["custom_strategy"] for r in records) == sorted(map(str, files))
+    # The group table names each custom set's file.
+    assert main([str(FMRIPREP), str(out), "group"]) == 0
+    table = pd.read_csv(out / "group" / "summary.tsv", sep="\t", dtype=str)
+    named = dict(zip(table["desc"], table["strategy_file"], strict=True))
+    assert named == {"denoisedMotiononly": "motion_only.json", "denoisedWmcsf": "wmcsf.json"}
 
 
 def test_presets_named_with_strategy_files_are_cleaned_too(tmp_path):

@@ -143,7 +143,13 @@ def participant_level(settings: Settings, array_command: slurm.ArrayCommand | No
 
 def _labelled(results, each: Settings, plan) -> list[RunResult]:
     """``results`` with the ``desc`` and the strategy of their output sets."""
-    return [replace(r, desc=each.outputs.desc, strategy=plan.strategy) for r in results]
+    custom = each.denoising.custom_strategy
+    labels = {
+        "desc": each.outputs.desc,
+        "strategy": plan.strategy,
+        "strategy_file": "" if custom is None else str(custom),
+    }
+    return [replace(r, **labels) for r in results]
 
 
 def _process_strategies(plan, settings: Settings, inputs) -> int:
@@ -158,8 +164,8 @@ def _process_strategies(plan, settings: Settings, inputs) -> int:
     # refused before the others have written anything, whatever the order given.
     plans = [(each, _strategy_plan(plan, each, inputs)) for each in settings.each_strategy()]
     for each, own_plan in plans:
-        strategy = each.denoising.denoise_strategy
-        console.progress(f"masker-wf: strategy '{strategy}': outputs desc-{each.outputs.desc}")
+        name = _strategy_name(each)
+        console.progress(f"masker-wf: strategy '{name}': outputs desc-{each.outputs.desc}")
         results += _labelled(_process_runs(own_plan, each), each, own_plan)
     # One summary of every strategy: the subject pages list each failure with its desc,
     # and the last line counts every output set.

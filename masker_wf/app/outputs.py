@@ -59,6 +59,7 @@ PROVENANCE_PARAMETERS = tuple(p.name for p in _spec.for_face("provenance"))
 #: The App's own options recorded in the provenance ``Parameters``, after the masker's.
 PROVENANCE_APP_OPTIONS = (
     "denoise_strategy",
+    "custom_strategy",
     "confounds",
     "confound_columns",
     "confounds_file",
@@ -712,6 +713,10 @@ def provenance_parameters(job, settings, files) -> dict:
     params = job.confound_params
     app = {
         "denoise_strategy": job.strategy,
+        # The strategy file as given (its content is in "confounds"): tells custom sets apart.
+        "custom_strategy": None
+        if settings.denoising.custom_strategy is None
+        else str(settings.denoising.custom_strategy),
         # nilearn's load_confounds keywords that select exactly the regressors used.
         "confounds": None if params is None else applied_confound_parameters(params),
         "confound_columns": None if params is None else list(params.get("columns") or []),

@@ -78,6 +78,7 @@ class RunResult:
     #: them: a run cleaned with several strategies has a result for each).
     desc: str = ""
     strategy: str = ""
+    strategy_file: str = ""
 
     @classmethod
     def of(cls, run: RunInputs, *, ok: bool, **fields) -> RunResult:

@@ -164,6 +164,7 @@ def _write_failure_logs(out_dir: Path, results, desc: str) -> None:
                 "reason": r.reason,
                 "desc": r.desc or desc,
                 "denoise_strategy": r.strategy or None,
+                "custom_strategy": r.strategy_file or None,
                 "kind": r.kind,
                 "time": now(),
                 # A run refused for too little data keeps its numbers for the group table.
@@ -259,6 +260,7 @@ _SUMMARY_COLUMNS = {
         "Description": "Confound strategy of the set: a nilearn load_confounds_strategy "
         "preset, or custom (--custom-strategy, --motion, ...)"
     },
+    "strategy_file": {"Description": "Name of the --custom-strategy file of a custom set"},
     "voxels_in_mask": {"Description": "Number of voxels in the mask used"},
     "volumes_total": {"Description": "Volumes in the input BOLD"},
     "volumes_kept": {"Description": "Volumes after censoring (sample_mask)"},
@@ -303,6 +305,10 @@ _SUMMARY_COLUMNS = {
 }
 
 
+#: The columns that name a row's output set rather than count something.
+_SET_COLUMNS = ("desc", "denoise_strategy", "strategy_file")
+
+
 def _set_status(out_dir: Path, path: Path, record: dict) -> tuple[str, str]:
     """(status, reason) of one output set against its record (under the run's lock)."""
     files = record.get("Files")
@@ -328,6 +334,9 @@ def _row(entities: dict, bold, summary: dict, seconds, status: str, reason: str,
         "space": entities.get("space", "n/a"),
         "desc": set_of.get("desc") or "n/a",
         "denoise_strategy": set_of.get("denoise_strategy") or "n/a",
+        "strategy_file": Path(set_of["custom_strategy"]).name
+        if set_of.get("custom_strategy")
+        else "n/a",
         "bold": bold,
         **summary,
         "seconds": seconds,
@@ -368,7 +377,7 @@ def _group_rows(out_dir: Path, wanted: set) -> list[dict]:
                 parameters,
             )
         )
-    numbers = [c for c in _SUMMARY_COLUMNS if c not in ("desc", "denoise_strategy")][:6]
+    numbers = [c for c in _SUMMARY_COLUMNS if c not in _SET_COLUMNS][:6]
     for key, failure in failures.items():
         if key not in matched:
             rows.append(
