@@ -277,3 +277,19 @@ def test_the_group_table_tells_the_strategies_apart(tmp_path):
     assert kept["denoisedScrubbing"] < kept["denoisedSimple"]
     described = json.loads((out / "group" / "summary.json").read_text())
     assert {"desc", "denoise_strategy"} <= set(described)
+
+
+def test_replacing_a_set_of_another_strategy_says_so(tmp_path, capsys):
+    out, work = tmp_path / "out", tmp_path / "work"
+    assert main(_argv(out, work, "--denoise-strategy", "scrubbing", *FEW_REGRESSORS)) == 0
+    assert "warning: replacing" not in capsys.readouterr().err
+    assert main(_argv(out, work, "--denoise-strategy", "simple", *FEW_REGRESSORS)) == 0
+    err = capsys.readouterr().err
+    assert (
+        "warning: replacing the desc-denoised outputs cleaned with strategy 'scrubbing' by "
+        "strategy 'simple'; --output-desc" in err
+    )
+    assert _sidecar(out, "denoised")["DenoiseStrategy"] == "simple"
+    # The same strategy with other options replaces its set without a word.
+    assert main(_argv(out, work, "--denoise-strategy", "simple", "--motion", "full")) == 0
+    assert "warning: replacing" not in capsys.readouterr().err

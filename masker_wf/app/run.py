@@ -11,6 +11,7 @@ derivatives, report and provenance record (last), committed as one set
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import traceback
@@ -549,6 +550,7 @@ def process_run(
             }
             previous = outputs.up_to_date_record(record_file, request, inputs, output_set)
             if previous is None:
+                _warn_other_strategy(record_file, job, settings, tag)
                 return _write_outputs(
                     job, settings, links, execution, res, tag, output_set, request
                 )
@@ -569,6 +571,33 @@ def process_run(
         )
     except Exception as exc:
         return _failed(run, exc, tag, time.perf_counter() - clock[1])
+
+
+def _warn_other_strategy(record_file: Path, job, settings: Settings, tag: str) -> None:
+    """Say so when the set being replaced was cleaned with another confound strategy.
+
+    A set is the run's outputs under one ``desc``: a later invocation with another strategy
+    and the same ``desc`` replaces it, which someone comparing strategies one invocation
+    at a time would not expect.
+    """
+    try:
+        earlier = json.loads(record_file.read_text(encoding="utf-8"))["Parameters"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # no earlier set (or no readable record of it)
+    custom = settings.denoising.custom_strategy
+    now = (job.strategy, None if custom is None else str(custom))
+    before = (earlier.get("denoise_strategy"), earlier.get("custom_strategy"))
+    if before[0] is None or before == now:
+        return
+    console.progress(
+        f"{tag}: warning: replacing the desc-{settings.outputs.desc} outputs cleaned with "
+        f"strategy '{_strategy_label(*before)}' by strategy '{_strategy_label(*now)}'; "
+        "--output-desc (or several strategies in one invocation) keeps both"
+    )
+
+
+def _strategy_label(strategy, custom_file) -> str:
+    return Path(custom_file).name if custom_file else str(strategy)
 
 
 def _hash_ahead(run: RunInputs, output_set: commit.OutputSet) -> None:
