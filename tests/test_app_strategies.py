@@ -293,3 +293,47 @@ def test_replacing_a_set_of_another_strategy_says_so(tmp_path, capsys):
     # The same strategy with other options replaces its set without a word.
     assert main(_argv(out, work, "--denoise-strategy", "simple", "--motion", "full")) == 0
     assert "warning: replacing" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("content", "options", "message"),
+    [
+        (
+            {"strategy": ["motion", "global_signal"], "motion": "basic"},
+            ["--fd-threshold", "0.5"],
+            "--fd-threshold acts on the 'scrub' component, which the file's strategy",
+        ),
+        (
+            {"strategy": ["motion", "scrub"], "motion": "basic", "fd_threshold": 0.3},
+            ["--fd-threshold", "0.5"],
+            "--fd-threshold 0.5 and the file's fd_threshold 0.3 disagree",
+        ),
+        (
+            {"strategy": ["motion", "global_signal"], "global_signal": "basic"},
+            ["--global-signal", "full"],
+            "--global-signal 'full' and the file's global_signal 'basic' disagree",
+        ),
+    ],
+)
+def test_options_a_strategy_file_would_drop_or_lose_are_refused(
+    tmp_path, capsys, content, options, message
+):
+    path = tmp_path / "mine.json"
+    path.write_text(json.dumps(content))
+    out = tmp_path / "out"
+    argv = _argv(out, tmp_path / "work", "--custom-strategy", str(path), *options)
+    assert main(argv) == 64
+    err = capsys.readouterr().err
+    assert f"strategy file '{path}'" in err
+    assert message in err
+    assert not out.exists()
+
+
+def test_an_option_of_a_component_the_file_has_applies(tmp_path):
+    path = tmp_path / "scrub.json"
+    path.write_text(json.dumps({"strategy": ["motion", "scrub"], "motion": "basic"}))
+    out = tmp_path / "out"
+    argv = _argv(out, tmp_path / "work", "--custom-strategy", str(path), "--fd-threshold", "0.4")
+    assert main(argv) == 0
+    (record,) = assert_sets_consistent(out)
+    assert record["Parameters"]["confounds"]["fd_threshold"] == 0.4

@@ -16,7 +16,7 @@ from pathlib import Path
 from types import MappingProxyType
 
 from ..bids import derivatives as deriv
-from ..bids.confounds import load_strategy_file, strategy_parameters
+from ..bids.confounds import check_file_overrides, load_strategy_file, strategy_parameters
 from ..bids.layout import (
     BIDSInputError,
     RunInputs,
@@ -121,6 +121,7 @@ def confound_parameters(denoising: Denoising, strategy: str) -> dict | None:
         custom = load_strategy_file(denoising.custom_strategy)
         preset = custom.pop("denoise_strategy")
         columns = custom.pop("columns", None)
+        check_file_overrides(custom, preset, options)
         params = strategy_parameters(preset, **{**custom, **options})
         if columns:
             params["columns"] = columns

@@ -38,6 +38,7 @@ __all__ = [
     "PRESETS",
     "ConfoundSelection",
     "aroma_missing_message",
+    "check_file_overrides",
     "dummy_scan_selection",
     "find_compcor_columns",
     "load_confounds_table",
@@ -266,6 +267,58 @@ def _check_parameters(params: dict) -> None:
         "global_signal" in params["strategy"] or "wm_csf" not in params["strategy"]
     ):
         pass  # nilearn allows these combinations; nothing to check
+
+
+#: The component of ``strategy`` each option of a component acts on.
+_OPTION_COMPONENT = {
+    "motion": "motion",
+    "wm_csf": "wm_csf",
+    "global_signal": "global_signal",
+    "scrub": "scrub",
+    "fd_threshold": "scrub",
+    "std_dvars_threshold": "scrub",
+    "compcor": "compcor",
+    "n_compcor": "compcor",
+    "ica_aroma": "ica_aroma",
+}
+
+
+def check_file_overrides(file_params: dict, preset, overrides: dict) -> None:
+    """Refuse command-line strategy options a strategy file would silently lose or drop.
+
+    As nilearn refuses an option a preset does not use, an option of a component the file's
+    ``strategy`` does not have is refused (it would do nothing), and so is an option the
+    file sets to another value (which one holds would be a guess).
+
+    Parameters
+    ----------
+    file_params : dict
+        What :func:`load_strategy_file` read, without ``denoise_strategy``.
+    preset : str or None
+        The file's preset (``load_confounds_strategy`` files); its options are checked by
+        :func:`strategy_parameters`.
+    overrides : dict
+        The command line's strategy options that were given (not None).
+
+    Raises
+    ------
+    ValueError
+        Naming the option, the file and what it holds.
+    """
+    components = tuple(file_params.get("strategy", _DEFAULTS["strategy"]))
+    for name, value in overrides.items():
+        flag = "--" + name.replace("_", "-")
+        component = _OPTION_COMPONENT.get(name)
+        if preset is None and component is not None and component not in components:
+            raise ValueError(
+                f"{flag} acts on the '{component}' component, which the file's strategy "
+                f"{list(components)} does not have: add it to the file, or leave {flag} out."
+            )
+        if name in file_params and file_params[name] != value:
+            raise ValueError(
+                f"{flag} {value!r} and the file's {name} {file_params[name]!r} disagree: "
+                "give it in one place."
+            )
 
 
 def load_strategy_file(path) -> dict:
