@@ -270,5 +270,5 @@ def group_level(settings: Settings) -> int:
         raise AppError(
             f"cannot write the group outputs in '{out_dir}': {exc}", EXIT_CANTCREAT
         ) from exc
-    print(f"group summary of {n_runs} runs: {tsv}\nindex page: {index}")
+    print(f"group summary of {n_runs} output set(s): {tsv}\nindex page: {index}")
     return EXIT_OK
