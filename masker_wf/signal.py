@@ -1235,61 +1235,68 @@ def clean(
         n_volumes, runs=runs, sample_mask=sample_mask, confounds=confounds
     )
 
-    plans = []
-    for label, rows, kept in zip(run_labels, run_rows, masks, strict=True):
-        run_confounds = None if confounds is None else confounds[rows]
-        plan, rows_in = _make_plan(
-            rows.size,
-            kept,
-            run_confounds,
-            filter_type=filter_type,
-            low_pass=low_pass,
-            high_pass=high_pass,
-            t_r=t_r,
-            detrend=detrend,
-            standardize_confounds=standardize_confounds,
-            extrapolate=extrapolate,
-            butterworth_kwargs=butterworth_kwargs,
-            run_label=label,
-        )
-        plans.append((plan, rows[rows_in]))
-        _warn_few_degrees_of_freedom(
-            _plan_budget(plan, rows.size, strategy, t_r),
-            "signals" if label is None else f"run {label}",
-        )
-
-    n_out = [
-        plan.censor_after.size if plan.censor_after is not None else plan.n_span
-        for plan, _ in plans
-    ]
-    if strategy == "zscore":
-        _warn_zscore()
-    out = allocate((sum(n_out), n_features), _output_dtype(signals.dtype))
-    sum_of_squares = None if noise_std_out is None else np.zeros(n_features)
-    offset = 0
-    for (plan, rows), n_rows_out in zip(plans, n_out, strict=True):
-        if plan.sos is not None and plan.n_in <= _OPERATOR_MAX_VOLUMES and n_features > plan.n_in:
-            plan.build_operator()
-        run_strategy = strategy
-        if run_strategy is not None and n_rows_out == 1:
-            warnings.warn(
-                "Standardization was requested on a single time point, which would zero it; "
-                "skipped.",
-                stacklevel=2,
+    # One BLAS thread for every product: a multi-threaded one rounds differently, and the
+    # numbers must not depend on the threads a process has (--nprocs, --omp-nthreads).
+    with _single_threaded_blas():
+        plans = []
+        for label, rows, kept in zip(run_labels, run_rows, masks, strict=True):
+            run_confounds = None if confounds is None else confounds[rows]
+            plan, rows_in = _make_plan(
+                rows.size,
+                kept,
+                run_confounds,
+                filter_type=filter_type,
+                low_pass=low_pass,
+                high_pass=high_pass,
+                t_r=t_r,
+                detrend=detrend,
+                standardize_confounds=standardize_confounds,
+                extrapolate=extrapolate,
+                butterworth_kwargs=butterworth_kwargs,
+                run_label=label,
             )
-            run_strategy = None
-        _clean_run(
-            signals,
-            rows,
-            plan,
-            out[offset : offset + n_rows_out],
-            run_strategy,
-            ensure_finite,
-            sum_of_squares,
-        )
-        offset += n_rows_out
-    if noise_std_out is not None:
-        noise_std_out[:] = np.sqrt(sum_of_squares / max(out.shape[0], 1))
+            plans.append((plan, rows[rows_in]))
+            _warn_few_degrees_of_freedom(
+                _plan_budget(plan, rows.size, strategy, t_r),
+                "signals" if label is None else f"run {label}",
+            )
+
+        n_out = [
+            plan.censor_after.size if plan.censor_after is not None else plan.n_span
+            for plan, _ in plans
+        ]
+        if strategy == "zscore":
+            _warn_zscore()
+        out = allocate((sum(n_out), n_features), _output_dtype(signals.dtype))
+        sum_of_squares = None if noise_std_out is None else np.zeros(n_features)
+        offset = 0
+        for (plan, rows), n_rows_out in zip(plans, n_out, strict=True):
+            if (
+                plan.sos is not None
+                and plan.n_in <= _OPERATOR_MAX_VOLUMES
+                and n_features > plan.n_in
+            ):
+                plan.build_operator()
+            run_strategy = strategy
+            if run_strategy is not None and n_rows_out == 1:
+                warnings.warn(
+                    "Standardization was requested on a single time point, which would zero it; "
+                    "skipped.",
+                    stacklevel=2,
+                )
+                run_strategy = None
+            _clean_run(
+                signals,
+                rows,
+                plan,
+                out[offset : offset + n_rows_out],
+                run_strategy,
+                ensure_finite,
+                sum_of_squares,
+            )
+            offset += n_rows_out
+        if noise_std_out is not None:
+            noise_std_out[:] = np.sqrt(sum_of_squares / max(out.shape[0], 1))
     return out
 
 
@@ -1319,13 +1326,14 @@ def _run_chunks(function, chunks):
 
     numpy and BLAS release the GIL, so two Python threads with single-threaded BLAS keep both
     cores busy on the conversions and reductions too, and avoid the spin-waiting of a
-    multi-threaded BLAS on a loaded machine. Chunks write disjoint columns.
+    multi-threaded BLAS on a loaded machine. Chunks write disjoint columns. The caller
+    (:func:`clean`) holds BLAS to one thread.
     """
     if (n_threads := default_n_threads()) < 2 or len(chunks) < 2:
         for cols in chunks:
             function(cols)
         return
-    with _single_threaded_blas(), ThreadPoolExecutor(n_threads) as pool:
+    with ThreadPoolExecutor(n_threads) as pool:
         for future in [pool.submit(function, cols) for cols in chunks]:
             future.result()
 
@@ -1421,6 +1429,7 @@ def high_variance_confounds(series, n_confounds=5, percentile=2.0, detrend=True)
     selected = series[:, mean_squares > threshold].astype(np.float64)
     if detrend:
         _detrend_block(selected)
-    eigenvalues, eigenvectors = linalg.eigh(selected @ selected.T / n)
+    with _single_threaded_blas():  # the same numbers whatever the threads (see clean)
+        eigenvalues, eigenvectors = linalg.eigh(selected @ selected.T / n)
     order = np.argsort(eigenvalues)[::-1][:n_confounds]
     return eigenvectors[:, order].astype(_output_dtype(series.dtype))

@@ -660,3 +660,27 @@ def test_clean_warns_when_regressors_leave_no_degrees_of_freedom(rng):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         msignal.clean(signals, confounds=rng.normal(size=(40, 6)), detrend=True, standardize=False)
+
+
+def test_cleaned_signals_do_not_depend_on_the_blas_threads():
+    # --nprocs 2 runs each run on one thread, --nprocs 1 on two: a multi-threaded BLAS
+    # product rounds differently, and the outputs differed in their last bit.
+    from threadpoolctl import threadpool_limits
+
+    rng = np.random.default_rng(0)
+    n = 200
+    signals = rng.normal(size=(n, 40000)).astype(np.float32) + 100
+    confounds = np.cumsum(rng.normal(size=(n, 26)), axis=0)
+    kwargs = {
+        "detrend": True,
+        "standardize": "zscore_sample",
+        "low_pass": 0.08,
+        "high_pass": 0.01,
+        "t_r": 2.0,
+        "confounds": confounds,
+    }
+    results = []
+    for threads in (1, 2):
+        with threadpool_limits(limits=threads, user_api="blas"):
+            results.append(msignal.clean(signals, **kwargs))
+    np.testing.assert_array_equal(results[0], results[1])
