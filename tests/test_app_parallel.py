@@ -209,3 +209,34 @@ def test_mem_mb_below_two_runs_processes_them_one_at_a_time(tmp_path, capsys):
     assert len(intervals) == 4
     for earlier, later in itertools.pairwise(intervals):
         assert earlier[1] <= later[0]  # each run ends before the next one starts
+
+
+def test_each_progress_line_reaches_an_unbuffered_stderr_in_one_write(monkeypatch):
+    # With PYTHONUNBUFFERED (set here, and by many job schedulers) a text stream passes each
+    # write on at once: print() wrote a message and its newline separately, so the lines of
+    # runs processed side by side (--nprocs) could run together.
+    import io
+
+    from masker_wf.app import console
+
+    class Recorder(io.RawIOBase):
+        def __init__(self):
+            self.writes = []
+
+        def writable(self):
+            return True
+
+        def write(self, data):
+            self.writes.append(bytes(data))
+            return len(data)
+
+    raw = Recorder()
+    monkeypatch.setattr(sys, "stderr", io.TextIOWrapper(raw, write_through=True))
+    console.progress("[1/4] sub-01_task-rest_bold: reading inputs")
+    console.warning("a warning")
+    console.error("an error")
+    assert raw.writes == [
+        b"[1/4] sub-01_task-rest_bold: reading inputs\n",
+        b"masker-wf: warning: a warning\n",
+        b"masker-wf: error: an error\n",
+    ]
