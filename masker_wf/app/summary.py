@@ -251,6 +251,17 @@ def _failures(out_dir: Path, participants=None) -> list[dict]:
     return rows
 
 
+#: The columns that say which run and output a row is (before the set and its numbers).
+_RUN_COLUMNS = {
+    "subject": {"Description": "Participant label (without sub-)"},
+    "session": {"Description": "Session label (without ses-; n/a without sessions)"},
+    "task": {"Description": "Task label"},
+    "run": {"Description": "Run label (n/a when the input has none)"},
+    "space": {"Description": "Space of the output (fMRIPrep's space entity)"},
+    "bold": {"Description": "The cleaned BOLD, relative to the output dataset (n/a: none)"},
+    "seconds": {"Description": "Processing time of the set", "Units": "s"},
+}
+
 _SUMMARY_COLUMNS = {
     "desc": {
         "Description": "desc label of the output set: several confound strategies of one "
@@ -512,6 +523,6 @@ def run_group(out_dir, participants=None) -> tuple[Path, Path, int]:
         group / "summary.tsv",
         frame.to_csv(sep="\t", index=False, na_rep="n/a", float_format="%.6g"),
     )
-    deriv.write_json(group / "summary.json", _SUMMARY_COLUMNS)
+    deriv.write_json(group / "summary.json", {**_RUN_COLUMNS, **_SUMMARY_COLUMNS})
     index = _index_page(frame, tsv, out_dir)
     return tsv, index, len(frame)
