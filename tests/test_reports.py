@@ -278,6 +278,37 @@ def test_methods_paragraph_names_the_filter_that_ran():
     assert "cubic splines" in band
 
 
+def test_methods_paragraph_states_the_scrubbing_criteria_and_the_independent_regressors():
+    versions = {"masker-wf": "0"}
+    scrubbing = {
+        "strategy": ["motion", "scrub"],
+        "fd_threshold": 0.5,
+        "std_dvars_threshold": 1.5,
+        "scrub": 5,
+    }
+    text = methods_paragraph(
+        {
+            "n_volumes_censored": 4,
+            "confounds": ["a", "b", "c"],
+            "n_independent_confounds": 2,
+            "confounds_parameters": scrubbing,
+        },
+        versions,
+    )
+    assert "framewise displacement above 0.5 mm or standardized DVARS above 1.5" in text
+    assert "segments of fewer than 5 volumes" in text
+    assert "regression of 3 confounds, 2 of them linearly independent on the kept volumes" in text
+    # Without scrubbing, the reason stays general; as many independent regressors as
+    # columns are not mentioned.
+    plain = methods_paragraph(
+        {"n_volumes_censored": 2, "confounds": ["a", "b"], "n_independent_confounds": 2},
+        versions,
+    )
+    assert "framewise" not in plain
+    assert "non-steady-state and/or motion outliers" in plain
+    assert "linearly independent" not in plain
+
+
 def test_report_tsnr_uses_the_kept_volumes_of_each_run(ds003_path):
     """Per-run sample masks (indices local to each run) select the volumes of the tSNR."""
     from masker_wf import NiftiMasker, masking

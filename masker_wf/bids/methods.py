@@ -32,7 +32,13 @@ def _run_facts(record: Mapping) -> dict:
         "run": _run_label(record.get("Run", "")),
         # Parameters["confounds"] holds the strategy's options; these are the columns used.
         "confounds": list(record.get("Confounds") or []),
+        "confounds_parameters": dict(record.get("Parameters", {}).get("confounds") or {}),
         "n_volumes_censored": censored,
+        # Independent regressors on the kept volumes (fewer than the columns when some are
+        # collinear there).
+        "n_independent_confounds": (record.get("DegreesOfFreedom") or {}).get(
+            "ConfoundRegressors"
+        ),
         "mask_source": source,
         "output_voxel_size": record.get("OutputVoxelSize"),
     }

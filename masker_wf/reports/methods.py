@@ -137,7 +137,24 @@ def _censoring(runs, labels, inputs_known: bool) -> str | None:
     else:
         listed = ", ".join(f"{c} in {label}" for c, label in zip(censored, labels, strict=True))
         count = f"between {min(censored)} and {max(censored)} volumes per run"
-    return f"censoring of {count} ({_CENSORING_REASON}{'; ' + listed if listed else ''})"
+    reason = _scrubbing_reason(runs) or _CENSORING_REASON
+    return f"censoring of {count} ({reason}{'; ' + listed if listed else ''})"
+
+
+def _scrubbing_reason(runs) -> str | None:
+    """The motion-outlier criteria of the runs' strategy, when they share one."""
+    selections = [run.get("confounds_parameters") or {} for run in runs]
+    first = selections[0]
+    if "scrub" not in (first.get("strategy") or ()) or not _same(
+        [repr(sorted(s.items())) for s in selections]
+    ):
+        return None
+    return (
+        "non-steady-state volumes, and motion outliers: framewise displacement above "
+        f"{first.get('fd_threshold')} mm or standardized DVARS above "
+        f"{first.get('std_dvars_threshold')}, with the segments of fewer than "
+        f"{first.get('scrub')} volumes left between them"
+    )
 
 
 def _confounds(runs, labels, inputs_known: bool, filtered: bool) -> str | None:
@@ -154,7 +171,18 @@ def _confounds(runs, labels, inputs_known: bool, filtered: bool) -> str | None:
     else:
         columns = [list(run.get("confounds") or []) for run in runs]
         if any(columns) and _same(columns):
-            text = f"regression of {len(columns[0])} confounds{described}: {', '.join(columns[0])}"
+            independent = [run.get("n_independent_confounds") for run in runs]
+            rank = ""
+            if (
+                _same(independent)
+                and independent[0] is not None
+                and int(independent[0]) < len(columns[0])
+            ):
+                rank = f", {independent[0]} of them linearly independent on the kept volumes"
+            text = (
+                f"regression of {len(columns[0])} confounds{described}{rank}: "
+                f"{', '.join(columns[0])}"
+            )
         elif any(columns):
             per_run = "; ".join(
                 f"{label}: {len(c)} ({', '.join(c) or 'none'})"
