@@ -338,3 +338,14 @@ def test_an_option_of_a_component_the_file_has_applies(tmp_path):
     assert main(argv) == 0
     (record,) = assert_sets_consistent(out)
     assert record["Parameters"]["confounds"]["fd_threshold"] == 0.4
+
+
+def test_the_report_names_fmripreps_cosine_regressors_as_the_high_pass(tmp_path):
+    # The simple strategy has the high_pass component: the report said "temporal filter
+    # none" beside the cosine columns of the design.
+    out, work = tmp_path / "out", tmp_path / "work"
+    argv = _argv(out, work, "--denoise-strategy", "simple")
+    argv.remove("--no-reports")
+    assert main(argv) == 0
+    report = next((out / "sub-01" / "figures").glob("*_report.html")).read_text()
+    assert "high-pass by fMRIPrep&#39;s cosine regressors" in report

@@ -693,6 +693,10 @@ def _denoising_record(job, settings) -> dict:
         described = "Butterworth " + ", ".join(b for b in band if b)
     else:
         described = "none"
+    if "high_pass" in (applied.get("strategy") or ()):
+        # fMRIPrep's cosine regressors remove the slow drifts with the confounds.
+        drifts = "high-pass by fMRIPrep's cosine regressors, with the confounds"
+        described = drifts if described == "none" else f"{described}; {drifts}"
     return {
         "strategy": job.strategy,
         "mask": mask,
