@@ -121,9 +121,19 @@ def test_a_malformed_sidecar_fails_its_run_only(tmp_path, capsys, sidecar):
 
 
 def _children(pid: int) -> set[int]:
+    # The App's threads come and go (thread pools, gzip threads), and the App may end: a
+    # task that vanishes between the listing and the read is skipped, not an error (it
+    # made this test fail now and then).
     children = set()
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        text = (task / "children").read_text().split()
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return children
+    for task in tasks:
+        try:
+            text = (task / "children").read_text().split()
+        except OSError:
+            continue
         children |= {int(c) for c in text}
     return children
 
