@@ -15,13 +15,12 @@ from __future__ import annotations
 import gc
 import shutil
 from dataclasses import replace
-from pathlib import Path
 
 from ..bids.layout import strip_sub
 from . import console, parallel, slurm
 from .errors import EXIT_CANTCREAT, EXIT_NOINPUT, EXIT_NOTHING, EXIT_OK, AppError
 from .plan import check_inputs, plan_runs, prepare_output
-from .run import RunResult, by_subject, process_run
+from .run import RunResult, by_subject, process_run, strategy_label
 from .settings import Settings
 from .summary import exit_code, run_group, summarise
 
@@ -233,8 +232,7 @@ def _print_plan(plan, settings: Settings) -> int:
 
 
 def _strategy_name(each: Settings) -> str:
-    custom = each.denoising.custom_strategy
-    return each.denoising.denoise_strategy if custom is None else Path(custom).name
+    return strategy_label(each.denoising.denoise_strategy, each.denoising.custom_strategy)
 
 
 def group_level(settings: Settings) -> int:

@@ -37,6 +37,7 @@ __all__ = [
     "planned_files",
     "provenance_parameters",
     "provenance_record",
+    "read_record",
     "record_path",
     "report_file",
     "request_digest",
@@ -572,19 +573,24 @@ def input_files(job) -> dict:
     }
 
 
-def up_to_date_record(record_file: Path, request: str, input_digests: dict, output_set):
-    """The run's previous provenance record if the files on disk are what this run writes.
+def read_record(record_file: Path) -> dict | None:
+    """The provenance record in ``record_file``, or None (missing, unreadable, not a record)."""
+    try:
+        record = json.loads(Path(record_file).read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def up_to_date_record(record: dict | None, request: str, input_digests: dict, output_set):
+    """The run's previous provenance ``record`` if the files on disk are what this run writes.
 
     That is: the previous run succeeded with the same request (:func:`request_digest`) and
     inputs of the same content, and every file its record lists is there with the content
     it had when written (:meth:`masker_wf.app.commit.OutputSet.verify`). A record from a
     version without content digests never counts.
     """
-    try:
-        record = json.loads(Path(record_file).read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(record, dict) or record.get("Status") != "ok":
+    if record is None or record.get("Status") != "ok":
         return None
     inputs = {role: entry.get("hash") for role, entry in record.get("Inputs", {}).items()}
     files = record.get("Files")

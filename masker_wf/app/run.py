@@ -11,7 +11,6 @@ derivatives, report and provenance record (last), committed as one set
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 import traceback
@@ -44,6 +43,7 @@ __all__ = [
     "by_subject",
     "prepare_run",
     "process_run",
+    "strategy_label",
 ]
 
 logger = logging.getLogger("masker_wf.app")
@@ -548,9 +548,10 @@ def process_run(
                 role: output_set.memo.digest(path)
                 for role, path in outputs.input_files(job).items()
             }
-            previous = outputs.up_to_date_record(record_file, request, inputs, output_set)
+            earlier = outputs.read_record(record_file)
+            previous = outputs.up_to_date_record(earlier, request, inputs, output_set)
             if previous is None:
-                _warn_other_strategy(record_file, job, settings, tag)
+                _warn_other_strategy(earlier, job, settings, tag)
                 return _write_outputs(
                     job, settings, links, execution, res, tag, output_set, request
                 )
@@ -573,30 +574,30 @@ def process_run(
         return _failed(run, exc, tag, time.perf_counter() - clock[1])
 
 
-def _warn_other_strategy(record_file: Path, job, settings: Settings, tag: str) -> None:
-    """Say so when the set being replaced was cleaned with another confound strategy.
+def _warn_other_strategy(earlier: dict | None, job, settings: Settings, tag: str) -> None:
+    """Say so when the set being replaced (its record ``earlier``) had another strategy.
 
     A set is the run's outputs under one ``desc``: a later invocation with another strategy
     and the same ``desc`` replaces it, which someone comparing strategies one invocation
     at a time would not expect.
     """
-    try:
-        earlier = json.loads(record_file.read_text(encoding="utf-8"))["Parameters"]
-    except (OSError, ValueError, KeyError, TypeError):
+    parameters = (earlier or {}).get("Parameters")
+    if not isinstance(parameters, dict):
         return  # no earlier set (or no readable record of it)
     custom = settings.denoising.custom_strategy
     now = (job.strategy, None if custom is None else str(custom))
-    before = (earlier.get("denoise_strategy"), earlier.get("custom_strategy"))
+    before = (parameters.get("denoise_strategy"), parameters.get("custom_strategy"))
     if before[0] is None or before == now:
         return
     console.progress(
         f"{tag}: warning: replacing the desc-{settings.outputs.desc} outputs cleaned with "
-        f"strategy '{_strategy_label(*before)}' by strategy '{_strategy_label(*now)}'; "
+        f"strategy '{strategy_label(*before)}' by strategy '{strategy_label(*now)}'; "
         "--output-desc (or several strategies in one invocation) keeps both"
     )
 
 
-def _strategy_label(strategy, custom_file) -> str:
+def strategy_label(strategy, custom_file=None) -> str:
+    """How messages name a confound strategy: its strategy file's name, else the preset."""
     return Path(custom_file).name if custom_file else str(strategy)
 
 

@@ -557,7 +557,8 @@ def plan_submission(
     labels = list(runs_by_participant)
     if not labels:
         raise ValueError("no participants to submit")
-    per_run = 1.0 + EXTRA_STRATEGY_SHARE * (max(1, int(strategies)) - 1)
+    strategies = max(1, int(strategies))
+    per_run = 1.0 + EXTRA_STRATEGY_SHARE * (strategies - 1)
     seconds = {
         label: per_run * sum(estimate_run_seconds(bold) for bold in runs_by_participant[label])
         for label in labels
@@ -576,7 +577,7 @@ def plan_submission(
         n_runs=len(bolds),
         task_seconds=task_seconds,
         memory_mb=memory,
-        strategies=max(1, int(strategies)),
+        strategies=strategies,
     )
 
 

@@ -105,12 +105,8 @@ def write_subject_report(out_dir, subject: str, results, desc) -> Path:
                 "flags": quality.quality_flags(summary),
             }
         )
-    several = len({r.desc for r in results}) > 1
-    errors = [
-        {"name": _result_name(r) if several else r.name, "reason": r.reason}
-        for r in results
-        if not r.ok
-    ]
+    several = _several_sets(results)
+    errors = [{"name": _result_name(r, several), "reason": r.reason} for r in results if not r.ok]
     versions = software_versions()
     versions = {k: versions[k] for k in versions if k in _METHODS_SOFTWARE}
     # Every set the page lists gets its methods: this invocation's labels first, then
@@ -137,9 +133,14 @@ def write_subject_report(out_dir, subject: str, results, desc) -> Path:
     return report.save_as_html(out_dir / naming.subject_report_path(subject))
 
 
-def _result_name(result) -> str:
-    """The run's name, with the ``desc`` of its set when the invocation has several."""
-    return f"{result.name} (desc-{result.desc})" if result.desc else result.name
+def _several_sets(results) -> bool:
+    """Whether ``results`` are of several output sets per run (several strategies)."""
+    return len({r.desc for r in results}) > 1
+
+
+def _result_name(result, several: bool) -> str:
+    """The run's name, with the ``desc`` of its set when there are ``several``."""
+    return f"{result.name} (desc-{result.desc})" if several else result.name
 
 
 def _write_failure_logs(out_dir: Path, results, desc: str) -> None:
@@ -224,14 +225,14 @@ def summarise(results: list[RunResult], settings) -> int:
         logged = output_exit_code(exc.errno)
         code = max(code, logged) if code in (73, 74) else logged
     failed = [r for r in results if not r.ok]
-    descs = {r.desc for r in results}
-    what = "runs" if len(descs) < 2 else f"output sets ({len(descs)} strategies)"
+    several = _several_sets(results)
+    what = f"output sets ({len(descs)} strategies)" if several else "runs"
     console.progress(
         f"\nmasker-wf: {len(results) - len(failed)}/{len(results)} {what} succeeded "
         f"(outputs in {out_dir})"
     )
     for r in failed:
-        console.progress(f"  FAILED {_result_name(r) if len(descs) > 1 else r.name}: {r.reason}")
+        console.progress(f"  FAILED {_result_name(r, several)}: {r.reason}")
     return code
 
 
@@ -262,7 +263,9 @@ _RUN_COLUMNS = {
     "seconds": {"Description": "Processing time of the set", "Units": "s"},
 }
 
-_SUMMARY_COLUMNS = {
+#: The columns that name a row's output set (a run cleaned with several strategies has one
+#: set, and a row, for each).
+_SET_COLUMNS = {
     "desc": {
         "Description": "desc label of the output set: several confound strategies of one "
         "run are rows of their own (--denoise-strategy/--custom-strategy)"
@@ -272,6 +275,9 @@ _SUMMARY_COLUMNS = {
         "preset, or custom (--custom-strategy, --motion, ...)"
     },
     "strategy_file": {"Description": "Name of the --custom-strategy file of a custom set"},
+}
+
+_SUMMARY_COLUMNS = {
     "voxels_in_mask": {"Description": "Number of voxels in the mask used"},
     "volumes_total": {"Description": "Volumes in the input BOLD"},
     "volumes_kept": {"Description": "Volumes after censoring (sample_mask)"},
@@ -314,10 +320,6 @@ _SUMMARY_COLUMNS = {
         },
     },
 }
-
-
-#: The columns that name a row's output set rather than count something.
-_SET_COLUMNS = ("desc", "denoise_strategy", "strategy_file")
 
 
 def _set_status(out_dir: Path, path: Path, record: dict) -> tuple[str, str]:
@@ -388,7 +390,7 @@ def _group_rows(out_dir: Path, wanted: set) -> list[dict]:
                 parameters,
             )
         )
-    numbers = [c for c in _SUMMARY_COLUMNS if c not in _SET_COLUMNS][:6]
+    numbers = list(_SUMMARY_COLUMNS)[:6]
     for key, failure in failures.items():
         if key not in matched:
             rows.append(
@@ -420,8 +422,10 @@ def _orphan_rows(out_dir: Path, wanted: set, listed: set, numbers) -> list[dict]
     for pattern in ("sub-*/func/*_bold.nii*", "sub-*/ses-*/func/*_bold.nii*"):
         for path in sorted(out_dir.glob(pattern)):
             bold = path.relative_to(out_dir).as_posix()
+            if bold in listed:
+                continue
             entities = naming.run_entities(bold)
-            if bold in listed or (wanted and entities.get("subject") not in wanted):
+            if wanted and entities.get("subject") not in wanted:
                 continue
             try:
                 desc = naming.source_entities(bold).get("desc")
@@ -523,6 +527,6 @@ def run_group(out_dir, participants=None) -> tuple[Path, Path, int]:
         group / "summary.tsv",
         frame.to_csv(sep="\t", index=False, na_rep="n/a", float_format="%.6g"),
     )
-    deriv.write_json(group / "summary.json", {**_RUN_COLUMNS, **_SUMMARY_COLUMNS})
+    deriv.write_json(group / "summary.json", {**_RUN_COLUMNS, **_SET_COLUMNS, **_SUMMARY_COLUMNS})
     index = _index_page(frame, tsv, out_dir)
     return tsv, index, len(frame)

@@ -303,7 +303,7 @@ def check_file_overrides(file_params: dict, preset, overrides: dict) -> None:
     Raises
     ------
     ValueError
-        Naming the option, the file and what it holds.
+        Naming the option and what the file holds (the caller names the file).
     """
     components = tuple(file_params.get("strategy", _DEFAULTS["strategy"]))
     for name, value in overrides.items():
