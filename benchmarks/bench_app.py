@@ -62,7 +62,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from _measure import cpu_seconds, measure, self_peak_gb  # noqa: E402
+from _measure import byte_compile, cpu_seconds, measure, self_peak_gb  # noqa: E402
 
 SPACE = "MNI152NLin2009cAsym"
 PARAMS = {
@@ -374,6 +374,7 @@ def main(argv=None) -> int:
     try:
         dataset = make_dataset(args.data, tmp / "fmriprep")
         print(_describe_run(args.data), flush=True)
+        print(byte_compile(args.baseline), flush=True)
         print(f"load average at the start: {os.getloadavg()[0]:.2f}", flush=True)
         results = {}
         for name in args.contenders:

@@ -156,6 +156,10 @@ def main(argv=None):
     work_dir = args.work_dir or Path(tempfile.mkdtemp(prefix="masker-bench-work-"))
     work_dir.mkdir(parents=True, exist_ok=True)
 
+    sys.path.insert(0, str(HERE))
+    from _measure import byte_compile
+
+    print(byte_compile(), flush=True)
     results = {}
     for contender in args.contenders:
         print(f"running {contender} ...", flush=True)

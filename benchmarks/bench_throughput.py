@@ -31,7 +31,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from _measure import measure  # noqa: E402
+from _measure import byte_compile, measure  # noqa: E402
 from bench_app import APP_OPTIONS, make_dataset  # noqa: E402
 
 RUNS = (("01", "1"), ("01", "2"), ("02", "1"), ("02", "2"))
@@ -80,6 +80,7 @@ def main(argv=None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="masker-bench-throughput-", dir=args.data))
     try:
         dataset = _dataset(args.data, tmp / "fmriprep")
+        print(byte_compile(), flush=True)
         print(f"load average at the start: {os.getloadavg()[0]:.2f}", flush=True)
         results = {n: [] for n in args.nprocs}
         for repeat in range(args.repeats):

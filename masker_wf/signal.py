@@ -911,6 +911,14 @@ def _filter_pass_rank(plan, t_r, n_trend, centre, exact_max):
     return max(0, min(passed, n_out - n_trend)), False
 
 
+def _passes_constant(sos) -> bool:
+    """Whether the forward-backward Butterworth filter ``sos`` keeps a constant series."""
+    # The gain at 0 Hz of each second-order section is the ratio of its coefficient sums;
+    # filtering forward and backward squares the product.
+    gain = np.prod(sos[:, :3].sum(axis=1) / sos[:, 3:].sum(axis=1)) ** 2
+    return bool(abs(gain) >= _PASS_GAIN)
+
+
 def _mean_apart(basis) -> bool:
     """Whether the constant time course is orthogonal to the confound ``basis``.
 
@@ -934,15 +942,20 @@ def _plan_budget(plan, n_volumes, strategy, t_r, n_extra_confounds=0, exact_max=
         # The mean holds no time course, whether standardization removes it or the cleaning
         # keeps it: a dimension of its own unless the confounds already span part of it.
         n_trend = 1 if n_out > 1 and _mean_apart(plan.basis) else 0
+    elif centre:
+        n_trend = 1
     else:
-        n_trend = 1 if centre else 0
+        # Kept by the cleaning, the mean is a dimension of its own when the filter passes
+        # it (a low-pass) and the confounds do not span part of it; a high-pass removes it.
+        kept = n_out > 1 and _passes_constant(plan.sos) and _mean_apart(plan.basis)
+        n_trend = 1 if kept else 0
     n_filter, exact = plan.n_drift_dims, True
     if plan.sos is not None:
         passed, exact = _filter_pass_rank(
             plan,
             t_r,
             n_trend,
-            centre and not plan.detrend,
+            n_trend == 1 and not plan.detrend,
             _DOF_EXACT_MAX_VOLUMES if exact_max is None else exact_max,
         )
         n_filter = max(0, n_out - n_trend - passed)

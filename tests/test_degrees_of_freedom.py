@@ -126,6 +126,43 @@ CASES = {
         "t_r": 2.0,
         "butterworth__order": 3,
     },
+    # A low-pass passes the constant: kept by the cleaning, the mean is no degree of
+    # freedom there either (a budget of 1 was given to constant outputs).
+    "low-pass and confounds, the mean kept": {
+        "n": 40,
+        "detrend": False,
+        "standardize": False,
+        "low_pass": 0.15,
+        "t_r": 2.0,
+        "confounds": _confounds(40, 6, 10),
+    },
+    "low-pass over scrubbed volumes, the mean kept": {
+        "n": 60,
+        "detrend": False,
+        "standardize": False,
+        "low_pass": 0.12,
+        "t_r": 2.0,
+        "sample_mask": SCRUBBED,
+        "confounds": _confounds(60, 5, 11),
+    },
+    "low-pass, confounds spanning the mean, the mean kept": {
+        "n": 40,
+        "detrend": False,
+        "standardize": False,
+        "standardize_confounds": False,
+        "low_pass": 0.15,
+        "t_r": 2.0,
+        "confounds": _confounds(40, 5, 12) + 3.0,
+    },
+    "band-pass, the mean kept": {
+        "n": 60,
+        "detrend": False,
+        "standardize": False,
+        "low_pass": 0.1,
+        "high_pass": 0.02,
+        "t_r": 2.0,
+        "confounds": _confounds(60, 4, 13),
+    },
     "band-pass, scrubbing and confounds": {
         "n": 60,
         "detrend": True,
@@ -196,12 +233,16 @@ def test_budget_per_run_with_runs():
 
 def test_long_series_estimate_is_close_to_the_exact_count():
     rng = np.random.default_rng(7)
-    for kept, low_pass, high_pass in (
-        (None, 0.08, 0.01),
-        (np.sort(rng.choice(400, 340, replace=False)), 0.08, 0.01),
-        (None, 0.1, None),
+    for kept, low_pass, high_pass, detrend in (
+        (None, 0.08, 0.01, True),
+        (np.sort(rng.choice(400, 340, replace=False)), 0.08, 0.01, True),
+        (None, 0.1, None, True),
+        # A low-pass and neither detrending nor standardization: the mean is kept.
+        (None, 0.1, None, False),
     ):
-        kwargs = {"detrend": True, "low_pass": low_pass, "high_pass": high_pass, "t_r": 2.0}
+        kwargs = {"detrend": detrend, "low_pass": low_pass, "high_pass": high_pass, "t_r": 2.0}
+        if not detrend:
+            kwargs["standardize"] = False
         exact = signal.degrees_of_freedom(400, sample_mask=kept, **kwargs)
         estimate = signal.degrees_of_freedom(400, sample_mask=kept, _exact_max=0, **kwargs)
         assert exact.exact
