@@ -269,6 +269,28 @@ def _copy_fmriprep(tmp_path: Path) -> Path:
     return target
 
 
+def test_a_bad_confounds_cell_is_named_once_with_its_line(tmp_path, capsys):
+    fmriprep = _copy_fmriprep(tmp_path)
+    confounds = fmriprep / "sub-01/func/sub-01_task-rhymes_run-01_desc-confounds_timeseries.tsv"
+    table = pd.read_csv(confounds, sep="\t").astype(object)
+    table.loc[3, "trans_x"] = "abc"
+    table.to_csv(confounds, sep="\t", index=False, na_rep="n/a")
+    out = tmp_path / "out"
+    argv = [str(fmriprep), str(out), "participant", "-w", str(tmp_path / "work")]
+    code = main([*argv, "--participant-label", "01", "--run-id", "01", "--no-reports"])
+    assert code == 65
+    err = capsys.readouterr().err
+    failed = [line for line in err.splitlines() if "FAILED on" in line]
+    assert len(failed) == 1
+    # The file once (it used to follow as "confounds file '<path>': ..."), then the cell:
+    # the table's 4th data row is the file's 5th line.
+    assert failed[0].count(str(confounds)) == 1
+    reason = "non-numeric columns ['trans_x'] (line 5: 'abc')."
+    assert failed[0].endswith(f"FAILED on {confounds}: {reason}")
+    record = json.loads(next((out / "logs").glob("failures_sub-01*.json")).read_text())[0]
+    assert record["reason"].count(confounds.name) == 1
+
+
 def test_derivatives_as_bids_dir_and_failing_run(tmp_path, capsys):
     fmriprep = _copy_fmriprep(tmp_path)
     broken = (

@@ -12,6 +12,7 @@ derivatives, report and provenance record (last), committed as one set
 from __future__ import annotations
 
 import logging
+import re
 import time
 import traceback
 import warnings
@@ -53,6 +54,11 @@ class RunError(ValueError):
     """A run cannot be processed; ``file`` is the input at fault."""
 
     def __init__(self, file, reason: str, missing: bool = False):
+        # Messages are printed after the file ("FAILED on <file>: <reason>"): a reason that
+        # names the same file again ("confounds file '<file>': ...") says it once.
+        named = re.match(rf"[\w ]+ '{re.escape(str(file))}'(: )?", reason)
+        if named is not None:
+            reason = ("" if named.group(1) else "the file ") + reason[named.end() :].lstrip()
         super().__init__(f"{file}: {reason}")
         self.file = file
         self.reason = reason

@@ -441,7 +441,14 @@ def _parsed_table(path: Path, key: tuple) -> pd.DataFrame:
         )
     non_numeric = [c for c in table.columns if not pd.api.types.is_numeric_dtype(table[c])]
     if non_numeric:
-        raise ValueError(f"confounds file '{path}': non-numeric columns {non_numeric[:5]}.")
+        column = table[non_numeric[0]]
+        # The first cell that is not a number (nor n/a), as the file's line number.
+        bad = pd.to_numeric(column, errors="coerce").isna() & column.notna()
+        row = int(np.flatnonzero(bad.to_numpy())[0]) if bad.any() else None
+        where = "" if row is None else f" (line {row + 2}: {column.iloc[row]!r})"
+        raise ValueError(
+            f"confounds file '{path}': non-numeric columns {non_numeric[:5]}{where}."
+        )
     return table
 
 
