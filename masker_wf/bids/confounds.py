@@ -446,9 +446,7 @@ def _parsed_table(path: Path, key: tuple) -> pd.DataFrame:
         bad = pd.to_numeric(column, errors="coerce").isna() & column.notna()
         row = int(np.flatnonzero(bad.to_numpy())[0]) if bad.any() else None
         where = "" if row is None else f" (line {row + 2}: {column.iloc[row]!r})"
-        raise ValueError(
-            f"confounds file '{path}': non-numeric columns {non_numeric[:5]}{where}."
-        )
+        raise ValueError(f"confounds file '{path}': non-numeric columns {non_numeric[:5]}{where}.")
     return table
 
 
