@@ -275,7 +275,11 @@ def test_methods_paragraph_names_the_filter_that_ran():
         {"high_pass": 0.01, "low_pass": 0.08, "n_volumes_censored": 3}, versions
     )
     assert "Butterworth band-pass filtering (0.01-0.08 Hz)" in band
-    assert "cubic splines" in band
+    # In the order the steps run: the censored volumes filled in first, removed after the
+    # filter (the text used to list the censoring after the filter, "interpolated before").
+    assert band.index("cubic-spline interpolation of the censored volumes") < band.index(
+        "Butterworth band-pass"
+    ) < band.index("removal of the interpolated volumes")
 
 
 def test_methods_paragraph_states_the_scrubbing_criteria_and_the_independent_regressors():
@@ -305,8 +309,15 @@ def test_methods_paragraph_states_the_scrubbing_criteria_and_the_independent_reg
         versions,
     )
     assert "framewise" not in plain
-    assert "non-steady-state and/or motion outliers" in plain
+    # Only the first volumes are censored without scrubbing.
+    assert "censoring of 2 volumes (non-steady-state volumes at the start of the run)" in plain
     assert "linearly independent" not in plain
+    # scrub 0 removes no segment: no "segments of fewer than 0 volumes".
+    no_segments = methods_paragraph(
+        {"n_volumes_censored": 4, "confounds_parameters": {**scrubbing, "scrub": 0}}, versions
+    )
+    assert "standardized DVARS above 1.5)" in no_segments
+    assert "segments" not in no_segments
 
 
 def test_report_tsnr_uses_the_kept_volumes_of_each_run(ds003_path):

@@ -125,9 +125,11 @@ def _filtering(run) -> str | None:
     return None
 
 
-def _censoring(runs, labels, inputs_known: bool) -> str | None:
+def _censoring(runs, labels, inputs_known: bool, interpolated: bool) -> str | None:
+    """The censoring step; ``interpolated``: filled in by splines for a Butterworth filter."""
     if not inputs_known:
-        return "censoring of the volumes excluded by the sample mask, when one is given"
+        what = "the volumes excluded by the sample mask, when one is given"
+        return f"cubic-spline interpolation of {what}" if interpolated else f"censoring of {what}"
     censored = [int(run.get("n_volumes_censored") or 0) for run in runs]
     if not any(censored):
         return None
@@ -137,8 +139,22 @@ def _censoring(runs, labels, inputs_known: bool) -> str | None:
     else:
         listed = ", ".join(f"{c} in {label}" for c, label in zip(censored, labels, strict=True))
         count = f"between {min(censored)} and {max(censored)} volumes per run"
-    reason = _scrubbing_reason(runs) or _CENSORING_REASON
+    reason = _scrubbing_reason(runs) or _censoring_reason(runs)
+    if interpolated:
+        return (
+            f"cubic-spline interpolation of the censored volumes ({count}: {reason}"
+            f"{'; ' + listed if listed else ''})"
+        )
     return f"censoring of {count} ({reason}{'; ' + listed if listed else ''})"
+
+
+def _censoring_reason(runs) -> str:
+    """What was censored, when the runs do not share one scrubbing criterion."""
+    selections = [run.get("confounds_parameters") or {} for run in runs]
+    if any("scrub" in (s.get("strategy") or ()) for s in selections):
+        return _CENSORING_REASON
+    # Without scrubbing, only the volumes at the start are censored.
+    return "non-steady-state volumes at the start of the run"
 
 
 def _scrubbing_reason(runs) -> str | None:
@@ -149,11 +165,15 @@ def _scrubbing_reason(runs) -> str | None:
         [repr(sorted(s.items())) for s in selections]
     ):
         return None
+    segments = ""
+    if first.get("scrub"):
+        segments = (
+            f", with the segments of fewer than {first.get('scrub')} volumes left between them"
+        )
     return (
         "non-steady-state volumes, and motion outliers: framewise displacement above "
         f"{first.get('fd_threshold')} mm or standardized DVARS above "
-        f"{first.get('std_dvars_threshold')}, with the segments of fewer than "
-        f"{first.get('scrub')} volumes left between them"
+        f"{first.get('std_dvars_threshold')}{segments}"
     )
 
 
@@ -211,15 +231,16 @@ def _cleaning_sentences(runs, labels, inputs_known: bool) -> list[str]:
     first = runs[0]
     filtering, filter_type = _filtering(first), _filter_type(first)
     butterworth = filtering is not None and filter_type == "butterworth"
-    censoring = _censoring(runs, labels, inputs_known)
-    if censoring and butterworth:
-        censoring += ", interpolated by cubic splines before filtering, then removed"
+    # nilearn's order with a Butterworth filter: the censored volumes are filled in by cubic
+    # splines (before the detrending), the series filtered, and only then removed.
+    censoring = _censoring(runs, labels, inputs_known, interpolated=butterworth)
+    removal = "removal of the interpolated volumes" if censoring and butterworth else None
     confounds = _confounds(runs, labels, inputs_known, filtered=butterworth)
     if filtering and filter_type == "cosine":
         # clean(): the cosine regressors join the confounds and are regressed with them.
         filtering += ", regressed together with the confounds" if confounds else ", regressed out"
-    before = [censoring] if censoring and not butterworth else []
-    after = [s for s in (filtering, censoring if butterworth else None, confounds) if s]
+    before = [censoring] if censoring else []
+    after = [s for s in (filtering, removal, confounds) if s]
 
     sentences = []
     if first.get("detrend"):
