@@ -751,7 +751,8 @@ def filter_and_extract(
     log("Cleaning extracted signals", verbose, log_name)
     if report is not None:
         noise_std = np.empty(signals.shape[1])
-        clean_kwargs = {**clean_kwargs, "_noise_std_out": noise_std}
+        budgets: list = []
+        clean_kwargs = {**clean_kwargs, "_noise_std_out": noise_std, "_budgets_out": budgets}
     if allocate is not None:
         clean_kwargs = {**clean_kwargs, "_allocate_out": allocate}
     cleaned = signal.clean(
@@ -767,4 +768,5 @@ def filter_and_extract(
         report["standardized"] = bool(params["standardize"])
         # Mean of the input over the noise left after cleaning (before any standardization).
         report["tsnr_after"] = _qc.tsnr(mean_before, noise_std) if n_volumes > 1 else None
+        report["degrees_of_freedom"] = [budget.as_dict() for budget in budgets]
     return cleaned

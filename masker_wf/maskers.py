@@ -563,6 +563,13 @@ class NiftiMasker(
         tsnr_after = transform.get("tsnr_after")
         notes.extend(transform.get("warnings", []))
         summary = {}
+        denoising = None
+        budgets = transform.get("degrees_of_freedom") or []
+        if len(budgets) == 1:
+            denoising = {"degrees_of_freedom": budgets[0]}
+        elif budgets:  # runs concatenated along time: one budget each
+            left = ", ".join(str(budget["Remaining"]) for budget in budgets)
+            summary["degrees of freedom left (per run)"] = left
         summary["coverage of the grid (%)"] = round(
             100.0 * self.n_elements_ / max(1, int(np.prod(mask.shape))), 2
         )
@@ -581,6 +588,7 @@ class NiftiMasker(
             tsnr_after=tsnr_after,
             summary=summary,
             warnings=notes,
+            denoising=denoising,
         )
 
 

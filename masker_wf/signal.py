@@ -812,8 +812,7 @@ class DegreesOfFreedom:
     n_trend : int
         Mean and linear trend: 2 with ``detrend``; else 1 for the mean, which holds no time
         course whether standardization removes it or the cleaning keeps it (0 when the
-        confounds span part of it, or a Butterworth filter that is not followed by
-        standardization decides).
+        confounds span part of it, or when a Butterworth high-pass removes the kept mean).
     n_filter : int
         Dimensions the temporal filter removes on the kept-volume grid: for a Butterworth
         filter, those its operator (interpolation of censored volumes, detrending,
@@ -1216,6 +1215,8 @@ def clean(
     # Private: ``allocate(shape, dtype)`` gives the array the result is written into (a
     # memory map of the output file: the cleaned signals are stored as they are computed).
     allocate = kwargs.pop("_allocate_out", None) or np.empty
+    # Private: a list that receives each run's DegreesOfFreedom (the report shows them).
+    budgets_out = kwargs.pop("_budgets_out", None)
     butterworth_kwargs = _butterworth_options(
         kwargs,
         lambda key: TypeError(
@@ -1269,10 +1270,10 @@ def clean(
                 run_label=label,
             )
             plans.append((plan, rows[rows_in]))
-            _warn_few_degrees_of_freedom(
-                _plan_budget(plan, rows.size, strategy, t_r),
-                "signals" if label is None else f"run {label}",
-            )
+            budget = _plan_budget(plan, rows.size, strategy, t_r)
+            if budgets_out is not None:
+                budgets_out.append(budget)
+            _warn_few_degrees_of_freedom(budget, "signals" if label is None else f"run {label}")
 
         n_out = [
             plan.censor_after.size if plan.censor_after is not None else plan.n_span

@@ -277,9 +277,11 @@ def test_methods_paragraph_names_the_filter_that_ran():
     assert "Butterworth band-pass filtering (0.01-0.08 Hz)" in band
     # In the order the steps run: the censored volumes filled in first, removed after the
     # filter (the text used to list the censoring after the filter, "interpolated before").
-    assert band.index("cubic-spline interpolation of the censored volumes") < band.index(
-        "Butterworth band-pass"
-    ) < band.index("removal of the interpolated volumes")
+    assert (
+        band.index("cubic-spline interpolation of the censored volumes")
+        < band.index("Butterworth band-pass")
+        < band.index("removal of the interpolated volumes")
+    )
 
 
 def test_methods_paragraph_states_the_scrubbing_criteria_and_the_independent_regressors():
@@ -462,3 +464,41 @@ def test_estimator_report_renders_in_headless_chromium(tmp_path, real_run):
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     probe = _render(page, tmp_path, ARTIFACTS / "estimator_report.png", 1100, 2600)
     assert probe == "PROBE images=3 decoded=true overflowing=0"
+
+
+def test_the_estimators_report_states_its_degrees_of_freedom(ds003_path):
+    from masker_wf import NiftiMasker
+    from masker_wf.signal import degrees_of_freedom
+
+    rng = np.random.default_rng(0)
+    n_volumes = nib.load(ds003_path).shape[3]
+    confounds = np.cumsum(rng.normal(size=(n_volumes, 3)), axis=0)
+    kept = np.setdiff1d(np.arange(n_volumes), [5, 11])
+    params = {"detrend": True, "standardize": "zscore_sample", "low_pass": 0.2, "t_r": 2.0}
+    masker = NiftiMasker(mask_strategy="epi", **params)
+    masker.fit_transform(ds003_path, confounds=confounds, sample_mask=kept)
+    document = masker.generate_report().get_html()
+    budget = degrees_of_freedom(n_volumes, confounds=confounds, sample_mask=kept, **params)
+    # The README promises the estimator's report the numbers the App's page shows.
+    assert f"<th>degrees of freedom left</th><td><code>{budget.budget}</code>" in document
+    assert f"{budget.budget} = {budget.n_kept} volumes kept" in document
+    assert "warn below" not in document  # the App's thresholds, not the estimator's
+
+
+def test_tsnr_caption_says_when_cleaning_lowered_it(real_run):
+    common = {
+        "title": "run",
+        "mask": real_run["mask"],
+        "mean_data": real_run["mean"],
+        "parameters": {},
+        "t_r": 2.0,
+    }
+    rose = build_run_report(
+        **common, tsnr_before=real_run["tsnr_before"], tsnr_after=real_run["tsnr_before"] * 2
+    ).get_html()
+    assert "Here it fell" not in rose
+    fell = build_run_report(
+        **common, tsnr_before=real_run["tsnr_before"], tsnr_after=real_run["tsnr_before"] / 2
+    ).get_html()
+    median = float(np.median(real_run["tsnr_before"]))
+    assert f"Here it fell (median {median:.3g} before, {median / 2:.3g} after)" in fell

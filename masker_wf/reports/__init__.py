@@ -58,6 +58,21 @@ TSNR_AFTER_CAPTION = (
 )
 
 
+def _tsnr_fell(tsnr_before, tsnr_after) -> str:
+    """A sentence for the caption when cleaning lowered the median tSNR, else ''."""
+    before, after = _median(tsnr_before), _median(tsnr_after)
+    if before is None or after is None or not after < before:
+        return ""
+    # nilearn's default clean__extrapolate=True fills censored volumes at the edges of a
+    # run by extrapolating splines before a Butterworth filter: they can add variance.
+    return (
+        f" Here it fell (median {before:.3g} before, {after:.3g} after): the cleaned signals "
+        "vary more than the input. Check what adds variance, such as splines extrapolated "
+        "over censored volumes at the edges of the run before a Butterworth filter "
+        "(clean__extrapolate=True, nilearn's default)."
+    )
+
+
 def _to_volume(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
     volume = np.zeros(mask.shape, dtype=np.float32)
     volume[mask] = values
@@ -78,7 +93,7 @@ def _median(values) -> float | None:
 
 def _denoising_rows(denoising: Mapping) -> list[tuple[str, object]]:
     """The denoising record as (label, value) rows, in the order a reader checks them."""
-    rows = [("confound strategy", denoising.get("strategy"))]
+    rows = [("confound strategy", denoising["strategy"])] if "strategy" in denoising else []
     if denoising.get("mask"):
         rows.append(("mask", denoising["mask"]))
     if denoising.get("filter"):
@@ -95,6 +110,7 @@ def _denoising_rows(denoising: Mapping) -> list[tuple[str, object]]:
     dof = denoising.get("degrees_of_freedom")
     if dof:
         rows.append(("degrees of freedom", _dof_text(dof)))
+    if dof and "WarnBelow" in dof:  # the App's thresholds
         rows.append(
             ("thresholds", f"warn below {dof.get('WarnBelow')}, refuse below "
              f"{dof.get('RefuseBelow')}; minimum {dof.get('MinTime') or 0:g} s of data")
@@ -252,7 +268,9 @@ def build_run_report(
                     _to_volume(tsnr_before, mask), _to_volume(tsnr_after, mask), mask, affine
                 ),
                 "alt": "tSNR maps before and after cleaning",
-                "caption": TSNR_AFTER_CAPTION + " Same views as the mask figure.",
+                "caption": TSNR_AFTER_CAPTION
+                + _tsnr_fell(tsnr_before, tsnr_after)
+                + " Same views as the mask figure.",
             }
         )
     record = dict(denoising or {})
