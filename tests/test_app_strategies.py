@@ -204,6 +204,10 @@ def test_a_strategy_failing_on_a_run_is_reported_with_its_desc(tmp_path, capsys)
     table = pd.read_csv(out / "group" / "summary.tsv", sep="\t", dtype=str)
     rows = table[["desc", "denoise_strategy", "status"]].sort_values("desc").values.tolist()
     assert rows == [["denoisedCompcor", "compcor", "failed"], ["denoisedSimple", "simple", "ok"]]
+    # The group page counts output sets and names the failed one by its desc too.
+    index = (out / "index.html").read_text()
+    assert "2 output sets (2 desc labels: a set per run and strategy) of 1 subjects" in index
+    assert "task-rhymes_run-01_space-MNI152NLin2009cAsym_desc-denoisedCompcor<" in index
 
 
 def test_dry_run_names_every_strategy_and_its_desc(tmp_path, capsys):

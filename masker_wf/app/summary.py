@@ -470,6 +470,7 @@ def _index_page(frame, tsv: Path, out_dir: Path):
                 "flags": [] if not isinstance(flags, str) or flags == "n/a" else flags.split(","),
                 "status": record.get("status"),
                 "reason": record.get("reason"),
+                "desc": record.get("desc"),
                 **{c: _page_value(record.get(c)) for c in _RUN_NUMBERS if c in record},
             }
         )
@@ -482,7 +483,10 @@ def _index_page(frame, tsv: Path, out_dir: Path):
 
 
 def _failed_run_name(record) -> str:
-    parts = [f"{key}-{record[key]}" for key in ("task", "run", "space") if record.get(key)]
+    # Named as the outputs would have been (their desc too: with several strategies, one
+    # run has a row per set).
+    keys = ("task", "run", "space", "desc")
+    parts = [f"{key}-{record[key]}" for key in keys if isinstance(record.get(key), str)]
     return "_".join(p for p in parts if not p.endswith("-n/a")) or "n/a"
 
 

@@ -355,7 +355,8 @@ def build_group_report(
     Parameters
     ----------
     rows : sequence of mappings
-        One per run: ``subject``, ``run`` (a short name), ``report`` and ``subject_page``
+        One per output set: ``subject``, ``run`` (a short name), ``desc`` (its output
+        label, optional), ``report`` and ``subject_page``
         (relative links; ``report`` None when there is none), ``flags`` (names of
         :data:`GROUP_FLAGS`), ``status`` and ``reason`` (text), and its numbers (the keys of
         :data:`RUN_COLUMNS`).
@@ -412,6 +413,8 @@ def build_group_report(
         "group_report.html.j2",
         title=title,
         n_runs=len(prepared),
+        # Rows are output sets: one per run, or per run and strategy (desc) with several.
+        n_descs=len({str(row.get("desc")) for row in rows if isinstance(row.get("desc"), str)}),
         n_subjects=len({r["subject"] for r in prepared}),
         n_flagged=sum(bool(r["flags"]) for r in prepared),
         flag_counts=counts,
