@@ -210,6 +210,34 @@ def test_a_strategy_failing_on_a_run_is_reported_with_its_desc(tmp_path, capsys)
     assert "task-rhymes_run-01_space-MNI152NLin2009cAsym_desc-denoisedCompcor<" in index
 
 
+def test_the_subject_page_keeps_a_failed_set_of_an_earlier_invocation(tmp_path):
+    # compcor fails on run 1 (no CompCor columns); a later invocation with another
+    # strategy (another desc) used to rebuild the page from its own results only.
+    dataset = tmp_path / "fmriprep"
+    shutil.copytree(FMRIPREP, dataset)
+    tsv = dataset / "sub-01" / "func" / "sub-01_task-rhymes_run-01_desc-confounds_timeseries.tsv"
+    table = pd.read_csv(tsv, sep="\t")
+    table.drop(columns=[c for c in table if "comp_cor" in c]).to_csv(tsv, sep="\t", index=False)
+    out, work = tmp_path / "out", tmp_path / "work"
+    first = _argv(out, work, "--denoise-strategy", "compcor", "simple", *FEW_REGRESSORS)
+    first[0] = str(dataset)
+    first.remove("--no-reports")
+    assert main(first) == 1
+    later = _argv(out, work, "--denoise-strategy", "simple", "--output-desc", "later")
+    later[0] = str(dataset)
+    later.remove("--no-reports")
+    assert main(later) == 0
+    page = (out / "sub-01.html").read_text()
+    assert f"{RUN}_desc-preproc_bold (desc-denoisedCompcor)" in page
+    assert page.count(f"{RUN}_desc-preproc_bold (desc-") == 1  # listed once, the success not
+    # Once that set succeeds, it leaves the page.
+    fixed = _argv(out, work, "--denoise-strategy", "simple", "--output-desc", "denoisedCompcor")
+    fixed[0] = str(dataset)
+    fixed.remove("--no-reports")
+    assert main(fixed) == 0
+    assert "desc-denoisedCompcor)" not in (out / "sub-01.html").read_text()
+
+
 def test_dry_run_names_every_strategy_and_its_desc(tmp_path, capsys):
     out, work = tmp_path / "out", tmp_path / "work"
     argv = _argv(out, work, "--denoise-strategy", "simple", "scrubbing", *FEW_REGRESSORS)

@@ -105,8 +105,9 @@ def write_subject_report(out_dir, subject: str, results, desc) -> Path:
                 "flags": quality.quality_flags(summary),
             }
         )
-    several = _several_sets(results)
-    errors = [{"name": _result_name(r, several), "reason": r.reason} for r in results if not r.ok]
+    errors = _subject_failures(
+        out_dir, subject, results, desc if isinstance(desc, str) else desc[0]
+    )
     versions = software_versions()
     versions = {k: versions[k] for k in versions if k in _METHODS_SOFTWARE}
     # Every set the page lists gets its methods: this invocation's labels first, then
@@ -131,6 +132,26 @@ def write_subject_report(out_dir, subject: str, results, desc) -> Path:
         text = "\n\n".join(f"Outputs labelled desc-{label}: {methods(label)}" for label in descs)
     report = build_subject_report(subject, runs, text, errors)
     return report.save_as_html(out_dir / naming.subject_report_path(subject))
+
+
+def _subject_failures(out_dir: Path, subject: str, results, desc: str) -> list[dict]:
+    """The failed sets the subject page lists: this invocation's, then the failure log's.
+
+    The log keeps the failures of earlier invocations (another strategy, another desc)
+    until their set succeeds, so a later invocation's page does not drop them. ``desc``
+    labels the results that carry none (one strategy), as in the log.
+    """
+    failed = [(r.name, r.desc or desc, r.reason) for r in results if not r.ok]
+    mine = {(r.name, r.desc or desc) for r in results}
+    for entry in _read_failure_log(out_dir / naming.failure_log_path(subject)):
+        key = (entry.get("run"), entry.get("desc"))
+        if key[0] and key not in mine:
+            failed.append((*key, str(entry.get("reason", ""))))
+    several = len({label for _, label, _ in failed} | {r.desc or desc for r in results}) > 1
+    return [
+        {"name": f"{name} (desc-{label})" if several and label else name, "reason": reason}
+        for name, label, reason in failed
+    ]
 
 
 def _several_sets(results) -> bool:
@@ -210,20 +231,21 @@ def summarise(results: list[RunResult], settings) -> int:
     out_dir = settings.output_dir
     # The labels of the sets written (several strategies: each one's), in their order.
     descs = tuple(dict.fromkeys(r.desc for r in results if r.desc)) or settings.outputs.descs
-    if settings.reports:
-        for subject, own in sorted(by_subject(results).items()):
-            try:
-                write_subject_report(out_dir, subject, own, descs)
-            except Exception as exc:  # a report must not hide the processing result
-                console.progress(f"masker-wf: subject report of sub-{subject} failed: {exc}")
     code = exit_code(results)
     try:
+        # Before the subject pages: they list the failures the logs keep.
         _write_failure_logs(out_dir, results, settings.outputs.desc)
     except OSError as exc:
         # The runs' outcome is known; a log that cannot be written is an output failure.
         console.error(f"cannot write the failure log in '{out_dir / 'logs'}': {exc}")
         logged = output_exit_code(exc.errno)
         code = max(code, logged) if code in (73, 74) else logged
+    if settings.reports:
+        for subject, own in sorted(by_subject(results).items()):
+            try:
+                write_subject_report(out_dir, subject, own, descs)
+            except Exception as exc:  # a report must not hide the processing result
+                console.progress(f"masker-wf: subject report of sub-{subject} failed: {exc}")
     failed = [r for r in results if not r.ok]
     several = _several_sets(results)
     what = f"output sets ({len(descs)} strategies)" if several else "runs"
