@@ -597,10 +597,10 @@ def test_subject_methods_cover_every_run(app_run):
     if len(set(censored)) > 1:
         assert f"between {min(censored)} and {max(censored)} volumes per run" in text
     else:
-        assert f"censoring of {censored[0]} volumes per run" in text
+        assert f"the censored volumes ({censored[0]} volumes per run" in text
     # Butterworth filtering with censoring: the censored volumes were interpolated.
     assert "Butterworth band-pass filtering (0.01-0.2 Hz)" in text
-    assert "cubic splines" in text
+    assert "cubic-spline interpolation of the censored volumes" in text
     assert "fMRIPrep's desc-brain mask" in text
 
 
@@ -865,7 +865,7 @@ def test_subject_methods_text():
     assert "regression of 1 confounds (scrubbing strategy): a" in text
     text = subject_methods([_record("01", 5, ["a"], low_pass=0.1)], versions)
     assert "Butterworth low-pass filtering (0.1 Hz)" in text
-    assert "cubic splines" in text
+    assert "cubic-spline interpolation of the censored volumes (5 volumes" in text
 
 
 def test_rerun_rewrites_only_when_output_options_change(tmp_path, capsys):

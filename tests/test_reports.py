@@ -311,8 +311,12 @@ def test_methods_paragraph_states_the_scrubbing_criteria_and_the_independent_reg
         versions,
     )
     assert "framewise" not in plain
-    # Only the first volumes are censored without scrubbing.
-    assert "censoring of 2 volumes (non-steady-state volumes at the start of the run)" in plain
+    assert "censoring of 2 volumes (non-steady-state and/or motion outliers)" in plain
+    # A strategy known not to scrub censors only the first volumes.
+    motion = methods_paragraph(
+        {"n_volumes_censored": 2, "confounds_parameters": {"strategy": ["motion"]}}, versions
+    )
+    assert "censoring of 2 volumes (non-steady-state volumes at the start of the run)" in motion
     assert "linearly independent" not in plain
     # scrub 0 removes no segment: no "segments of fewer than 0 volumes".
     no_segments = methods_paragraph(

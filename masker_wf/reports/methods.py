@@ -150,10 +150,10 @@ def _censoring(runs, labels, inputs_known: bool, interpolated: bool) -> str | No
 
 def _censoring_reason(runs) -> str:
     """What was censored, when the runs do not share one scrubbing criterion."""
-    selections = [run.get("confounds_parameters") or {} for run in runs]
-    if any("scrub" in (s.get("strategy") or ()) for s in selections):
+    strategies = [(run.get("confounds_parameters") or {}).get("strategy") for run in runs]
+    if any(strategy is None or "scrub" in strategy for strategy in strategies):
         return _CENSORING_REASON
-    # Without scrubbing, only the volumes at the start are censored.
+    # Known not to scrub: only the volumes at the start are censored.
     return "non-steady-state volumes at the start of the run"
 
 
