@@ -174,3 +174,36 @@ def test_an_option_off_by_default_says_so_as_it_is_spelled():
     helps = {action.dest: action.help for action in build_parser().options.values()}
     assert helps["standardize"].endswith("(default: none)")
     assert "(default: False)" not in helps["standardize"]
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--fd-threshold", "nan"], "fd_threshold must be a positive number, got nan"),
+        (["--fd-threshold", "-1"], "fd_threshold must be a positive number, got -1.0"),
+        (["--std-dvars-threshold", "0"], "std_dvars_threshold must be a positive number"),
+        (["--scrub", "-3"], "scrub (the shortest segment kept between outliers, in volumes)"),
+    ],
+)
+def test_scrubbing_thresholds_are_checked_at_the_door(tmp_path, capsys, options, message):
+    # NaN used to run the whole workflow and fail writing a sidecar; a negative threshold
+    # failed every run ("every volume would be censored"); a negative scrub was used.
+    out, work = tmp_path / "out", tmp_path / "work"
+    argv = [str(FMRIPREP), str(out), "participant", "-w", str(work), "--no-reports"]
+    assert main([*argv, "--denoise-strategy", "scrubbing", *options]) == 64
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+    assert not work.exists()
+
+
+@pytest.mark.parametrize("scrub", [2.5, True, -3])
+def test_a_strategy_files_scrub_must_be_a_count(tmp_path, capsys, scrub):
+    strategy = tmp_path / "mine.json"
+    strategy.write_text(json.dumps({"strategy": ["motion", "scrub"], "scrub": scrub}))
+    out = tmp_path / "out"
+    argv = [str(FMRIPREP), str(out), "participant", "-w", str(tmp_path / "w")]
+    assert main([*argv, "--custom-strategy", str(strategy)]) == 65
+    err = capsys.readouterr().err
+    assert f"strategy file '{strategy}'" in err
+    assert f"must be a non-negative int, got {scrub!r}" in err
+    assert not out.exists()

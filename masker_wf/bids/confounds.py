@@ -260,13 +260,25 @@ def _check_parameters(params: dict) -> None:
         raise ValueError(f"n_compcor must be 'all' or a non-negative int, got {n_compcor!r}.")
     if params["ica_aroma"] not in ("full", "basic"):
         raise ValueError(f"ica_aroma must be 'full' or 'basic', got {params['ica_aroma']!r}.")
+    for name in ("fd_threshold", "std_dvars_threshold"):
+        value = params[name]
+        # A NaN or a threshold at or below zero would censor every volume (or none).
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float | np.number)
+            or not np.isfinite(value)
+            or value <= 0
+        ):
+            raise ValueError(f"{name} must be a positive number, got {value!r}.")
+    scrub = params["scrub"]
+    if isinstance(scrub, bool) or not isinstance(scrub, int | np.integer) or scrub < 0:
+        raise ValueError(
+            f"scrub (the shortest segment kept between outliers, in volumes) must be a "
+            f"non-negative int, got {scrub!r}."
+        )
     if "compcor" in params["strategy"] and "high_pass" not in params["strategy"]:
         # CompCor components were computed after a cosine high-pass: regress it too.
         raise ValueError("strategy: 'compcor' requires 'high_pass' as well.")
-    if "ica_aroma" in params["strategy"] and (
-        "global_signal" in params["strategy"] or "wm_csf" not in params["strategy"]
-    ):
-        pass  # nilearn allows these combinations; nothing to check
 
 
 #: The component of ``strategy`` each option of a component acts on.
