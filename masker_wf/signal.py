@@ -935,7 +935,10 @@ def _plan_budget(plan, n_volumes, strategy, t_r, n_extra_confounds=0, exact_max=
     """:class:`DegreesOfFreedom` of one run's plan."""
     n_out = plan.censor_after.size if plan.censor_after is not None else plan.n_span
     centre = strategy is not None and n_out > 1
-    if plan.detrend:
+    if n_out == 1:
+        # A single volume holds no time course: its value is the mean, whatever is done.
+        n_trend = 1 if _mean_apart(plan.basis) else 0
+    elif plan.detrend:
         n_trend = min(2, n_out)
     elif plan.sos is None:
         # The mean holds no time course, whether standardization removes it or the cleaning

@@ -398,3 +398,31 @@ def test_min_time_refuses_runs_with_too_few_seconds_and_the_others_go_on(tmp_pat
     assert summary.loc[1, "status"] == "ok"
     code, _ = _app(tmp_path, *options, "--run-id", "2", name="alone")
     assert code == 65
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"detrend": True},
+        {"standardize": "zscore_sample"},
+        {"confounds": _confounds(40, 2, 14)},
+    ],
+)
+def test_a_single_kept_volume_leaves_nothing(options):
+    # Its value is its mean: it used to be budgeted 1 (and written) without detrending.
+    budget = signal.degrees_of_freedom(40, sample_mask=[39], **options)
+    assert budget.n_kept == 1
+    assert budget.budget <= 0
+
+
+def test_the_app_refuses_a_run_left_with_one_volume(tmp_path, capsys):
+    from masker_wf.cli.run import main
+
+    fmriprep = REPO / "bids_examples/ds-masker/derivatives/fmriprep"
+    out = tmp_path / "out"
+    argv = [str(fmriprep), str(out), "participant", "-w", str(tmp_path / "w"), "--no-reports"]
+    argv += ["--participant-label", "01", "--run-id", "01", "--denoise-strategy", "none"]
+    assert main([*argv, "--dummy-scans", "39"]) == 65
+    assert "0 degree(s) of freedom" in capsys.readouterr().err
+    assert not list(out.glob("sub-01/func/*_bold.nii.gz"))
