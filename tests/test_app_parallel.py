@@ -240,3 +240,41 @@ def test_each_progress_line_reaches_an_unbuffered_stderr_in_one_write(monkeypatc
         b"masker-wf: warning: a warning\n",
         b"masker-wf: error: an error\n",
     ]
+
+
+def test_ctrl_c_stops_the_app_with_one_line_and_a_rerun_resumes(tmp_path):
+    from app_helpers import FMRIPREP, PACKAGE_ROOT
+
+    out, work = tmp_path / "out", tmp_path / "work"
+    argv = [str(FMRIPREP), str(out), "participant", "-w", str(work), "--no-reports"]
+    argv += ["--denoise-strategy", "simple", "--nprocs", "2"]
+    env = {**os.environ, "PYTHONPATH": str(PACKAGE_ROOT), "NO_ET": "1"}
+    app = subprocess.Popen(
+        [sys.executable, "-m", "masker_wf.cli.run", *argv],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,  # its own process group, as a terminal's job is
+    )
+    lines = []
+    for line in app.stderr:
+        lines.append(line)
+        if "running the masker workflow" in line:
+            # Ctrl-C: SIGINT to every process of the job (the App and its workers).
+            os.killpg(app.pid, signal.SIGINT)
+            break
+    lines += app.stderr.readlines()
+    assert app.wait(timeout=120) == 130
+    err = "".join(lines)
+    # One line instead of the tracebacks of the App and of each worker.
+    assert "Traceback" not in err
+    assert err.rstrip().endswith(
+        "masker-wf: interrupted; output sets already written are kept, and a rerun with "
+        "the same work directory resumes"
+    )
+    rerun = subprocess.run(
+        [sys.executable, "-m", "masker_wf.cli.run", *argv],
+        capture_output=True, text=True, env=env, check=False,
+    )  # fmt: skip
+    assert rerun.returncode == 0, rerun.stderr
+    assert len(list(out.glob("sub-*/func/*_desc-denoised_bold.nii.gz"))) == 4

@@ -19,6 +19,7 @@ import contextlib
 import math
 import multiprocessing
 import os
+import signal
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -224,12 +225,19 @@ def thread_budget(n_threads: int):
 _WORK: dict = {}
 
 
+def _stop_quietly(signum, frame):
+    raise SystemExit(128 + signum)
+
+
 def _start_worker(n_threads: int, setup) -> None:
     from threadpoolctl import threadpool_limits
 
     from .workers import die_with_parent
 
     die_with_parent()
+    # Ctrl-C reaches every process of the terminal's group: the App says it was
+    # interrupted; a worker stops without printing a traceback of its own.
+    signal.signal(signal.SIGINT, _stop_quietly)
     # The budget of this process's threads: read by masker_wf._threads, applied to BLAS.
     os.environ["OMP_NUM_THREADS"] = str(n_threads)
     threadpool_limits(limits=n_threads)

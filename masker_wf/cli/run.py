@@ -45,8 +45,26 @@ def _options(argv) -> tuple[dict | None, int | None]:
         return None, _error(str(exc), exc.exit_code)
 
 
+#: Exit code of an App stopped by Ctrl-C (SIGINT): 128 + the signal's number, as shells do.
+EXIT_INTERRUPTED = 130
+
+
 def main(argv=None) -> int:
     """Run the BIDS App; return the exit code (see the module docstring)."""
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        # What was committed stays (each output set is written whole or not at all); the
+        # work directory lets a rerun resume. No traceback: the user asked for this.
+        print(
+            "\nmasker-wf: interrupted; output sets already written are kept, and a rerun "
+            "with the same work directory resumes",
+            file=sys.__stderr__,
+        )
+        return EXIT_INTERRUPTED
+
+
+def _main(argv) -> int:
     _environment_setup()
     argv = list(sys.argv[1:] if argv is None else argv)
     options, code = _options(argv)
