@@ -907,3 +907,20 @@ def test_provenance_records_every_spec_parameter_with_its_value(app_run):
     assert (parameters["high_pass"], parameters["low_pass"]) == (0.01, 0.2)
     assert parameters["mask_strategy"] == _spec.by_name("mask_strategy").default
     assert parameters["high_variance_confounds"] is False
+
+
+def test_a_broken_mask_or_confounds_json_is_named_as_the_file_at_fault(tmp_path, capsys):
+    fmriprep = _copy_fmriprep(tmp_path)
+    func = fmriprep / "sub-01" / "func"
+    mask = func / f"sub-01_task-rhymes_run-01_space-{SPACE}_desc-brain_mask.nii.gz"
+    mask.write_bytes(mask.read_bytes()[:100])
+    sidecar = func / "sub-01_task-rhymes_run-02_desc-confounds_timeseries.json"
+    sidecar.write_text("{bad")
+    out = tmp_path / "out"
+    argv = [str(fmriprep), str(out), "participant", "-w", str(tmp_path / "work")]
+    argv += ["--participant-label", "01", "--denoise-strategy", "simple", "--no-reports"]
+    assert main(argv) == 65
+    failed = [line for line in capsys.readouterr().err.splitlines() if "FAILED on" in line]
+    # Both used to be blamed on another file: the BOLD, and the confounds TSV.
+    assert f"FAILED on {mask}: cannot read the mask image" in failed[0]
+    assert f"FAILED on {sidecar}: confounds sidecar is not valid JSON" in failed[1]

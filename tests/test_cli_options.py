@@ -207,3 +207,11 @@ def test_a_strategy_files_scrub_must_be_a_count(tmp_path, capsys, scrub):
     assert f"strategy file '{strategy}'" in err
     assert f"must be a non-negative int, got {scrub!r}" in err
     assert not out.exists()
+
+
+def test_a_directory_given_as_config_file_is_not_called_missing(tmp_path, capsys):
+    out = tmp_path / "out"
+    argv = [str(FMRIPREP), str(out), "participant", "--config-file", str(tmp_path)]
+    assert main(argv) == 65
+    assert f"--config-file '{tmp_path}' is not a file." in capsys.readouterr().err
+    assert not out.exists()

@@ -26,7 +26,12 @@ from .._exceptions import DimensionError
 from .._io import prefetch_digest, remember_digest, stat_key
 from .._niimg import describe
 from ..bids import derivatives as deriv
-from ..bids.confounds import ConfoundSelection, dummy_scan_selection, select_confounds
+from ..bids.confounds import (
+    ConfoundSelection,
+    SidecarError,
+    dummy_scan_selection,
+    select_confounds,
+)
 from ..bids.layout import RunInputs
 from ..bids.provenance import cache_entries, now
 from ..signal import FewDegreesOfFreedomWarning
@@ -225,6 +230,8 @@ def _select_confounds(run: RunInputs, plan: Plan, params, n_volumes: int):
         )
     try:
         selection = select_confounds(run.confounds_file, **params)
+    except SidecarError as exc:  # the confounds' JSON, not the table, is at fault
+        raise RunError(exc.file, exc.reason) from exc
     except ValueError as exc:
         raise RunError(run.confounds_file, str(exc)) from exc
     if selection.n_volumes != n_volumes:
@@ -249,6 +256,16 @@ def _design_file(work_dir: Path, run: RunInputs, selection, desc=None) -> Path |
     if not (path.is_file() and path.read_text(encoding="utf-8") == text):
         deriv.write_text(path, text)
     return path
+
+
+def _read_mask_header(mask_file) -> None:
+    """Fail on the mask itself (not the BOLD) when its header cannot be read."""
+    import nibabel as nib
+
+    try:
+        nib.load(mask_file).header.get_data_shape()
+    except Exception as exc:
+        raise RunError(mask_file, f"cannot read the mask image: {exc}") from exc
 
 
 def prepare_run(run: RunInputs, plan: Plan, settings: Settings) -> RunJob:
@@ -291,6 +308,7 @@ def prepare_run(run: RunInputs, plan: Plan, settings: Settings) -> RunJob:
     params = settings.workflow_parameters()
     params["t_r"] = t_r
     if mask_file is not None:
+        _read_mask_header(mask_file)
         # Pydra gets the file a symlink points to: a relative link (DataLad, git-annex)
         # would dangle in the cache; the outputs still name the path the user gave.
         params["mask_file"] = outputs.workflow_input(mask_file, settings.execution.work_dir)

@@ -426,9 +426,18 @@ def load_confounds_table(confounds_file) -> tuple[pd.DataFrame, dict]:
     if sidecar.is_file():
         try:
             meta = json.loads(sidecar.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"confounds sidecar '{sidecar}' is not valid JSON: {exc}") from exc
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise SidecarError(sidecar, f"confounds sidecar is not valid JSON: {exc}") from exc
     return table, meta
+
+
+class SidecarError(ValueError):
+    """A JSON sidecar that cannot be read; ``file`` is its path (the file at fault)."""
+
+    def __init__(self, file, reason: str):
+        super().__init__(f"{file}: {reason}")
+        self.file = Path(file)
+        self.reason = reason
 
 
 @functools.lru_cache(maxsize=16)

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 
-from .confounds import aroma_missing_message
+from .confounds import SidecarError, aroma_missing_message
 from .naming import run_name
 
 __all__ = [
@@ -68,15 +68,6 @@ class BIDSInputError(ValueError):
     def __init__(self, message: str, exit_code: int):
         super().__init__(message)
         self.exit_code = exit_code
-
-
-class SidecarError(ValueError):
-    """A JSON sidecar that cannot be read; ``file`` is its path."""
-
-    def __init__(self, file, reason: str):
-        super().__init__(f"{file}: {reason}")
-        self.file = Path(file)
-        self.reason = reason
 
 
 @dataclass

@@ -612,9 +612,13 @@ def load_config_file(path) -> dict:
     Raises
     ------
     OptionsError
-        The file does not exist (exit code 66), or its content cannot be parsed (65).
+        The file does not exist (exit code 66), is a directory, or its content cannot be
+        parsed (65).
     """
     path = Path(path)
+    if path.exists() and not path.is_file():
+        # As for strategy files: there, but not a file one can read (65, not 66).
+        raise OptionsError(f"--config-file '{path}' is not a file.", 65)
     if not path.is_file():
         raise OptionsError(f"--config-file '{path}' does not exist.", 66)
     try:
