@@ -924,3 +924,22 @@ def test_a_broken_mask_or_confounds_json_is_named_as_the_file_at_fault(tmp_path,
     # Both used to be blamed on another file: the BOLD, and the confounds TSV.
     assert f"FAILED on {mask}: cannot read the mask image" in failed[0]
     assert f"FAILED on {sidecar}: confounds sidecar is not valid JSON" in failed[1]
+
+
+def test_dry_run_names_the_runs_a_missing_confounds_file_would_fail(tmp_path, capsys):
+    fmriprep = _copy_fmriprep(tmp_path)
+    lost = fmriprep / "sub-01/func/sub-01_task-rhymes_run-01_desc-confounds_timeseries.tsv"
+    lost.unlink()
+    out = tmp_path / "out"
+    argv = [str(fmriprep), str(out), "participant", "-w", str(tmp_path / "w"), "--dry-run"]
+    # It used to say yes (0) to what the run refuses.
+    assert main([*argv, "--denoise-strategy", "none", "compcor"]) == 1
+    printed = capsys.readouterr().out
+    bold = f"sub-01_task-rhymes_run-01_space-{SPACE}_desc-preproc_bold"
+    assert f"would fail: {bold}: the 'compcor' denoising strategy needs" in printed
+    assert "'none'" not in printed.split("would fail")[1]
+    assert main([*argv, "--denoise-strategy", "none"]) == 0
+    # Only that run selected: every run would fail for a missing input, as the run says.
+    selected = ["--participant-label", "01", "--run-id", "01", "--denoise-strategy", "simple"]
+    assert main([*argv, *selected]) == 66
+    assert not out.exists()

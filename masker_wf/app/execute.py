@@ -19,7 +19,7 @@ from dataclasses import replace
 from ..bids.layout import strip_sub
 from . import console, parallel, slurm
 from .errors import EXIT_CANTCREAT, EXIT_NOINPUT, EXIT_NOTHING, EXIT_OK, AppError
-from .plan import check_inputs, plan_runs, prepare_output
+from .plan import check_inputs, confound_parameters, plan_runs, prepare_output
 from .run import RunResult, by_subject, process_run, strategy_label
 from .settings import Settings
 from .summary import exit_code, run_group, summarise
@@ -126,12 +126,14 @@ def participant_level(settings: Settings, array_command: slurm.ArrayCommand | No
         )
     plan = plan_runs(settings, inputs)
     if dry_run:
+        plans = [(settings, plan)]
         if settings.denoising.strategies:
             # What the run refuses before any work (ICA-AROMA's inputs, whichever strategy
             # asks for them), the dry run refuses too.
-            for each in settings.each_strategy():
-                _strategy_plan(plan, each, inputs)
-        return _print_plan(plan, settings)
+            plans = [
+                (each, _strategy_plan(plan, each, inputs)) for each in settings.each_strategy()
+            ]
+        return _print_plan(plan, settings, _missing_confounds(plans))
     if settings.denoising.strategies:
         return _process_strategies(plan, settings, inputs)
     results = _labelled(_process_runs(plan, settings), settings, plan)
@@ -205,8 +207,23 @@ def _finish_participants(settings: Settings, results) -> None:
                 console.progress(f"masker-wf: --clean-workdir: removed {work_dir}")
 
 
-def _print_plan(plan, settings: Settings) -> int:
-    """``--dry-run``: the runs of each participant and the largest run's memory."""
+def _missing_confounds(plans) -> list[tuple]:
+    """``(run, strategy)`` of each run that a strategy needing confounds would fail on."""
+    missing = []
+    for each, plan in plans:
+        if confound_parameters(each.denoising, plan.strategy) is None:
+            continue
+        label = _strategy_name(each) if each.denoising.custom_strategy else plan.strategy
+        missing += [(run, label) for run in plan.runs if run.confounds_file is None]
+    return missing
+
+
+def _print_plan(plan, settings: Settings, missing=()) -> int:
+    """``--dry-run``: the runs of each participant and the largest run's memory.
+
+    Runs that would fail for a missing confounds file are listed, and the exit code is
+    the run's: 66 when every run would fail so, else 1.
+    """
     runs = plan.runs
     by_participant = by_subject(runs)
     strategies = settings.each_strategy()
@@ -228,6 +245,13 @@ def _print_plan(plan, settings: Settings) -> int:
     )
     if memory is not None:
         print(f"estimated memory of the largest run: {memory} MB")
+    for run, strategy in missing:
+        print(
+            f"  would fail: {run.name}: the '{strategy}' denoising strategy needs fMRIPrep's "
+            "confounds file, and none was found for this run"
+        )
+    if missing:
+        return EXIT_NOINPUT if {run.name for run, _ in missing} >= {r.name for r in runs} else 1
     return EXIT_OK
 
 
