@@ -31,3 +31,25 @@ def test_readme_examples_run_and_agree(tmp_path, monkeypatch):
     assert (tmp_path / "masker-report.html").stat().st_size > 10_000
     assert namespace["workflow_signals"].shape == (40, 1065)  # fMRIPrep's brain mask
     assert Path(namespace["result"].outputs.cleaned_bold_file).exists()
+
+
+def test_the_readmes_strategy_file_is_one(tmp_path):
+    import json
+
+    from masker_wf.bids.confounds import load_strategy_file, select_confounds, strategy_parameters
+
+    text = (REPO / "README.md").read_text()
+    blocks = re.findall(r"```json\n(.*?)```", text, flags=re.S)
+    assert len(blocks) == 1
+    path = tmp_path / "mine.json"
+    path.write_text(blocks[0])
+    overrides = load_strategy_file(path)
+    assert overrides["fd_threshold"] == json.loads(blocks[0])["fd_threshold"]
+    confounds = (
+        REPO / "bids_examples/ds-masker/derivatives/fmriprep/sub-01/func"
+        / "sub-01_task-rhymes_run-01_desc-confounds_timeseries.tsv"
+    )  # fmt: skip
+    strategy = overrides.pop("denoise_strategy")
+    selection = select_confounds(confounds, **strategy_parameters(strategy, **overrides))
+    assert "trans_x_derivative1" in selection.columns
+    assert "white_matter" in selection.columns
