@@ -222,3 +222,17 @@ def test_dataset_links_are_relative(tmp_path):
         FMRIPREP.resolve().as_uri(),
         RAW.resolve().as_uri(),
     }
+
+
+def test_a_space_matching_nothing_names_the_spaces_there(tmp_path, capsys):
+    from masker_wf.cli.run import main
+
+    fmriprep = (
+        Path(__file__).resolve().parent.parent / "bids_examples/ds-masker/derivatives/fmriprep"
+    )
+    argv = [str(fmriprep), str(tmp_path / "out"), "participant", "--dry-run", "--space"]
+    assert main([*argv, "T1w"]) == 18
+    assert "are in: MNI152NLin2009cAsym." in capsys.readouterr().err
+    assert main([*argv, "MNI152NLin2009cAsym:res-2"]) == 18
+    err = capsys.readouterr().err
+    assert "--space takes space labels only; select a resolution with --bids-filter-file" in err

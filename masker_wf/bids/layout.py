@@ -608,6 +608,29 @@ class _Sidecars:
         return metadata
 
 
+def _spaces_hint(layout, query, space, participants) -> str:
+    """With ``--space`` given: the spaces the participants' BOLD files are in."""
+    if not space:
+        return ""
+    others = {k: v for k, v in query.items() if k != "space"}
+    try:
+        found = layout.get(return_type="id", target="space", invalid_filters="allow", **others)
+    except Exception:  # a hint only: the selection's own error is what matters
+        return ""
+    hint = ""
+    if found:
+        spaces = ", ".join(sorted(set(found)))
+        hint = f" The BOLD files of participant(s) {', '.join(participants)} are in: {spaces}."
+    if any(":" in str(name) for name in space):
+        # fMRIPrep's --output-spaces syntax (MNI152NLin2009cAsym:res-2) names a space and
+        # an entity: here the entity is a filter of its own.
+        hint += (
+            " --space takes space labels only; select a resolution with --bids-filter-file "
+            '(for example {"bold": {"res": "2"}}).'
+        )
+    return hint
+
+
 def _bold_query(participants, derivatives_mode, layout, space, aroma, labels, bids_filters):
     query = {
         "subject": list(participants),
@@ -679,7 +702,11 @@ def collect_runs(
         if aroma:  # say which fMRIPrep outputs ICA-AROMA needs, and which versions make them
             # A required input is missing (66), not a selection that matched nothing (18).
             raise BIDSInputError(aroma_missing_message("full", str(described)), 66)
-        raise BIDSInputError(f"No BOLD file matches the selection {described}.", 18)
+        raise BIDSInputError(
+            f"No BOLD file matches the selection {described}."
+            + _spaces_hint(layout, query, space, participants),
+            18,
+        )
 
     def indexed(**filters):
         found = layout.get(
