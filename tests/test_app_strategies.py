@@ -54,6 +54,10 @@ def test_two_strategies_write_two_output_sets_sharing_the_smoothing(tmp_path):
     ]
     assert _sidecar(out, "denoisedSimple")["DenoiseStrategy"] == "simple"
     assert _sidecar(out, "denoisedScrubbing")["DenoiseStrategy"] == "scrubbing"
+    scrubbed = _sidecar(out, "denoisedScrubbing")["ConfoundsParameters"]
+    # nilearn's scrubbing preset: FD above 0.2 mm or standardized DVARS above 3.
+    assert (scrubbed["fd_threshold"], scrubbed["std_dvars_threshold"]) == (0.2, 3.0)
+    assert "StrategyFile" not in _sidecar(out, "denoisedSimple")
     simple = cleaned_data(out, f"{RUN}_desc-denoisedSimple")
     scrubbing = cleaned_data(out, f"{RUN}_desc-denoisedScrubbing")
     assert simple.shape != scrubbing.shape or not np.array_equal(simple, scrubbing)
@@ -88,6 +92,15 @@ def test_strategy_files_are_labelled_by_their_names(tmp_path):
     assert main(argv) == 0
     assert _sidecar(out, "denoisedMotiononly")["DenoiseStrategy"] == "custom"
     assert _sidecar(out, "denoisedWmcsf")["DenoiseStrategy"] == "custom"
+    # The sidecar says which file, and what it selected (it said only "custom").
+    sidecar = _sidecar(out, "denoisedWmcsf")
+    assert sidecar["StrategyFile"] == "wmcsf.json"
+    assert sidecar["ConfoundsParameters"] == {
+        "strategy": ["motion", "wm_csf"],
+        "motion": "basic",
+        "wm_csf": "basic",
+        "demean": True,
+    }
     records = assert_sets_consistent(out)
     assert sorted(r["Parameters"]["custom_strategy"] for r in records) == sorted(map(str, files))
     # The group table names each custom set's file.

@@ -324,10 +324,17 @@ def sidecars(job, settings, links, *, cleaned_zooms, res) -> dict:
         "NumberOfVolumesKept": len(kept),
         "KeptVolumeIndices": kept,
         "DenoiseStrategy": job.strategy,
+        # What the strategy was made of (components, expansions, scrubbing thresholds),
+        # in load_confounds' words, and the strategy file a custom strategy came from.
+        "ConfoundsParameters": jsonable(
+            {} if job.confound_params is None else applied_confound_parameters(job.confound_params)
+        ),
         "ConfoundColumns": selection.columns if selection is not None else [],
         "MaskerParameters": parameters,
         "DummyScans": quality.dummy_scan_record(job, settings),
     }
+    if settings.denoising.custom_strategy is not None:
+        bold["StrategyFile"] = Path(settings.denoising.custom_strategy).name
     dof = quality.dof_record(job, settings)
     if dof is not None:
         bold["DegreesOfFreedom"] = dof
