@@ -943,3 +943,14 @@ def test_dry_run_names_the_runs_a_missing_confounds_file_would_fail(tmp_path, ca
     selected = ["--participant-label", "01", "--run-id", "01", "--denoise-strategy", "simple"]
     assert main([*argv, *selected]) == 66
     assert not out.exists()
+
+
+def test_target_resolution_does_not_warn_about_the_resampling_it_asks_for(tmp_path, capsys):
+    out = tmp_path / "out"
+    argv = [str(FMRIPREP), str(out), "participant", "-w", str(tmp_path / "w"), "--no-reports"]
+    argv += ["--participant-label", "01", "--run-id", "01", "--denoise-strategy", "simple"]
+    assert main([*argv, "--target-resolution", "10"]) == 0
+    err = capsys.readouterr().err
+    # NiftiMasker's advice (give a target grid to save memory) was printed to users who had.
+    assert "resampled to the mask_img resolution" not in err
+    assert list(out.glob("sub-01/func/*_res-10mm_desc-denoised_bold.nii.gz"))

@@ -338,6 +338,19 @@ def prepare_run(run: RunInputs, plan: Plan, settings: Settings) -> RunJob:
     )
 
 
+def _asked_for(warning, job: RunJob) -> bool:
+    """A step's warning about what the user asked for: a target grid resamples the BOLD.
+
+    NiftiMasker warns that resampling to the mask's grid is costly (and suggests giving a
+    target grid): with --target-resolution (or --target-affine) that resampling is the
+    point, and the App's resample node does it once, cropped to the mask.
+    """
+    grid = job.params.get("target_affine") is not None or job.params.get("target_shape")
+    return bool(grid) and "imgs are being resampled to the mask_img resolution" in str(
+        warning.message
+    )
+
+
 def run_workflow(job: RunJob, settings: Settings, worker, n_procs, clock) -> WorkflowRun:
     """Run the masker workflow of ``job`` in the work directory's Pydra cache."""
     from ..workflow import run_masker_workflow
@@ -373,7 +386,8 @@ def run_workflow(job: RunJob, settings: Settings, worker, n_procs, clock) -> Wor
                     str(w.message)
                     for w in caught
                     # The App checked the budget itself, against its own thresholds.
-                    if job.dof is None or not issubclass(w.category, FewDegreesOfFreedomWarning)
+                    if (job.dof is None or not issubclass(w.category, FewDegreesOfFreedomWarning))
+                    and not _asked_for(w, job)
                 }
             ),
         ],
