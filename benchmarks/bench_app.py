@@ -11,11 +11,12 @@ included; its peak memory the sampled sum over its process tree):
                 fMRIPrep-style dataset (the BOLD hard-linked), empty work directory
 ``app_cached``  the App again on the same work directory, into a new output directory
 
-with the benchmark configuration: mask given, ``simple`` strategy (the 26 confounds),
-smoothing 6 mm, detrend, ``zscore_sample``, band-pass 0.01-0.08 Hz, TR 2 s. It prints the
-run (size, compression ratio), a table (wall time, peak memory, ratios to nilearn, largest
-difference of the cleaned BOLD from nilearn's relative to nilearn's largest value), and the
-seconds of each step of each contender.
+(the tree under test byte-compiled first, as ``pip install`` does: see
+``_measure.byte_compile``), with the benchmark configuration: mask given, ``simple``
+strategy (the 26 confounds), smoothing 6 mm, detrend, ``zscore_sample``, band-pass
+0.01-0.08 Hz, TR 2 s. It prints the run (size, compression ratio), a table (wall time,
+peak memory, ratios to nilearn, largest difference of the cleaned BOLD from nilearn's
+relative to nilearn's largest value), and the seconds of each step of each contender.
 
 ``--mode strategies`` measures what the node-per-step workflow (issue 16) costs and saves,
 each contender in a fresh process too:
