@@ -939,9 +939,11 @@ def test_dry_run_names_the_runs_a_missing_confounds_file_would_fail(tmp_path, ca
     assert f"would fail: {bold}: the 'compcor' denoising strategy needs" in printed
     assert "'none'" not in printed.split("would fail")[1]
     assert main([*argv, "--denoise-strategy", "none"]) == 0
-    # Only that run selected: every run would fail for a missing input, as the run says.
-    selected = ["--participant-label", "01", "--run-id", "01", "--denoise-strategy", "simple"]
-    assert main([*argv, *selected]) == 66
+    # Only that run selected: every run would fail for a missing input, as the run says;
+    # with a strategy that needs no confounds beside, one set of two would be written (1).
+    selected = ["--participant-label", "01", "--run-id", "01", "--denoise-strategy"]
+    assert main([*argv, *selected, "simple"]) == 66
+    assert main([*argv, *selected, "none", "simple"]) == 1
     assert not out.exists()
 
 

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
+import threading
+from contextlib import contextmanager
 
 __all__ = [
     "EXIT_CANTCREAT",
     "EXIT_DATA",
     "EXIT_FAILED_RUNS",
+    "EXIT_INTERRUPTED",
     "EXIT_INVALID",
     "EXIT_IOERR",
     "EXIT_LEVEL",
@@ -18,12 +22,48 @@ __all__ = [
     "EXIT_USAGE",
     "AppError",
     "OutputError",
+    "check_interrupted",
+    "interruptible",
     "output_exit_code",
 ]
 
 EXIT_OK, EXIT_FAILED_RUNS = 0, 1
 EXIT_INVALID, EXIT_LEVEL, EXIT_NOTHING = 16, 17, 18
 EXIT_USAGE, EXIT_DATA, EXIT_NOINPUT, EXIT_CANTCREAT, EXIT_IOERR = 64, 65, 66, 73, 74
+
+#: Exit code of an App stopped by Ctrl-C (SIGINT): 128 + the signal's number, as shells do.
+EXIT_INTERRUPTED = 128 + signal.SIGINT
+
+# Set by Ctrl-C. A KeyboardInterrupt raised inside a garbage-collector callback (pybids'
+# SQLAlchemy teardown, say) is printed and swallowed by Python: the flag is what the App
+# checks between runs, so that such a Ctrl-C still stops it.
+_INTERRUPTED = threading.Event()
+
+
+def _on_sigint(signum, frame):
+    _INTERRUPTED.set()
+    raise KeyboardInterrupt
+
+
+@contextmanager
+def interruptible():
+    """Ctrl-C raises KeyboardInterrupt and is remembered, for the block (main thread)."""
+    _INTERRUPTED.clear()
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, _on_sigint)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def check_interrupted() -> None:
+    """Raise KeyboardInterrupt when Ctrl-C was pressed, even if its exception was lost."""
+    if _INTERRUPTED.is_set():
+        raise KeyboardInterrupt
+
 
 # Errors of the storage itself (74, EX_IOERR); any other output failure (a file in the way,
 # no permission, a read-only file system) is "cannot create" (73, EX_CANTCREAT).

@@ -18,7 +18,14 @@ from dataclasses import replace
 
 from ..bids.layout import strip_sub
 from . import console, parallel, slurm
-from .errors import EXIT_CANTCREAT, EXIT_NOINPUT, EXIT_NOTHING, EXIT_OK, AppError
+from .errors import (
+    EXIT_CANTCREAT,
+    EXIT_NOINPUT,
+    EXIT_NOTHING,
+    EXIT_OK,
+    AppError,
+    check_interrupted,
+)
 from .plan import check_inputs, confound_parameters, plan_runs, prepare_output
 from .run import RunResult, by_subject, process_run, strategy_label
 from .settings import Settings
@@ -72,6 +79,7 @@ def _process_runs(plan, settings: Settings) -> list[RunResult]:
     # unreachable is collected first, not frozen with the rest.
     gc.collect()
     gc.freeze()
+    check_interrupted()  # Ctrl-C during the collection: its exception is swallowed there
     return parallel.process_runs(len(runs), one, estimates, limits, failed, setup=preload)
 
 
@@ -133,7 +141,7 @@ def participant_level(settings: Settings, array_command: slurm.ArrayCommand | No
             plans = [
                 (each, _strategy_plan(plan, each, inputs)) for each in settings.each_strategy()
             ]
-        return _print_plan(plan, settings, _missing_confounds(plans))
+        return _print_plan(plan, settings, _missing_confounds(plans), len(plans))
     if settings.denoising.strategies:
         return _process_strategies(plan, settings, inputs)
     results = _labelled(_process_runs(plan, settings), settings, plan)
@@ -218,11 +226,11 @@ def _missing_confounds(plans) -> list[tuple]:
     return missing
 
 
-def _print_plan(plan, settings: Settings, missing=()) -> int:
+def _print_plan(plan, settings: Settings, missing=(), n_strategies: int = 1) -> int:
     """``--dry-run``: the runs of each participant and the largest run's memory.
 
     Runs that would fail for a missing confounds file are listed, and the exit code is
-    the run's: 66 when every run would fail so, else 1.
+    the run's: 66 when every output set (run and strategy) would fail so, else 1.
     """
     runs = plan.runs
     by_participant = by_subject(runs)
@@ -251,7 +259,7 @@ def _print_plan(plan, settings: Settings, missing=()) -> int:
             "confounds file, and none was found for this run"
         )
     if missing:
-        return EXIT_NOINPUT if {run.name for run, _ in missing} >= {r.name for r in runs} else 1
+        return EXIT_NOINPUT if len(missing) == len(runs) * n_strategies else 1
     return EXIT_OK
 
 

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from .. import _threads
 from . import console
+from .errors import check_interrupted
 
 __all__ = ["Resources", "estimate_run_memory_mb", "process_runs", "resources"]
 
@@ -288,7 +289,11 @@ def process_runs(
         if setup is not None:
             setup()
         with thread_budget(limits.omp_nthreads):
-            return [process(i) for i in range(n_runs)]
+            results = []
+            for i in range(n_runs):
+                check_interrupted()  # a Ctrl-C that a callback swallowed stops before the next
+                results.append(process(i))
+            return results
     results: dict[int, object] = {}
     waiting = list(range(n_runs))
     _WORK["process"] = process
@@ -323,6 +328,7 @@ def _run_pool(waiting, estimates_mb, limits, results, failed, setup) -> None:
     ) as pool:
         running: dict = {}
         while waiting or running:
+            check_interrupted()
             in_flight = sum(estimates_mb[i] for i in running.values())
             position = _next_fitting(waiting, estimates_mb, in_flight, running, limits)
             if position is not None:

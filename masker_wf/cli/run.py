@@ -16,7 +16,15 @@ import logging
 import os
 import sys
 
-from ..app.errors import EXIT_LEVEL, EXIT_OK, EXIT_USAGE, AppError
+from ..app.errors import (
+    EXIT_INTERRUPTED,
+    EXIT_LEVEL,
+    EXIT_OK,
+    EXIT_USAGE,
+    AppError,
+    check_interrupted,
+    interruptible,
+)
 from .parser import OptionsError, build_parser, parse_options
 
 __all__ = ["main"]
@@ -45,21 +53,20 @@ def _options(argv) -> tuple[dict | None, int | None]:
         return None, _error(str(exc), exc.exit_code)
 
 
-#: Exit code of an App stopped by Ctrl-C (SIGINT): 128 + the signal's number, as shells do.
-EXIT_INTERRUPTED = 130
-
-
 def main(argv=None) -> int:
     """Run the BIDS App; return the exit code (see the module docstring)."""
     try:
-        return _main(argv)
+        with interruptible():
+            code = _main(argv)
+            check_interrupted()  # a Ctrl-C whose exception Python swallowed
+            return code
     except KeyboardInterrupt:
-        # What was committed stays (each output set is written whole or not at all); the
-        # work directory lets a rerun resume. No traceback: the user asked for this.
+        # What was committed stays (each output set is written whole or not at all); a
+        # rerun picks up from there. No traceback: the user asked for this.
         print(
             "\nmasker-wf: interrupted; output sets already written are kept, and a rerun "
-            "with the same work directory resumes",
-            file=sys.__stderr__,
+            "resumes from there",
+            file=sys.stderr,
         )
         return EXIT_INTERRUPTED
 
