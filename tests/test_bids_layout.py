@@ -236,3 +236,5 @@ def test_a_space_matching_nothing_names_the_spaces_there(tmp_path, capsys):
     assert main([*argv, "MNI152NLin2009cAsym:res-2"]) == 18
     err = capsys.readouterr().err
     assert "--space takes space labels only; select a resolution with --bids-filter-file" in err
+    # With its entity's prefix, as the other labels are accepted.
+    assert main([*argv, "space-MNI152NLin2009cAsym"]) == 0

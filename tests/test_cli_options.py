@@ -196,6 +196,17 @@ def test_scrubbing_thresholds_are_checked_at_the_door(tmp_path, capsys, options,
     assert not work.exists()
 
 
+def test_a_strategy_files_whole_float_scrub_is_a_count(tmp_path):
+    strategy = tmp_path / "mine.json"
+    strategy.write_text(json.dumps({"strategy": ["motion", "scrub"], "scrub": 5.0}))
+    out = tmp_path / "out"
+    argv = [str(FMRIPREP), str(out), "participant", "-w", str(tmp_path / "w"), "--no-reports"]
+    argv += ["--participant-label", "01", "--run-id", "01", "--motion", "basic"]
+    assert main([*argv, "--custom-strategy", str(strategy)]) == 0
+    sidecar = json.loads(next(out.glob("sub-01/func/*_bold.json")).read_text())
+    assert sidecar["ConfoundsParameters"]["scrub"] == 5
+
+
 @pytest.mark.parametrize("scrub", [2.5, True, -3])
 def test_a_strategy_files_scrub_must_be_a_count(tmp_path, capsys, scrub):
     strategy = tmp_path / "mine.json"

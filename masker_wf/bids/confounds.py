@@ -271,6 +271,9 @@ def _check_parameters(params: dict) -> None:
         ):
             raise ValueError(f"{name} must be a positive number, got {value!r}.")
     scrub = params["scrub"]
+    if isinstance(scrub, float) and scrub.is_integer():
+        # 5.0 from a JSON file means 5 volumes, as nilearn reads it.
+        scrub = params["scrub"] = int(scrub)
     if isinstance(scrub, bool) or not isinstance(scrub, int | np.integer) or scrub < 0:
         raise ValueError(
             f"scrub (the shortest segment kept between outliers, in volumes) must be a "

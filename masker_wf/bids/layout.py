@@ -642,7 +642,8 @@ def _bold_query(participants, derivatives_mode, layout, space, aroma, labels, bi
         query["desc"] = "smoothAROMAnonaggr" if aroma else "preproc"
         query["scope"] = "derivatives" if layout.derivatives else "all"
         if space:
-            query["space"] = list(space)
+            # As the other labels: with or without the entity's prefix (space-T1w).
+            query["space"] = [strip_prefix(name, "space") for name in space]
     else:
         query["scope"] = "raw"
     prefixes = {"session": "ses", "task": "task", "run": "run", "echo": "echo"}
