@@ -98,6 +98,16 @@ def test_dummy_scans_option_is_checked(tmp_path, capsys):
     assert "--dummy-scans/--dummy_scans: must be >= 0, got -1" in capsys.readouterr().err
 
 
+def test_too_many_dummy_scans_without_confounds_blame_the_bold(tmp_path, capsys):
+    argv = [str(FMRIPREP), str(tmp_path / "out"), "participant", "-w", str(tmp_path / "w")]
+    argv += ["--participant-label", "01", "--run-id", "01", "--no-reports"]
+    assert main([*argv, "--denoise-strategy", "none", "--dummy-scans", "40"]) == 65
+    failed = [line for line in capsys.readouterr().err.splitlines() if "FAILED on" in line]
+    # Not the confounds table, which the strategy 'none' does not read.
+    bold = FUNC / "sub-01_task-rhymes_run-01_space-MNI152NLin2009cAsym_desc-preproc_bold.nii.gz"
+    assert f"FAILED on {bold}: --dummy-scans 40" in failed[0]
+
+
 # --------------------------------------------------------------------------- ICA-AROMA
 def test_ica_aroma_without_aroma_outputs_says_what_fmriprep_must_have_made(tmp_path, capsys):
     argv = [str(FMRIPREP), str(tmp_path / "out"), "participant", "-w", str(tmp_path / "w")]

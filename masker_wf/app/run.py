@@ -303,7 +303,9 @@ def prepare_run(run: RunInputs, plan: Plan, settings: Settings) -> RunJob:
         try:
             selection = dummy_scan_selection(n_volumes, dummy_scans, run.confounds_file)
         except ValueError as exc:
-            raise RunError(run.confounds_file or run.bold_file, str(exc)) from exc
+            # 'auto' reads fMRIPrep's non-steady-state columns; a number is about the BOLD.
+            source = run.confounds_file if dummy_scans == "auto" else None
+            raise RunError(source or run.bold_file, str(exc)) from exc
     mask_file = settings.mask_img or (run.mask_file if settings.selection.use_input_mask else None)
     params = settings.workflow_parameters()
     params["t_r"] = t_r

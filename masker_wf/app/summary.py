@@ -317,7 +317,8 @@ _SUMMARY_COLUMNS = {
             "ok": "complete set, unchanged since written; the run's last attempt succeeded",
             "kept-previous": "the last attempt failed (see reason); the row describes the "
             "earlier set, kept intact",
-            "failed": "the last attempt failed (see reason); no outputs",
+            "failed": "the last attempt failed (see reason); no outputs (qc_flags says "
+            "'refused' when the run was refused for too little data left to clean)",
             "modified": "a file of the set was changed or removed after it was written",
         },
     },
