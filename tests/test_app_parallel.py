@@ -314,3 +314,28 @@ def test_a_ctrl_c_that_a_collector_callback_swallows_still_stops_the_app(
     assert main([*argv, "--participant-label", "01", "--denoise-strategy", "simple"]) == 130
     assert "masker-wf: interrupted" in capsys.readouterr().err
     assert not list(out.glob("sub-*/func/*_bold.nii.gz"))  # no run started
+
+
+def test_ctrl_c_after_the_summary_leaves_the_exit_code(tmp_path):
+    from app_helpers import FMRIPREP, PACKAGE_ROOT
+
+    argv = [str(FMRIPREP), str(tmp_path / "out"), "participant", "-w", str(tmp_path / "w")]
+    argv += ["--participant-label", "01", "--run-id", "01", "--no-reports"]
+    # Ctrl-C once the App has printed its outcome, while the process exits: it used to die
+    # of the signal (a shell saw 130 after "1/1 runs succeeded").
+    script = (
+        "import os, signal, sys, time\n"
+        "from masker_wf.cli.run import main\n"
+        f"sys.argv = ['masker-wf', *{argv!r}]\n"
+        "code = main()\n"
+        "os.kill(os.getpid(), signal.SIGINT)\n"
+        "time.sleep(0.2)\n"
+        "sys.exit(code)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(PACKAGE_ROOT), "NO_ET": "1"}
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert "1/1 runs succeeded" in done.stderr
+    assert "Traceback" not in done.stderr

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
+import threading
 
 from ..app.errors import (
     EXIT_INTERRUPTED,
@@ -69,6 +71,11 @@ def main(argv=None) -> int:
             file=sys.stderr,
         )
         return EXIT_INTERRUPTED
+    finally:
+        if argv is None and threading.current_thread() is threading.main_thread():
+            # Run as the program: the outcome is decided and printed. A Ctrl-C while the
+            # process exits (its threads joining) would only turn it into a signal death.
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _main(argv) -> int:
