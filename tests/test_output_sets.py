@@ -270,3 +270,17 @@ def test_up_to_date_rerun_reads_no_file_to_hash_it(references, tmp_path):
     hashed, err = _hashed_files(moved)
     assert hashed == [str(confounds.resolve())]
     assert "outputs up to date" in err
+
+
+def test_a_killed_save_of_the_digest_memo_leaves_no_temporary_file(tmp_path):
+    out, work = tmp_path / "out", tmp_path / "work"
+    argv = one_run_argv(FMRIPREP, out, work, "--no-reports")
+    assert main(argv) == 0
+    memos = sorted((out / ".masker-wf" / "digests").glob("*.json"))
+    assert len(memos) == 1
+    # What a process killed between writing the memo's temporary file and its rename left
+    # (seen when test_resume_after_kill's kill landed there).
+    leftover = memos[0].with_name(f".{memos[0].name}.l058ekmx.tmp.json")
+    leftover.write_text("{")
+    assert main(argv) == 0  # up to date: the run's set is opened under its lock
+    assert not leftover.exists()

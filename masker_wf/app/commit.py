@@ -264,6 +264,12 @@ class OutputSet:
             else:
                 self._apply(attempt, plan)
                 done.append(f"finished the commit of an interrupted attempt ({attempt.name})")
+        # A memo is only saved under this lock: a temporary file of it is a killed save's.
+        memo = self.memo.path
+        for leftover in memo.parent.glob(f".{memo.name}.*.tmp*"):
+            with contextlib.suppress(OSError):
+                leftover.unlink()
+                done.append(f"removed the temporary file of an interrupted save ({leftover.name})")
         return done
 
     # ------------------------------------------------------------------------- checking
