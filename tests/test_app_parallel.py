@@ -263,8 +263,14 @@ def test_ctrl_c_stops_the_app_with_one_line_and_a_rerun_resumes(tmp_path):
             # Ctrl-C: SIGINT to every process of the job (the App and its workers).
             os.killpg(app.pid, signal.SIGINT)
             break
-    lines += app.stderr.readlines()
-    assert app.wait(timeout=120) == 130
+    try:
+        # A worker once stayed joining its threads after the signal, and the App waited
+        # for it: never wait for ever here.
+        lines.append(app.communicate(timeout=120)[1])
+    except subprocess.TimeoutExpired:
+        os.killpg(app.pid, signal.SIGKILL)
+        raise
+    assert app.returncode == 130
     err = "".join(lines)
     # One line instead of the tracebacks of the App and of each worker.
     assert "Traceback" not in err

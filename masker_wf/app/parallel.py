@@ -227,7 +227,10 @@ _WORK: dict = {}
 
 
 def _stop_quietly(signum, frame):
-    raise SystemExit(128 + signum)
+    # At once, as a kill would (output sets are written whole or not at all): an exception
+    # here could leave the process joining its threads (a digest thread waiting for work)
+    # while the App waits for it.
+    os._exit(128 + signum)
 
 
 def _start_worker(n_threads: int, setup) -> None:
@@ -326,27 +329,39 @@ def _run_pool(waiting, estimates_mb, limits, results, failed, setup) -> None:
         initializer=_start_worker,
         initargs=(limits.omp_nthreads, setup),
     ) as pool:
-        running: dict = {}
-        while waiting or running:
-            check_interrupted()
-            in_flight = sum(estimates_mb[i] for i in running.values())
-            position = _next_fitting(waiting, estimates_mb, in_flight, running, limits)
-            if position is not None:
-                index = waiting.pop(position)
-                running[pool.submit(_work_on, index)] = index
-                continue
-            done, _ = wait(running, return_when=FIRST_COMPLETED)
-            for future in done:
-                index = running.pop(future)
-                try:
-                    results[index] = future.result()
-                except BrokenProcessPool:
-                    # A process was killed (by the kernel for lack of memory, say): which
-                    # one is not known, so the runs in flight fail; a new pool goes on.
-                    for lost in [index, *running.values()]:
-                        results[lost] = failed(
-                            lost,
-                            "a run's process died while it ran (out of memory? "
-                            "lower --nprocs or --mem-mb)",
-                        )
-                    return
+        try:
+            _fill_pool(pool, waiting, estimates_mb, limits, results, failed)
+        except KeyboardInterrupt:
+            # Ctrl-C may reach this process alone (kill -INT <pid>): its workers stop now,
+            # not after their runs (the pool's exit would wait for them).
+            for child in multiprocessing.active_children():
+                child.kill()
+            raise
+
+
+def _fill_pool(pool, waiting, estimates_mb, limits, results, failed) -> None:
+    """Submit the waiting runs as processes and memory allow; gather the results."""
+    running: dict = {}
+    while waiting or running:
+        check_interrupted()
+        in_flight = sum(estimates_mb[i] for i in running.values())
+        position = _next_fitting(waiting, estimates_mb, in_flight, running, limits)
+        if position is not None:
+            index = waiting.pop(position)
+            running[pool.submit(_work_on, index)] = index
+            continue
+        done, _ = wait(running, return_when=FIRST_COMPLETED)
+        for future in done:
+            index = running.pop(future)
+            try:
+                results[index] = future.result()
+            except BrokenProcessPool:
+                # A process was killed (by the kernel for lack of memory, say): which
+                # one is not known, so the runs in flight fail; a new pool goes on.
+                for lost in [index, *running.values()]:
+                    results[lost] = failed(
+                        lost,
+                        "a run's process died while it ran (out of memory? "
+                        "lower --nprocs or --mem-mb)",
+                    )
+                return
