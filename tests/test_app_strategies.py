@@ -192,13 +192,19 @@ def test_a_strategy_missing_its_inputs_is_refused_before_any_other_runs(tmp_path
         assert main([*_argv(out, work, "--denoise-strategy", *order), "--dry-run"]) == 66
 
 
-def test_a_strategy_failing_on_a_run_is_reported_with_its_desc(tmp_path, capsys):
-    # Run 1 of sub-01 lacks the CompCor columns: compcor fails there, simple does not.
+def _without_compcor(tmp_path):
+    """A copy of the example whose sub-01 run 1 has no CompCor columns."""
     dataset = tmp_path / "fmriprep"
     shutil.copytree(FMRIPREP, dataset)
     tsv = dataset / "sub-01" / "func" / "sub-01_task-rhymes_run-01_desc-confounds_timeseries.tsv"
     table = pd.read_csv(tsv, sep="\t")
     table.drop(columns=[c for c in table if "comp_cor" in c]).to_csv(tsv, sep="\t", index=False)
+    return dataset
+
+
+def test_a_strategy_failing_on_a_run_is_reported_with_its_desc(tmp_path, capsys):
+    # Run 1 of sub-01 lacks the CompCor columns: compcor fails there, simple does not.
+    dataset = _without_compcor(tmp_path)
     out, work = tmp_path / "out", tmp_path / "work"
     argv = _argv(out, work, "--denoise-strategy", "compcor", "simple", *FEW_REGRESSORS)
     argv[0] = str(dataset)
@@ -226,11 +232,7 @@ def test_a_strategy_failing_on_a_run_is_reported_with_its_desc(tmp_path, capsys)
 def test_the_subject_page_keeps_a_failed_set_of_an_earlier_invocation(tmp_path):
     # compcor fails on run 1 (no CompCor columns); a later invocation with another
     # strategy (another desc) used to rebuild the page from its own results only.
-    dataset = tmp_path / "fmriprep"
-    shutil.copytree(FMRIPREP, dataset)
-    tsv = dataset / "sub-01" / "func" / "sub-01_task-rhymes_run-01_desc-confounds_timeseries.tsv"
-    table = pd.read_csv(tsv, sep="\t")
-    table.drop(columns=[c for c in table if "comp_cor" in c]).to_csv(tsv, sep="\t", index=False)
+    dataset = _without_compcor(tmp_path)
     out, work = tmp_path / "out", tmp_path / "work"
     first = _argv(out, work, "--denoise-strategy", "compcor", "simple", *FEW_REGRESSORS)
     first[0] = str(dataset)
