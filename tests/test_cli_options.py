@@ -226,3 +226,40 @@ def test_a_directory_given_as_config_file_is_not_called_missing(tmp_path, capsys
     assert main(argv) == 65
     assert f"--config-file '{tmp_path}' is not a file." in capsys.readouterr().err
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "what"),
+    [
+        ("--space", "", "space"),
+        ("--participant-label", "", "participant"),
+        ("--participant-label", "sub-", "participant"),
+        ("--session-id", "ses-a_b", "session"),
+        ("--task-id", "rhymes task", "task"),
+        ("--run-id", "run-", "run"),
+    ],
+)
+def test_an_empty_or_malformed_label_is_a_usage_error(tmp_path, capsys, flag, value, what):
+    # These selected nothing and ended as "nothing to process" (exit 18), after indexing.
+    out, work = tmp_path / "out", tmp_path / "work"
+    argv = [str(FMRIPREP), str(out), "participant", "-w", str(work), flag, value]
+    assert main(argv) == 64
+    err = capsys.readouterr().err
+    assert f"expected a {what} label (letters and digits" in err
+    assert repr(value) in err
+    assert not out.exists()
+    assert not work.exists()
+    # The same value from a config file is refused alike.
+    key = flag.removeprefix("--").replace("-", "_")
+    config = _write_config(tmp_path, f"{key} = {json.dumps(value)}\n")
+    assert main([*argv[:5], "--config-file", str(config)]) == 64
+    assert f"expected a {what} label" in capsys.readouterr().err
+
+
+def test_labels_are_taken_with_or_without_their_prefix():
+    labels = ["--participant-label", "sub-01", "02", "--run-id", "run-1"]
+    spaces = ["--space", f"space-{SPACE}", "T1w"]
+    options = parse_options([str(FMRIPREP), "out", "participant", *labels, *spaces])
+    assert options["participant_label"] == ["sub-01", "02"]
+    assert options["run_id"] == ["run-1"]
+    assert options["space"] == [f"space-{SPACE}", "T1w"]

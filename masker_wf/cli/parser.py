@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import re
 from pathlib import Path
 
 from .. import _spec
@@ -162,6 +163,34 @@ def _number(kind, bound=None):
     return convert
 
 
+# A BIDS label: letters and digits only (BIDS specification, "entities").
+_LABEL = re.compile(r"[0-9A-Za-z]+")
+
+
+def _label(prefix: str, what: str, *, modifiers: bool = False):
+    """An argparse type: a BIDS label, with or without its ``prefix-`` (kept as given).
+
+    An empty label or one with other characters would select nothing and surface later as
+    "nothing to process"; refused here, as a usage error naming the value. With
+    ``modifiers`` (``--space``), what follows a ``:`` is left to the query, whose error
+    explains how to select a resolution.
+    """
+
+    def convert(text: str):
+        label = str(text).strip().removeprefix(f"{prefix}-")
+        if modifiers:
+            label = label.split(":", 1)[0]
+        if not _LABEL.fullmatch(label):
+            raise argparse.ArgumentTypeError(
+                f"expected a {what} label (letters and digits, with or without "
+                f"'{prefix}-'), got {text!r}"
+            )
+        return text
+
+    convert.__name__ = f"{what} label"
+    return convert
+
+
 def _positive(kind):
     return _number(kind, "> 0")
 
@@ -276,15 +305,29 @@ def _selection_options(add) -> None:
     add(
         "--participant-label",
         nargs="+",
+        type=_label("sub", "participant"),
         metavar="LABEL",
         help="participants to process, with or without 'sub-' (default: all)",
     )
-    add("--session-id", nargs="+", metavar="LABEL", help="sessions to process")
-    add("--task-id", nargs="+", metavar="LABEL", help="tasks to process")
-    add("--run-id", nargs="+", metavar="LABEL", help="runs to process")
+    add(
+        "--session-id",
+        nargs="+",
+        type=_label("ses", "session"),
+        metavar="LABEL",
+        help="sessions to process",
+    )
+    add(
+        "--task-id",
+        nargs="+",
+        type=_label("task", "task"),
+        metavar="LABEL",
+        help="tasks to process",
+    )
+    add("--run-id", nargs="+", type=_label("run", "run"), metavar="LABEL", help="runs to process")
     add(
         "--space",
         nargs="+",
+        type=_label("space", "space", modifiers=True),
         metavar="SPACE",
         help="output spaces of fMRIPrep to process (default: every space found)",
     )
