@@ -309,21 +309,19 @@ def _selection_options(add) -> None:
         metavar="LABEL",
         help="participants to process, with or without 'sub-' (default: all)",
     )
-    add(
-        "--session-id",
-        nargs="+",
-        type=_label("ses", "session"),
-        metavar="LABEL",
-        help="sessions to process",
+    entities = (
+        ("session-id", "ses", "session"),
+        ("task-id", "task", "task"),
+        ("run-id", "run", "run"),
     )
-    add(
-        "--task-id",
-        nargs="+",
-        type=_label("task", "task"),
-        metavar="LABEL",
-        help="tasks to process",
-    )
-    add("--run-id", nargs="+", type=_label("run", "run"), metavar="LABEL", help="runs to process")
+    for flag, prefix, what in entities:
+        add(
+            f"--{flag}",
+            nargs="+",
+            type=_label(prefix, what),
+            metavar="LABEL",
+            help=f"{what}s to process",
+        )
     add(
         "--space",
         nargs="+",
